@@ -1,0 +1,54 @@
+"""One house style for every figure: colours per norm, mean-with-band curves, image grids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+NORM_COLORS = {"batch": "#d62728", "group": "#2ca02c", "layer": "#9467bd", "none": "#1f77b4"}
+NORM_LABELS = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm", "none": "no norm"}
+
+
+def set_style() -> None:
+    """Apply the book's matplotlib style (call once per notebook)."""
+    plt.rcParams.update({
+        "figure.dpi": 110, "savefig.dpi": 110, "figure.figsize": (6.4, 3.6),
+        "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+        "font.size": 10, "legend.frameon": False,
+    })
+
+
+def band(ax, x: Sequence[float], runs: np.ndarray, norm: str, label: str | None = None,
+         quantiles: tuple[float, float] | None = None) -> None:
+    """Plot the mean over runs (rows of ``runs``, shape (R, len(x))) with a min-max band, or with a
+    quantile band if ``quantiles`` is given, in the colour of ``norm``."""
+    runs = np.atleast_2d(np.asarray(runs, dtype=float))
+    color = NORM_COLORS.get(norm, "k")
+    center = np.nanmean(runs, axis=0) if quantiles is None else np.nanmedian(runs, axis=0)
+    low, high = (np.nanmin(runs, 0), np.nanmax(runs, 0)) if quantiles is None else (
+        np.nanquantile(runs, quantiles[0], 0), np.nanquantile(runs, quantiles[1], 0))
+    ax.plot(x, center, color=color, label=label or NORM_LABELS.get(norm, norm))
+    ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+
+
+def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, columns: int = 10,
+               size: float = 1.0, suptitle: str | None = None):
+    """Show images (N, C, H, W) in [0, 1] in a grid; returns the figure."""
+    n = len(images)
+    rows = max(1, int(np.ceil(n / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * size, rows * size * 1.15), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            image = images[i].detach().cpu().float()
+            ax.imshow(image[0] if image.shape[0] == 1 else image.permute(1, 2, 0).clamp(0, 1),
+                      cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1)
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig

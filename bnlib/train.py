@@ -1,0 +1,158 @@
+"""Device choice, seeding, the training loop, and inference with an explicit BatchNorm mode.
+
+Determinism: with the same seed, the same device and the same number of CPU threads, :func:`fit`
+gives bit-identical weights and metrics (initialization and shuffling draw from seeded generators;
+nothing else is random).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+BNMode = Literal["eval", "train"]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit choice that is unavailable is an error."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("Parameter 'device' is 'cuda' but no CUDA device is available; allowed here: 'auto', 'cpu'.")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("Parameter 'device' is 'mps' but MPS is not available; allowed here: 'auto', 'cpu'.")
+    if device not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"Parameter 'device' got {device!r}; allowed values: 'auto', 'cpu', 'cuda', 'mps'.")
+    return torch.device(device)
+
+
+def learning_rate(step: int, total_steps: int, peak: float, schedule: str) -> float:
+    """Learning rate at ``step`` (0-based) of ``total_steps``.
+
+    onecycle: linear warm-up over the first 25% from peak/10 to peak, then linear decay to 0.
+    cosine: half cosine from peak to 0. constant: peak.
+    """
+    progress = step / max(total_steps, 1)
+    if schedule == "constant":
+        return peak
+    if schedule == "cosine":
+        return peak * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "onecycle":
+        warm = 0.25
+        if progress < warm:
+            return peak * (0.1 + 0.9 * progress / warm)
+        return peak * max(0.0, (1 - progress) / (1 - warm))
+    raise ValueError(f"Parameter 'schedule' got {schedule!r}; allowed values: 'onecycle', 'cosine', 'constant'.")
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, bn_mode: BNMode = "eval",
+                   batch_size: int = 1024) -> torch.Tensor:
+    """Logits (N, num_classes) for inputs ``x`` (N, C, H, W), on the CPU.
+
+    Args:
+        bn_mode: ``eval`` uses BatchNorm's running statistics (how a deployed model answers);
+            ``train`` normalizes each chunk of ``batch_size`` by its own statistics, as the LiRA
+            reference code does at query time. Running statistics are never updated here.
+    """
+    if bn_mode not in ("eval", "train"):
+        raise ValueError(f"Parameter 'bn_mode' got {bn_mode!r}; allowed values: 'eval', 'train'.")
+    was_training = model.training
+    device = next(model.parameters()).device
+    saved = {name: buf.clone() for name, buf in model.named_buffers()} if bn_mode == "train" else {}
+    model.train(bn_mode == "train")
+    try:
+        outputs = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    finally:
+        for name, buf in model.named_buffers():  # undo running-stat updates of train-mode queries
+            if name in saved:
+                buf.copy_(saved[name])
+        model.train(was_training)
+    return torch.cat(outputs)
+
+
+def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Accuracy and mean cross-entropy."""
+    return {
+        "acc": float((logits.argmax(1) == y).float().mean()),
+        "loss": float(F.cross_entropy(logits, y)),
+    }
+
+
+@dataclass
+class History:
+    """Metrics recorded during training: ``records[i]`` holds epoch (fractional), step and
+    ``{set}_acc`` / ``{set}_loss`` for every evaluation set, in eval-mode BN."""
+
+    records: list[dict[str, float]] = field(default_factory=list)
+
+    def column(self, key: str) -> list[float]:
+        return [r[key] for r in self.records]
+
+
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
+        momentum: float = 0.9, weight_decay: float = 5e-4, schedule: str = "onecycle", seed: int = 0,
+        eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, evals_per_epoch: int = 1,
+        on_eval: Callable[[nn.Module, dict[str, float]], None] | None = None,
+        progress: bool = True, desc: str = "train") -> History:
+    """Train ``model`` in place with SGD + momentum on (x, y), already normalized and on any device.
+
+    Batches are drawn without replacement from a seeded permutation each epoch; the last incomplete
+    batch is dropped (a batch of one is undefined for BatchNorm). The model is left in eval mode.
+
+    Args:
+        eval_sets: name -> (x, y) evaluated ``evals_per_epoch`` times per epoch (eval-mode BN).
+        on_eval: called as ``on_eval(model, record)`` after each evaluation (e.g. to save checkpoints
+            or add measurements to ``record``).
+    Returns:
+        The :class:`History` of evaluations.
+    """
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    steps_per_epoch = len(x) // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"Parameter 'batch_size' ({batch_size}) exceeds the training set size ({len(x)}).")
+    total = epochs * steps_per_epoch
+    eval_steps = {round(steps_per_epoch * (k + 1) / evals_per_epoch) for k in range(evals_per_epoch)}
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    history = History()
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, mininterval=1.0)
+    step = 0
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=generator).to(device)
+        model.train()
+        for batch in range(steps_per_epoch):
+            index = order[batch * batch_size:(batch + 1) * batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total, lr, schedule)
+            loss = F.cross_entropy(model(x[index]), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update()
+            if batch + 1 in eval_steps and (eval_sets or on_eval):
+                record = {"epoch": epoch + (batch + 1) / steps_per_epoch, "step": step}
+                for name, (ex, ey) in (eval_sets or {}).items():
+                    for key, value in metrics_from_logits(predict_logits(model, ex), ey.cpu()).items():
+                        record[f"{name}_{key}"] = value
+                if on_eval:
+                    on_eval(model, record)
+                history.records.append(record)
+                model.train()
+    bar.close()
+    model.eval()
+    return history
+
