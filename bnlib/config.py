@@ -47,7 +47,7 @@ class ExperimentConfig:
     outlier_kind: str = field(
         default="ood_digits", metadata={"choices": OUTLIER_KINDS, "doc": "what the canaries are"}
     )
-    n_train: int = field(default=4000, metadata={"positive": True, "doc": "in-distribution training pool"})
+    n_train: int = field(default=2500, metadata={"positive": True, "doc": "in-distribution training pool"})
     n_test: int = field(default=2000, metadata={"positive": True, "doc": "test examples"})
     n_canaries: int = field(
         default=100, metadata={"positive": True, "doc": "canaries inserted (as many again held out)"}
