@@ -86,16 +86,29 @@ def torch_load(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+# Modules whose code decides what a trained model is; their source is part of every cache key, so a
+# change to the data draw, the networks or the training loop never reuses stale models.
+TRAINING_CODE = ("data.py", "models.py", "train.py")
+
+
+def training_code_hash() -> str:
+    digest = hashlib.sha256()
+    for name in TRAINING_CODE:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 class Entry:
-    """One cache folder for one (kind, configuration)."""
+    """One cache folder for one (kind, configuration, training code)."""
 
     def __init__(self, kind: str, config: dict[str, Any]):
         self.config = _jsonable(config)
-        self.key = config_hash({"kind": kind, **self.config})
+        self.key = config_hash({"kind": kind, **self.config, "training_code": training_code_hash()})
         self.folder = cache_root() / kind / self.key
         meta = self.folder / "config.json"
         if not meta.exists():
-            atomic_write_json(meta, {"kind": kind, "config": self.config, "bnlib_version": __version__})
+            atomic_write_json(meta, {"kind": kind, "config": self.config, "bnlib_version": __version__,
+                                     "training_code": training_code_hash()})
 
     def path(self, name: str) -> Path:
         return self.folder / f"{name}.pt"
