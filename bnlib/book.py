@@ -145,6 +145,19 @@ def execute(document: str, parameters: dict[str, Any], build_dir: Path | None = 
     return output, True
 
 
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def without_widgets(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Drop ipywidgets state and widget outputs: myst-nb would load the widget JavaScript from a CDN
+    for them, and the website must work offline. Chapters give each live widget a static fallback."""
+    notebook.metadata.pop("widgets", None)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if WIDGET_MIME not in o.get("data", {})]
+    return notebook
+
+
 def stage(build_dir: Path, root: Path = REPO_ROOT) -> Path:
     """Copy book configuration, markdown pages and executed notebooks into ``build_dir/book_src``."""
     source = build_dir / "book_src"
@@ -162,7 +175,7 @@ def stage(build_dir: Path, root: Path = REPO_ROOT) -> Path:
             if not executed.exists():
                 raise FileNotFoundError(f"Chapter {document!r} has not been executed: run "
                                         f"`python -m bnlib run {Path(document).name}` first.")
-            shutil.copy2(executed, target.with_suffix(".ipynb"))
+            nbformat.write(without_widgets(nbformat.read(executed, as_version=4)), target.with_suffix(".ipynb"))
     for folder in ("images",):
         if (root / folder).is_dir():
             shutil.copytree(root / folder, source / folder, dirs_exist_ok=True)
