@@ -61,6 +61,9 @@ class ExperimentConfig:
     n_models: int = field(default=16, metadata={"positive": True, "doc": "model-zoo size T per norm"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"minimum": 0, "doc": "independent runs"})
     device: str = field(default="auto", metadata={"choices": DEVICES, "doc": "where to train"})
+    allow_download: bool = field(
+        default=False, metadata={"doc": "fetch missing datasets with torchvision (needs internet)"}
+    )
 
     # Values per profile; fields not named keep the defaults above. `quick` is the default profile.
     PROFILES: typing.ClassVar[dict[str, dict[str, Any]]] = {
@@ -72,8 +75,15 @@ class ExperimentConfig:
                       norms=("batch", "group", "layer", "none")),
     }
 
+    # Fields that never change a trained model (which norms/seeds a chapter loops over, where it runs).
+    NOT_IN_RESULTS: typing.ClassVar[tuple[str, ...]] = ("profile", "norms", "seeds", "device", "allow_download")
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def result_key(self, *also_drop: str) -> dict[str, Any]:
+        """The fields that decide a trained model: the basis of every cache key (see bnlib.results)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.NOT_IN_RESULTS + also_drop}
 
 
 def _is_tuple_field(field_type: Any) -> bool:

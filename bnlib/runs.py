@@ -55,11 +55,11 @@ def train_run(cfg, norm: str, seed: int, evals_per_epoch: int = 1, progress: boo
             that longer or faster schedules can be compared at matched fit.
     """
     cfg = replace(cfg, **overrides) if overrides else cfg
-    key = {k: v for k, v in cfg.to_dict().items() if k not in ("profile", "norms", "seeds", "device", "n_models")}
-    entry = results.Entry("run", {**key, "norm": norm, "seed": seed, "evals_per_epoch": evals_per_epoch})
+    key = {**cfg.result_key("n_models"), "norm": norm, "seed": seed, "evals_per_epoch": evals_per_epoch}
+    entry = results.Entry("run", key)
     if entry.has("run"):
         return Run(**entry.load("run"))
-    experiment = data_lib.make_experiment_data(cfg, seed=seed)
+    experiment = data_lib.make_experiment_data(cfg, seed=seed, allow_download=cfg.allow_download)
     reference = experiment.train_x[~experiment.is_canary]
     train_x = data_lib.normalize(experiment.train_x, reference)
     inlier = ~experiment.is_canary

@@ -19,9 +19,6 @@ from torch import nn
 from . import data as data_lib
 from . import models, results, train
 
-# Fields of ExperimentConfig that do not change what a zoo holds.
-_NOT_IN_KEY = ("profile", "norms", "seeds", "device")
-
 
 @dataclass
 class Zoo:
@@ -81,14 +78,13 @@ def checkpoint_epochs(epochs: int, count: int = 6) -> list[int]:
 
 
 def zoo_config(cfg, norm: str) -> dict:
-    config = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_KEY}
-    return {**config, "norm": norm, "data_seed": cfg.seeds[0]}
+    return {**cfg.result_key(), "norm": norm, "data_seed": cfg.seeds[0]}
 
 
 def train_zoo(cfg, norm: str, progress: bool = True) -> Zoo:
     """Train (or load from cache, resuming where a run stopped) the zoo of ``cfg.n_models`` for ``norm``."""
     entry = results.Entry("zoo", zoo_config(cfg, norm))
-    experiment = data_lib.make_experiment_data(cfg, seed=cfg.seeds[0])
+    experiment = data_lib.make_experiment_data(cfg, seed=cfg.seeds[0], allow_download=cfg.allow_download)
     pool_x = data_lib.normalize(experiment.pool_x, experiment.train_x[~experiment.is_canary])
     test_x = data_lib.normalize(experiment.test_x, experiment.train_x[~experiment.is_canary])
     pool_y = experiment.pool_y
