@@ -1,0 +1,216 @@
+"""Known-answer tests of the memorization measurements (bnlib.memorization)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bnlib import config, data, memorization, runs, zoo
+
+# ----------------------------------------------------------------------------- Feldman-Zhang estimator
+
+
+def _logits_from_probabilities(probabilities: torch.Tensor) -> torch.Tensor:
+    """Logits whose softmax is exactly ``probabilities`` (rows sum to 1)."""
+    return probabilities.log()
+
+
+def test_subsampled_memorization_on_fixed_predictions():
+    # T = 4 models, N = 3 examples, C = 2 classes; every example IN for models {0, 1} or {2, 3}.
+    keep = torch.tensor([[1, 0, 1], [1, 0, 0], [0, 1, 1], [0, 1, 0]], dtype=torch.bool)
+    labels = torch.tensor([0, 1, 0])
+    # probability of class 0 given by each model to each example: (T, N)
+    p_class0 = torch.tensor([[0.9, 0.2, 0.6],
+                             [0.8, 0.1, 0.3],
+                             [0.3, 0.4, 0.7],
+                             [0.1, 0.3, 0.2]])
+    logits = _logits_from_probabilities(torch.stack([p_class0, 1 - p_class0], dim=-1))  # (T, N, C)
+    scores = memorization.subsampled_memorization(logits, labels, keep)
+    # example 0 (label 0): in = models 0,1 -> correct 1,1; out = models 2,3 -> 0,0.
+    # example 1 (label 1): in = models 2,3 -> p(1) = .6,.7 correct; out = 0,1 -> p(1) = .8,.9 correct.
+    # example 2 (label 0): in = models 0,2 -> .6,.7 correct; out = 1,3 -> .3,.2 wrong.
+    assert scores["hard"].tolist() == [1.0, 0.0, 1.0]
+    expected_soft = [(0.9 + 0.8) / 2 - (0.3 + 0.1) / 2, (0.6 + 0.7) / 2 - (0.8 + 0.9) / 2,
+                     (0.6 + 0.7) / 2 - (0.3 + 0.2) / 2]
+    assert torch.allclose(scores["soft"], torch.tensor(expected_soft), atol=1e-6)
+    assert torch.allclose(scores["in_soft"] - scores["out_soft"], scores["soft"])
+
+
+def test_subsampled_memorization_keeps_leading_dimensions_and_flags_never_out():
+    keep = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)  # example 0 is never OUT
+    logits = torch.randn(3, 2, 2, 5)  # (checkpoints, T, N, C)
+    scores = memorization.subsampled_memorization(logits, torch.tensor([1, 2]), keep)
+    assert scores["hard"].shape == (3, 2)
+    assert torch.isnan(scores["hard"][:, 0]).all() and not torch.isnan(scores["hard"][:, 1]).any()
+    for index in range(3):  # same as the estimate of each checkpoint alone
+        alone = memorization.subsampled_memorization(logits[index], torch.tensor([1, 2]), keep)
+        assert torch.allclose(alone["soft"][1], scores["soft"][index, 1])
+
+
+def test_zoo_uses_a_balanced_keep_mask_and_the_estimate_matches_a_loop(smoke_cfg):
+    population = zoo.train_zoo(smoke_cfg, "batch", progress=False)
+    keep = population.keep
+    assert (keep.sum(0) == smoke_cfg.n_models // 2).all()  # every example IN for exactly T/2 models
+    assert torch.equal(keep, data.balanced_keep_mask(smoke_cfg.n_models, keep.shape[1], seed=smoke_cfg.seeds[0]))
+    scores = memorization.subsampled_memorization(population.logits, population.labels, keep)
+    correct = population.logits.argmax(-1) == population.labels  # (T, N)
+    for i in range(0, keep.shape[1], 37):  # slow, obviously right reference
+        inside = [bool(correct[t, i]) for t in range(keep.shape[0]) if keep[t, i]]
+        outside = [bool(correct[t, i]) for t in range(keep.shape[0]) if not keep[t, i]]
+        assert math.isclose(float(scores["hard"][i]), np.mean(inside) - np.mean(outside), abs_tol=1e-6)
+
+
+# ----------------------------------------------------------------------------- canaries of one run
+
+
+def _rows(images: torch.Tensor) -> set[bytes]:
+    return {image.numpy().tobytes() for image in images}
+
+
+def test_inserted_canaries_are_in_the_training_tensors_and_held_out_ones_are_not(smoke_cfg):
+    experiment = data.make_experiment_data(smoke_cfg, seed=smoke_cfg.seeds[0])
+    train_rows = _rows(experiment.train_x)
+    inserted, held_out = experiment.canary_x, experiment.heldout_canary_x
+    assert len(inserted) == len(held_out) == smoke_cfg.n_canaries
+    assert _rows(inserted) <= train_rows
+    assert not (_rows(held_out) & train_rows)
+    # the run measures exactly these canaries: its labels are the inserted / held-out labels
+    run = runs.train_run(smoke_cfg, "none", smoke_cfg.seeds[0], progress=False)
+    assert torch.equal(run.canary_in_labels, experiment.canary_y)
+    assert torch.equal(run.canary_out_labels, experiment.heldout_canary_y)
+    # the same seed gives the same canaries to every norm (the pairing of the per-canary test)
+    assert torch.equal(data.make_experiment_data(smoke_cfg, seed=smoke_cfg.seeds[0]).canary_x, inserted)
+
+
+def test_true_label_probability_and_margins():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 1.0]])
+    labels = torch.tensor([0, 2])
+    probabilities = memorization.true_label_probability(logits, labels)
+    expected = torch.softmax(logits, 1)[[0, 1], [0, 2]]
+    assert torch.allclose(probabilities, expected)
+    assert memorization.margins(logits, labels).tolist() == [2.0, -2.0]
+
+
+def test_final_canary_scores_of_a_run(smoke_cfg):
+    run = runs.train_run(smoke_cfg, "none", smoke_cfg.seeds[0], progress=False)
+    scores = memorization.final_canary_scores(run)
+    assert scores["in_correct"].shape == (smoke_cfg.n_canaries,)
+    assert math.isclose(float(scores["in_correct"].mean()), run.final["canaries_in_acc"], abs_tol=1e-6)
+    assert math.isclose(float(scores["out_correct"].mean()), run.final["canaries_out_acc"], abs_tol=1e-6)
+    assert torch.equal(scores["in_correct"] > 0, scores["in_margin"] > 0)
+
+
+# ----------------------------------------------------------------------------- matched fit
+
+
+def _curve(fit, memorization_values, test=None):
+    fit = np.asarray(fit, dtype=float)
+    return {"fit": fit, "memorization": np.asarray(memorization_values, dtype=float),
+            "test": fit if test is None else np.asarray(test, dtype=float)}
+
+
+def test_values_at_levels_interpolate_constructed_curves():
+    # memorization = 2 * fit - 1 along the curve: exact at every level by linear interpolation
+    curve = _curve([0.5, 0.8, 0.9, 1.0], [0.0, 0.6, 0.8, 1.0])
+    values = memorization.values_at_levels([curve], [0.85, 0.95, 0.99])
+    assert np.allclose(values, [[0.7, 0.9, 0.98]])
+    short = _curve([0.5, 0.9], [0.1, 0.5])  # never reaches 0.95
+    values = memorization.values_at_levels([short], [0.7, 0.95])
+    assert math.isclose(values[0, 0], 0.3) and np.isnan(values[0, 1])
+
+
+def test_compare_at_levels_gives_the_known_gap_and_drops_unreached_pairs():
+    from scipy import stats as scipy_stats
+
+    levels = [0.9, 0.95]
+    noise_a, noise_b = (0.0, 0.01, 0.03), (0.02, 0.0, 0.01)
+    # arm a memorizes 0.2 more than arm b at every fit (memorization = fit - 0.3 (+0.2) + seed noise)
+    curves_a = [_curve([0.5, 1.0], [0.4 + s, 0.9 + s]) for s in noise_a]
+    curves_b = [_curve([0.5, 1.0], [0.2 + s, 0.7 + s]) for s in noise_b]
+    curves_b[2] = _curve([0.5, 0.92], [0.21, 0.63])  # seed 2 of arm b stops before 0.95
+    rows = memorization.compare_at_levels(curves_a, curves_b, levels)
+    assert rows[0]["diff"]["n"] == 3 and rows[1]["diff"]["n"] == 2 and rows[1]["b"]["n"] == 2
+    diffs = 0.2 + np.subtract(noise_a, noise_b)
+    assert math.isclose(rows[0]["diff"]["mean"], diffs.mean(), abs_tol=1e-9)
+    assert math.isclose(rows[1]["diff"]["mean"], diffs[:2].mean(), abs_tol=1e-9)
+    assert math.isclose(rows[0]["a"]["mean"], 0.8 + np.mean(noise_a), abs_tol=1e-9)
+    expected_p = scipy_stats.ttest_rel(0.8 + np.array(noise_a), 0.6 + np.array(noise_b)).pvalue
+    assert math.isclose(rows[0]["t_p_value"], expected_p, rel_tol=1e-6)
+
+
+def test_common_grid_and_reaches():
+    curves = [_curve([0.4, 0.9, 0.97], [0, 0, 0]), _curve([0.5, 0.99], [0, 0])]
+    grid = memorization.common_grid(curves, points=5)
+    assert math.isclose(grid[0], 0.5) and math.isclose(grid[-1], 0.97)
+    assert memorization.reaches(curves, 0.95) and not memorization.reaches(curves, 0.98)
+
+
+def test_ecdf_and_most_memorized():
+    values, fraction = memorization.ecdf(np.array([0.3, np.nan, -0.1, 0.3]))
+    assert values.tolist() == [-0.1, 0.3, 0.3] and np.allclose(fraction, [1 / 3, 2 / 3, 1])
+    hard = torch.tensor([0.5, 1.0, float("nan"), 0.5, 0.75])
+    soft = torch.tensor([0.4, 0.9, 0.1, 0.3, 0.2])
+    mask = torch.tensor([True, False, True, True, True])
+    assert memorization.most_memorized(hard, soft, mask, 3).tolist() == [4, 0, 3]
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize("levels", ["0.9,1.2", "0.95,0.9"])
+def test_bad_fit_levels_are_rejected_naming_the_parameter(levels):
+    with pytest.raises(ValueError, match="'fit_levels'"):
+        config.load("smoke", extras=memorization.ChapterParams, fit_levels=levels)
+
+
+def test_chapter_params_profiles():
+    cfg, params = config.load("quick", extras=memorization.ChapterParams)
+    assert params.fit_levels == (0.90, 0.95, 0.99) and cfg.profile == "quick"
+    with pytest.raises(ValueError, match="'long_schedule_factor'"):
+        config.load("quick", extras=memorization.ChapterParams, long_schedule_factor=0)
+
+
+def test_paired_canary_test_pools_seeds_and_refuses_unpaired_runs(smoke_cfg):
+    batch = [runs.train_run(smoke_cfg, "batch", seed, progress=False) for seed in smoke_cfg.seeds]
+    plain = [runs.train_run(smoke_cfg, "none", seed, progress=False) for seed in smoke_cfg.seeds]
+    result = memorization.paired_canary_test(batch, plain, "in_probability")
+    assert result["n"] == smoke_cfg.n_canaries * len(smoke_cfg.seeds)
+    expected = np.mean([float((memorization.final_canary_scores(a)["in_probability"]
+                               - memorization.final_canary_scores(b)["in_probability"]).mean())
+                        for a, b in zip(batch, plain, strict=True)])
+    assert math.isclose(result["diff"]["mean"], expected, abs_tol=1e-6)
+    with pytest.raises(ValueError, match="not paired"):
+        memorization.paired_canary_test(batch, plain[::-1])
+
+
+def test_zoo_checkpoint_scores_and_reading_them_at_a_fit_level():
+    # T = 2 models, N = 3 examples (0, 1 inliers, 2 an outlier), C = 2, every label 0.
+    keep = torch.tensor([[True, False, True], [False, True, False]])
+    right, wrong = [5.0, 0.0], [0.0, 5.0]
+    correct = torch.tensor([[[0, 0, 0], [0, 0, 0]],  # checkpoint 1: nothing right -> fit 0
+                            [[1, 0, 0], [0, 0, 0]],  # checkpoint 2: model 0 gets its inlier -> fit 0.5
+                            [[1, 0, 1], [0, 1, 0]]])  # checkpoint 3: every member right -> fit 1
+    checkpoint_logits = torch.tensor([[[right if c else wrong for c in row] for row in step]
+                                      for step in correct.tolist()])  # (E, T, N, C)
+    population = zoo.Zoo(norm="batch", keep=keep, labels=torch.zeros(3, dtype=torch.long),
+                         is_outlier=torch.tensor([False, False, True]), logits=checkpoint_logits[-1],
+                         checkpoint_epochs=torch.tensor([1.0, 2.0, 3.0]), checkpoint_logits=checkpoint_logits.half(),
+                         test_logits=checkpoint_logits[-1], test_labels=torch.zeros(3, dtype=torch.long),
+                         entry=None, arch_spec=())
+    scores = memorization.zoo_checkpoint_scores(population)
+    assert np.allclose(scores["fit"], [0.0, 0.5, 1.0])
+    assert np.allclose(scores["hard"], [[0, 0, 0], [1, 0, 0], [1, 1, 1]])
+    assert np.allclose(memorization.zoo_scores_at_fit(scores, 0.75), [1.0, 0.5, 0.5])
+    assert np.isnan(memorization.zoo_scores_at_fit(scores, 1.01)).all()
+
+
+def test_check_norms_and_describe_difference(smoke_cfg):
+    with pytest.raises(ValueError, match="'norms'.*'none'"):
+        memorization.check_norms(config.load("smoke", norms="batch,group"))
+    memorization.check_norms(smoke_cfg)
+    text = memorization.describe_difference({"mean": 0.1, "ci95": [0.05, 0.15], "n": 3}, 0.01, "t-test")
+    assert "+0.100" in text and "p = 0.01" in text and "significant" in text and "not" not in text
+    assert "not significant" in memorization.describe_difference({"mean": 0.1, "ci95": [-1, 1], "n": 3}, 0.4, "t")
+    assert "not measurable" in memorization.describe_difference({"mean": np.nan, "ci95": [np.nan] * 2, "n": 0},
+                                                                np.nan, "t")
