@@ -22,6 +22,7 @@ book: $(STAMP) data
 	$(PY) -m bnlib book --profile $(PROFILE)
 
 test: $(STAMP) data
+	bash .ci/ensure_browser.sh
 	$(PY) -m pytest
 
 report: $(STAMP)

@@ -10,6 +10,7 @@ cache and are never retrained for a re-execution.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,21 @@ def executed_path(document: str, build_dir: Path) -> Path:
     return build_dir / "executed" / f"{document}.ipynb"
 
 
+@contextlib.contextmanager
+def _inline_figures() -> Iterator[None]:
+    """Let the kernel papermill starts draw into the notebook: it inherits our environment, and an
+    ``MPLBACKEND=Agg`` there (usual on headless machines; the tests set it) would silently drop every figure."""
+    previous = os.environ.get("MPLBACKEND")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["MPLBACKEND"]
+        else:
+            os.environ["MPLBACKEND"] = previous
+
+
 def execute(document: str, parameters: dict[str, Any], build_dir: Path | None = None, force: bool = False,
             root: Path = REPO_ROOT, progress: bool = True) -> tuple[Path, bool]:
     """Execute one notebook with papermill (unless an up-to-date executed copy exists).
@@ -133,10 +150,11 @@ def execute(document: str, parameters: dict[str, Any], build_dir: Path | None = 
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.running.ipynb")
     start = time.time()
-    papermill.execute_notebook(
-        str(root / f"{document}.ipynb"), str(temporary), parameters=parameters,
-        cwd=str((root / document).parent), progress_bar=progress, kernel_name="python3",
-    )
+    with _inline_figures():
+        papermill.execute_notebook(
+            str(root / f"{document}.ipynb"), str(temporary), parameters=parameters,
+            cwd=str((root / document).parent), progress_bar=progress, kernel_name="python3",
+        )
     notebook = nbformat.read(temporary, as_version=4)
     notebook.metadata["bnlib"] = {"fingerprint": stamp, "status": "ok", "parameters": parameters,
                                   "seconds": round(time.time() - start, 1)}

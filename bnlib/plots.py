@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -51,4 +52,42 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, column
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def effects_figure(grouped: dict[str, dict[str, dict]], norms: Sequence[str] = ("batch", "none"), columns: int = 4):
+    """One panel per effect: each norm's mean with its 95% CI, for each comparison (same schedule, matched fit).
+
+    Args:
+        grouped: effect -> comparison -> metric entry, as returned by ``report.effects``.
+        norms: the norms to show, side by side within each comparison.
+        columns: panels per row.
+    Returns:
+        The figure.
+    """
+    count = len(grouped)
+    width = max(1, min(count, columns))
+    rows = max(1, int(np.ceil(count / width)))
+    fig, axes = plt.subplots(rows, width, figsize=(3.1 * width, 2.7 * rows), squeeze=False)
+    offsets = np.linspace(-0.15, 0.15, len(norms))
+    for ax, (effect, by_comparison) in zip(axes.flat[:count], grouped.items(), strict=True):
+        for position, entry in enumerate(by_comparison.values()):
+            for offset, norm in zip(offsets, norms, strict=True):
+                stat = entry.get(norm) or {}
+                mean = stat.get("mean")
+                if mean is None or np.isnan(mean):
+                    continue
+                low, high = stat["ci95"]
+                ax.errorbar(position + offset, mean, yerr=[[mean - low], [high - mean]], fmt="o", capsize=3,
+                            color=NORM_COLORS.get(norm, "k"), label=NORM_LABELS.get(norm, norm))
+        ax.set_xticks(range(len(by_comparison)), [c.replace("_", "\n") for c in by_comparison])
+        ax.set_xlim(-0.6, len(by_comparison) - 0.4)
+        ax.set_title(textwrap.fill(effect.replace("_", " "), 30), fontsize=9)
+        higher = next(iter(by_comparison.values())).get("higher_means", "")
+        ax.set_ylabel(textwrap.fill(f"↑ {higher}", 28) if higher else "", fontsize=8)
+    for ax in axes.flat[count:]:
+        ax.axis("off")
+    handles = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=len(handles), bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig

@@ -77,3 +77,77 @@ def as_json(table: dict[str, dict[str, Any]]) -> str:
         return value
 
     return json.dumps(clean(table), indent=2, sort_keys=True)
+
+
+# ----------------------------------------------------------------------------- by effect (the landing page)
+
+COMPARISONS = ("same_schedule", "matched_fit")
+
+
+def effect_name(metric: str, entry: dict[str, Any]) -> str:
+    """The effect a metric measures: its name without the ``_<comparison>`` suffix
+    (``canary_memorization_matched_fit`` -> ``canary_memorization``)."""
+    suffix = f"_{entry.get('comparison', '')}"
+    return metric[: -len(suffix)] if suffix != "_" and metric.endswith(suffix) else metric
+
+
+def effects(table: dict[str, dict[str, Any]], chapters: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Group the headline table by effect: effect -> comparison -> metric entry (plus its ``metric`` name).
+
+    Args:
+        table: as returned by ``headline()``.
+        chapters: chapter names in reading order; effects are ordered by their chapter's place in it
+            (chapters not listed come last), then by their order in ``table``.
+    Returns:
+        ``{effect: {"same_schedule": {...entry, "metric": name}, "matched_fit": {...}}}``, comparisons in the
+        order of ``COMPARISONS`` (others after them).
+    """
+    order = {name: i for i, name in enumerate(chapters or [])}
+    grouped: dict[str, dict[str, Any]] = {}
+    for metric, entry in sorted(table.items(), key=lambda item: order.get(item[1].get("chapter"), len(order))):
+        grouped.setdefault(effect_name(metric, entry), {})[entry.get("comparison", "")] = {**entry, "metric": metric}
+    rank = {c: i for i, c in enumerate(COMPARISONS)}
+    return {effect: dict(sorted(by_comparison.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
+            for effect, by_comparison in grouped.items()}
+
+
+def _versus(entry: dict[str, Any] | None) -> str:
+    """One cell: BN and no-norm means with CIs, then their difference and the p-value (HTML line breaks)."""
+    if not entry or "batch" not in entry or "none" not in entry:
+        return "–"
+    batch, none = entry["batch"], entry["none"]
+    lines = [f"BN {_cell(batch)}", f"none {_cell(none)}"]
+    if batch.get("mean") is not None and none.get("mean") is not None:
+        p = entry.get("p_value")
+        p_text = "" if p is None or math.isnan(p) else f", p = {p:.2g}"
+        lines.append(f"Δ = {batch['mean'] - none['mean']:+.3f}{p_text}")
+    return "<br>".join(lines)
+
+
+def effects_markdown(table: dict[str, dict[str, Any]], chapters: list[str] | None = None,
+                     links: dict[str, str] | None = None) -> str:
+    """The headline table with one row per effect and one column per comparison (BN vs no norm).
+
+    Args:
+        table: as returned by ``headline()``.
+        chapters: chapter names in reading order (see ``effects``).
+        links: chapter name -> document path (``chapters/memorization``); the effects of a chapter listed
+            here link to it with a MyST ``{doc}`` role.
+    Returns:
+        MyST Markdown (cells hold ``<br>`` line breaks).
+    """
+    grouped = effects(table, chapters)
+    if not grouped:
+        return "*No chapter results yet: run `make book`.*"
+    present = {c for by_comparison in grouped.values() for c in by_comparison}
+    columns = [*COMPARISONS, *sorted(present - set(COMPARISONS))]
+    lines = ["| effect | higher means | " + " | ".join(c.replace("_", " ") or "–" for c in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for effect, by_comparison in grouped.items():
+        first = next(iter(by_comparison.values()))
+        chapter, label = first.get("chapter", ""), effect.replace("_", " ")
+        if links and chapter in links:
+            label = f"{{doc}}`{label} </{links[chapter]}>`"
+        cells = [_versus(by_comparison.get(c)) for c in columns]
+        lines.append(f"| {label} | {first.get('higher_means', '')} | {' | '.join(cells)} |")
+    return "\n".join(lines)

@@ -13,6 +13,18 @@ import pytest  # noqa: E402
 
 from bnlib import config  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def smoke_site() -> Path:
+    """Every chapter executed at the smoke profile and the book built strictly (warnings are errors,
+    nitpicky references), ONCE per test session; returns the site's ``html`` folder. Shared by the
+    chapter test and the browser test."""
+    from bnlib import book
+
+    return book.book("smoke", build_dir=Path(os.environ["BNLIB_BUILD"]), strict=True, root=ROOT, progress=False)
+
 
 @pytest.fixture(scope="session")
 def smoke_cfg():

@@ -51,9 +51,9 @@ def test_bad_value_fails_in_the_validation_cell(tmp_path):
 
 
 @pytest.mark.slow
-def test_every_chapter_executes_at_smoke_and_the_book_builds_strictly():
+def test_every_chapter_executes_at_smoke_and_the_book_builds_strictly(smoke_site):
     build_dir = Path(os.environ["BNLIB_BUILD"])
-    html = book.book("smoke", build_dir=build_dir, strict=True, root=ROOT, progress=False)
+    html = smoke_site  # book.book("smoke", build_dir, strict=True): built once per session (conftest.py)
     for document in book.toc_documents(ROOT):
         page = html / f"{document}.html"
         assert page.exists(), page

@@ -1,0 +1,376 @@
+"""The website as a reader gets it: the smoke-profile site (built once per session, see ``conftest.py``)
+served on 127.0.0.1 and driven by headless Chromium (Debian's ``chromium`` + ``chromium-driver``, set up by
+``.ci/ensure_browser.sh``) through Selenium.
+
+Checked: every page of the toc loads with no console error, no failed request and no request leaving
+127.0.0.1; every figure of every page has loaded; equations are typeset by the offline MathJax; the
+slider fallbacks (matplotlib ``to_jshtml`` animations) move when dragged or keyed and change the picture;
+every internal link, image, script and stylesheet of the site resolves. A full-page screenshot of each
+page is saved under ``$BNLIB_BUILD/screenshots/`` and its path printed for the reader of the CI log.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import nbformat
+import pytest
+
+from bnlib import book
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--hide-scrollbars",
+    # Belt and braces: even if a page asked for another host, no name would resolve (the request is still
+    # recorded in the performance log and fails the test below).
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+)
+WINDOW = (1280, 900)  # px
+LOCAL_SCHEMES = ("data", "blob", "about", "chrome")  # "chrome": the browser's own pages, never the network
+FIGURE_MIMES = ("image/png", "image/jpeg", "image/svg+xml")
+SCREENSHOT_MAX_HEIGHT = 12000  # px; longer pages are cut (the screenshot is for a glance, not an archive)
+
+pytestmark = pytest.mark.slow
+
+
+# ----------------------------------------------------------------------------- static checks of the files
+
+class _PageRefs(HTMLParser):
+    """Collects the ids/names a page defines and every URL it references, with the tag that holds it."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.anchors: set[str] = set()
+        self.refs: list[tuple[str, str, str]] = []  # (tag, rel, url)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v for k, v in attrs if v is not None}
+        self.anchors.update(values[k] for k in ("id", "name") if k in values)
+        for attribute in ("href", "src"):
+            if attribute in values:
+                self.refs.append((tag, values.get("rel", ""), values[attribute]))
+
+
+def _parse(page: Path) -> _PageRefs:
+    parser = _PageRefs()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser
+
+
+def _site_pages(html: Path) -> list[Path]:
+    return sorted(p for p in html.rglob("*.html") if p.relative_to(html).parts[0] not in ("_static", "_sources"))
+
+
+def _is_fetched(tag: str, rel: str) -> bool:
+    """Whether the browser loads this reference by itself (a plain ``<a href>`` is only followed on a click)."""
+    return tag in ("script", "img", "iframe", "source", "video", "audio", "embed") or (
+        tag == "link" and any(word in rel for word in ("stylesheet", "preload", "icon", "modulepreload")))
+
+
+def test_every_internal_link_resolves_and_nothing_is_fetched_from_outside(smoke_site):
+    parsed = {page: _parse(page) for page in _site_pages(smoke_site)}
+    broken, fetched_outside, checked = [], [], 0
+    for page, refs in parsed.items():
+        for tag, rel, url in refs.refs:
+            parts = urlsplit(url)
+            if parts.scheme in ("mailto", "javascript", *LOCAL_SCHEMES):
+                continue
+            if parts.scheme or parts.netloc:
+                if _is_fetched(tag, rel):
+                    fetched_outside.append(f"{page.relative_to(smoke_site)}: <{tag}> {url}")
+                continue
+            target = (page.parent / unquote(parts.path)).resolve() if parts.path else page
+            if target.is_dir():
+                target = target / "index.html"
+            checked += 1
+            if not target.is_file():
+                broken.append(f"{page.relative_to(smoke_site)}: {url} (no file {target})")
+            elif parts.fragment and target.suffix == ".html":
+                anchors = parsed[target].anchors if target in parsed else _parse(target).anchors
+                if unquote(parts.fragment) not in anchors:
+                    broken.append(f"{page.relative_to(smoke_site)}: {url} (no anchor #{parts.fragment})")
+    assert checked > 100, f"only {checked} internal references found: is the site complete?"
+    assert not broken, "broken internal references:\n" + "\n".join(broken)
+    assert not fetched_outside, "resources the browser would fetch from outside:\n" + "\n".join(fetched_outside)
+
+
+# ----------------------------------------------------------------------------- the site in a browser
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves the site quietly and remembers every request answered with an error."""
+
+    failures: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        self.failures.append(f"{code} {self.path}")
+        super().send_error(code, message, explain)
+
+
+@pytest.fixture(scope="module")
+def server(smoke_site):
+    """The site on ``http://127.0.0.1:<free port>/`` from a thread; yields (base URL, list of HTTP errors)."""
+    failures: list[str] = []
+    handler = type("Handler", (_Handler,), {"failures": failures})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(handler, directory=str(smoke_site)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}/", failures
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def start_chromium(profile_dir: Path):
+    """Headless Debian Chromium through its chromedriver (no Selenium Manager, no download), with a fresh
+    profile, recording console messages and network events."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    chrome = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    chrome.set_page_load_timeout(60)
+    chrome.set_window_size(*WINDOW)
+    chrome.get("about:blank")  # let the start page settle before the first visit
+    return chrome
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        message = "Chromium or chromedriver is missing: run `bash .ci/ensure_browser.sh` (as root) first."
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    chrome = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
+    yield chrome
+    chrome.quit()
+
+
+@dataclass
+class Visit:
+    """What one page did in the browser."""
+
+    document: str
+    url: str
+    console_errors: list[str] = field(default_factory=list)
+    outside_requests: list[str] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list)  # {src, loaded, width} of the article's <img>
+    math_nodes: int = 0        # Sphinx math elements (span.math, div.math)
+    typeset: int = 0           # <mjx-container> elements made by MathJax
+    math_errors: int = 0       # <mjx-merror> elements
+    sliders: int = 0           # <input type=range>
+    unrendered: list[str] = field(default_factory=list)  # MyST roles left as text, e.g. "{glue:text}`x`"
+    screenshot: Path | None = None
+    seconds: float = 0.0
+
+
+def _wait(chrome, script: str, timeout: float = 30.0) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(chrome, timeout, poll_frequency=0.1).until(lambda c: c.execute_script(script))
+
+
+def _mathjax_done(chrome) -> None:
+    chrome.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const startup = window.MathJax && window.MathJax.startup;
+        if (startup && startup.promise) startup.promise.then(() => done(true), () => done(false));
+        else done(null);""")
+
+
+def _requests(performance_log: list[dict]) -> list[str]:
+    """URLs of every request and websocket that the page opened, from Chromium's performance log."""
+    urls = []
+    for entry in performance_log:
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+        elif message["method"] == "Network.webSocketCreated":
+            urls.append(message["params"]["url"])
+    return urls
+
+
+def _is_local(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in LOCAL_SCHEMES or parts.hostname == "127.0.0.1"
+
+
+def _full_page_screenshot(chrome, path: Path) -> Path:
+    """The whole page as a reader scrolling through it sees it: the window grown to the page's height."""
+    height = chrome.execute_script("return document.documentElement.scrollHeight")
+    chrome.set_window_size(WINDOW[0], min(max(height, WINDOW[1]), SCREENSHOT_MAX_HEIGHT))
+    try:
+        path.write_bytes(chrome.get_screenshot_as_png())
+    finally:
+        chrome.set_window_size(*WINDOW)
+    return path
+
+
+PAGE_STATE = r"""
+    const article = document.querySelector('article') || document.querySelector('main') || document.body;
+    return {
+      images: Array.from(article.querySelectorAll('img')).map(i => (
+        {src: i.src.slice(0, 80), loaded: i.complete && i.naturalWidth > 0, width: i.naturalWidth})),
+      math_nodes: document.querySelectorAll('span.math, div.math').length,
+      typeset: document.querySelectorAll('mjx-container').length,
+      math_errors: document.querySelectorAll('mjx-merror').length,
+      sliders: document.querySelectorAll('input[type=range]').length,
+      unrendered: article.innerText.match(/\{(glue|cite|doc|ref|numref|eq|math|term)(:[a-z]+)?\}`?[^`\s]*/g) || [],
+    };"""
+
+
+def visit(chrome, base_url: str, document: str, screenshots: Path) -> Visit:
+    """Load one page, wait for its images and MathJax, record what happened and take a screenshot."""
+    chrome.get_log("browser"), chrome.get_log("performance")  # forget the previous page's messages
+    start = time.time()
+    record = Visit(document, f"{base_url}{document}.html")
+    chrome.get(record.url)
+    _wait(chrome, "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)")
+    _mathjax_done(chrome)
+    record.seconds = time.time() - start
+    for key, value in chrome.execute_script(PAGE_STATE).items():
+        setattr(record, key, value)
+    record.screenshot = _full_page_screenshot(chrome, screenshots / f"{document.replace('/', '__')}.png")
+    record.console_errors = [e["message"] for e in chrome.get_log("browser") if e["level"] == "SEVERE"]
+    record.outside_requests = [u for u in _requests(chrome.get_log("performance")) if not _is_local(u)]
+    return record
+
+
+@pytest.fixture(scope="module")
+def visits(driver, server) -> dict[str, Visit]:
+    """Every page of the toc, visited once in reading order."""
+    base_url, _ = server
+    screenshots = Path(os.environ["BNLIB_BUILD"]) / "screenshots"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    return {document: visit(driver, base_url, document, screenshots) for document in book.toc_documents(ROOT)}
+
+
+def test_every_page_loads_without_console_errors_or_failed_requests(visits, server):
+    problems = [f"{v.document}: {message}" for v in visits.values() for message in v.console_errors]
+    assert not problems, "console errors:\n" + "\n".join(problems)
+    _, http_failures = server
+    assert not http_failures, "requests the server answered with an error:\n" + "\n".join(http_failures)
+
+
+def test_no_myst_role_is_left_unrendered(visits):
+    leftovers = [f"{v.document}: {text}" for v in visits.values() for text in v.unrendered]
+    assert not leftovers, "MyST roles shown as text (inside backticks?):\n" + "\n".join(leftovers)
+
+
+def test_no_request_leaves_localhost(visits):
+    outside = [f"{v.document}: {url}" for v in visits.values() for url in v.outside_requests]
+    assert not outside, "requests to other hosts than 127.0.0.1:\n" + "\n".join(outside)
+
+
+def _figure_outputs(document: str) -> tuple[int, bool]:
+    """(number of image outputs in the staged executed notebook, whether its source draws with matplotlib);
+    (0, False) for a Markdown page."""
+    staged = Path(os.environ["BNLIB_BUILD"]) / "book_src" / f"{document}.ipynb"
+    if not staged.exists():
+        return 0, False
+    code = [c for c in nbformat.read(staged, as_version=4).cells if c.cell_type == "code"]
+    figures = sum(any(m in o.get("data", {}) for m in FIGURE_MIMES) for c in code for o in c.outputs)
+    return figures, any(word in c.source for c in code for word in ("plt.", "plots."))
+
+
+def test_every_page_shows_its_figures(visits):
+    problems = []
+    for v in visits.values():
+        problems += [f"{v.document}: image not loaded: {i['src']}" for i in v.images if not i["loaded"]]
+        figures, draws = _figure_outputs(v.document)
+        if draws and not figures:
+            problems.append(f"{v.document}: the notebook draws but its executed copy holds no figure "
+                            "(a non-inline matplotlib backend in the kernel?)")
+        if sum(i["loaded"] for i in v.images) < figures:
+            problems.append(f"{v.document}: {figures} figure outputs but {len(v.images)} images shown")
+    assert not problems, "\n".join(problems)
+
+
+def test_equations_are_typeset_by_the_offline_mathjax(visits, smoke_site):
+    assert (smoke_site / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    with_math = [v for v in visits.values() if v.math_nodes]
+    assert with_math, "no page has an equation to check"
+    for v in with_math:
+        assert v.typeset >= v.math_nodes, f"{v.document}: {v.math_nodes} equations but {v.typeset} typeset"
+        assert v.math_errors == 0, f"{v.document}: {v.math_errors} MathJax errors"
+
+
+SLIDER_STATE = """
+    const slider = arguments[0];
+    const image = slider.closest('.animation') ? slider.closest('.animation').querySelector('img') : null;
+    let hash = 0;  // of the picture's src (a data: URI of the frame): short to compare and to print
+    for (const c of (image ? image.src : '')) hash = (hash * 31 + c.charCodeAt(0)) | 0;
+    return {value: Number(slider.value), min: Number(slider.min), max: Number(slider.max),
+            src: image && image.src ? hash : null};"""
+
+
+def slider_problems(chrome, url: str) -> list[str]:
+    """Load ``url`` and work each ``input[type=range]`` of a matplotlib ``to_jshtml`` animation as a reader
+    would: Home key to the first frame, a mouse drag to the last, Home again. Returns what went wrong."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    chrome.get(url)
+    _wait(chrome, "return document.readyState === 'complete'")
+    problems = []
+    for number, slider in enumerate(chrome.find_elements(By.CSS_SELECTOR, "input[type=range]")):
+        where = f"{url} slider {number}"
+        chrome.execute_script("arguments[0].scrollIntoView({block: 'center'})", slider)
+        if not slider.is_displayed():
+            problems.append(f"{where}: hidden (inside a collapsed cell?)")
+            continue
+        slider.send_keys(Keys.HOME)
+        first = chrome.execute_script(SLIDER_STATE, slider)
+        if not first["src"] or first["max"] <= first["min"]:
+            problems.append(f"{where}: no animation picture, or a single frame: {first}")
+            continue
+        width = slider.size["width"]
+        ActionChains(chrome).move_to_element_with_offset(slider, -width // 2 + 2, 0).click_and_hold() \
+            .move_by_offset(width - 4, 0).release().perform()  # from the left end to the right end
+        dragged = chrome.execute_script(SLIDER_STATE, slider)
+        if dragged["value"] <= first["value"] or dragged["src"] == first["src"]:
+            problems.append(f"{where}: dragging did not move it or did not change the picture: {first} -> {dragged}")
+        slider.send_keys(Keys.HOME)
+        back = chrome.execute_script(SLIDER_STATE, slider)
+        if back != first:
+            problems.append(f"{where}: the Home key did not bring the first frame back")
+    return problems
+
+
+def test_slider_fallbacks_move_and_change_the_picture(visits, driver):
+    pages = [v for v in visits.values() if v.sliders]
+    if not pages:
+        pytest.skip("no page has a slider yet (the theory chapter's to_jshtml fallback will bring one)")
+    problems = [problem for page in pages for problem in slider_problems(driver, page.url)]
+    assert not problems, "\n".join(problems)
+
+
+def test_screenshots_of_every_page_are_saved(visits, capsys):
+    for v in visits.values():
+        assert v.screenshot is not None and v.screenshot.stat().st_size > 10_000, v.document
+    with capsys.disabled():
+        print("\nWebsite screenshots (smoke profile):")
+        for v in visits.values():
+            print(f"  {v.document:32s} {v.seconds:5.1f} s  {v.screenshot}")
