@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import data as data_lib
-from . import models, results, train
+from . import ensemble, models, results, train
 
 
 @dataclass
@@ -81,48 +81,57 @@ def zoo_config(cfg, norm: str) -> dict:
     return {**cfg.result_key(), "norm": norm, "data_seed": cfg.seeds[0]}
 
 
+def zoo_inputs(cfg) -> tuple[data_lib.ExperimentData, torch.Tensor, torch.Tensor]:
+    """The data draw of a zoo and its normalized pool (N, C, H, W) and test inputs (n_test, C, H, W)."""
+    experiment = data_lib.make_experiment_data(cfg, seed=cfg.seeds[0])
+    reference = experiment.train_x[~experiment.is_canary]
+    pool_x, test_x = (data_lib.normalize(images, reference) for images in (experiment.pool_x, experiment.test_x))
+    return experiment, pool_x, test_x
+
+
 def train_zoo(cfg, norm: str, progress: bool = True) -> Zoo:
-    """Train (or load from cache, resuming where a run stopped) the zoo of ``cfg.n_models`` for ``norm``."""
+    """Train (or load from cache, resuming where a run stopped) the zoo of ``cfg.n_models`` for ``norm``.
+
+    Models are trained through :func:`bnlib.ensemble.train_models` on the faster path for the device
+    (one by one on a CPU, up to ``ensemble.MAX_CONCURRENT`` at once on CUDA) and saved as soon as they
+    are done, so an interrupted run loses at most one group.
+    """
     entry = results.Entry("zoo", zoo_config(cfg, norm))
-    experiment = data_lib.make_experiment_data(cfg, seed=cfg.seeds[0], allow_download=cfg.allow_download)
-    pool_x = data_lib.normalize(experiment.pool_x, experiment.train_x[~experiment.is_canary])
-    test_x = data_lib.normalize(experiment.test_x, experiment.train_x[~experiment.is_canary])
+    experiment, pool_x, test_x = zoo_inputs(cfg)
     pool_y = experiment.pool_y
     keep = entry.get_or_compute(
         "keep", lambda: data_lib.balanced_keep_mask(cfg.n_models, len(pool_y), seed=cfg.seeds[0]))
     spec = (cfg.arch, norm, pool_x.shape[1], pool_x.shape[-1], experiment.num_classes, cfg.width)
     wanted = checkpoint_epochs(cfg.epochs)
-    done = {t for t in range(cfg.n_models) if entry.has(f"model_{t}")}
     device = train.resolve_device(cfg.device)
-
-    def build(_: int) -> nn.Module:
-        return models.build(*spec).to(device)
-
-    def train_one(t: int) -> None:
-        snapshots = []
-
-        def on_eval(model: nn.Module, record: dict) -> None:
-            if round(record["epoch"]) in wanted:
-                snapshots.append(train.predict_logits(model, pool_x).half())
-
-        torch.manual_seed(1000 + t)
-        model = build(t)
-        train.fit(model, pool_x[keep[t]], pool_y[keep[t]], epochs=cfg.epochs, batch_size=cfg.batch_size,
-                  lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
-                  seed=1000 + t, on_eval=on_eval, progress=False)
-        entry.save(f"model_{t}", {
-            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            "logits": train.predict_logits(model, pool_x),
-            "test_logits": train.predict_logits(model, test_x),
-            "checkpoint_logits": torch.stack(snapshots),
-        })
-
-    todo = [t for t in range(cfg.n_models) if t not in done]
+    path = ensemble.choose_path(device)
+    group_size = 1 if path == "sequential" else ensemble.MAX_CONCURRENT
+    todo = [t for t in range(cfg.n_models) if not entry.has(f"model_{t}")]
     if todo:
         from tqdm.auto import tqdm
 
-        for t in tqdm(todo, desc=f"zoo {norm} ({len(done)} cached)", disable=not progress):
-            train_one(t)
+        pool_on_device = pool_x.to(device)
+        bar = tqdm(total=len(todo), desc=f"zoo {norm} ({cfg.n_models - len(todo)} cached)", disable=not progress)
+        for start in range(0, len(todo), group_size):
+            group = todo[start:start + group_size]
+            networks = []
+            for t in group:
+                torch.manual_seed(1000 + t)
+                networks.append(models.build(*spec).to(device))
+            trained = ensemble.train_models(
+                networks, pool_on_device, pool_y, keep[group], [1000 + t for t in group], epochs=cfg.epochs,
+                batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                schedule=cfg.schedule, snapshot_x=pool_on_device, snapshot_epochs=wanted, path=path, progress=False)
+            pool_logits = ensemble.predict_all(trained.models, pool_on_device, path=path)  # (K, N, C)
+            test_logits = ensemble.predict_all(trained.models, test_x, path=path)  # (K, n_test, C)
+            for k, t in enumerate(group):
+                entry.save(f"model_{t}", {
+                    "state_dict": {name: v.cpu() for name, v in trained.models[k].state_dict().items()},
+                    "logits": pool_logits[k], "test_logits": test_logits[k],
+                    "checkpoint_logits": trained.snapshots[:, k],
+                })
+            bar.update(len(group))
+        bar.close()
 
     stored = [entry.load(f"model_{t}") for t in range(cfg.n_models)]
     return Zoo(

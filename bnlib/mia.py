@@ -1,0 +1,638 @@
+"""Membership-inference attacks on a model zoo, and their evaluation.
+
+Every attack turns the outputs of a *target* model on the pool into one membership score per example
+(higher = "more likely a training member"). Shadow (reference) models are the other models of the zoo:
+leave-one-out, each model in turn is the target and the remaining T-1 models are its shadows, as in
+LiRA's evaluation. Shapes used throughout:
+
+    logits         (T, N, A, C)  T models, N pool examples, A query augmentations, C classes
+    keep           (T, N)        bool, example n was in model t's training set
+    signals        (T, N, A)     float64, one number per model, example and augmentation
+    scores         (T, N)        membership score of each example when model t is the target
+
+Attacks (:data:`ATTACKS`):
+    loss            -- Yeom et al. (2018): the target's log-probability of the true label (= -loss).
+    confidence      -- the target's largest softmax probability, label-free (Salem et al. 2019); the
+                       probability of the true label would rank examples exactly as ``loss`` does.
+    lira_online     -- LiRA (Carlini et al. 2022): Gaussians of the logit-scaled confidence
+                       phi = log p_y - log(1 - p_y) over IN and OUT shadows; score = log likelihood ratio.
+    lira_offline    -- LiRA with OUT shadows only; score = log P[Z_out < phi_target] (one-sided).
+    *_global        -- the same with one variance for all examples (LiRA's "fixed variance": the
+                       pooled within-example variance), which is what works with few shadows.
+    rmia_online     -- RMIA (Zarifzadeh et al. 2024): Pr(x|target) / Pr(x) compared with the same ratio
+                       on population points z (the test set, a member of no model); score = fraction of
+                       z that x dominates. Pr(x) = mean of the IN and OUT shadows' probabilities.
+    rmia_offline    -- RMIA with OUT shadows only: Pr(x) = ((1 + a) Pr_out(x) + (1 - a)) / 2.
+
+Two departures from the LiRA reference code, both deliberate: the "fixed variance" there is the
+standard deviation of *all* IN scores, which mixes the spread between examples into it; here it is the
+pooled within-example variance. And the online RMIA mean averages the IN and OUT means instead of all
+shadows, because in a leave-one-out balanced zoo the shadows hold one IN model fewer exactly when the
+target's answer is IN, which would leak the answer into Pr(x).
+
+Metrics come from scikit-learn's ``roc_curve``: AUC, TPR at a fixed low FPR (the largest TPR whose
+FPR does not exceed it, so with fewer than 1/FPR negatives it is the TPR at zero false positives), and
+balanced accuracy (the best threshold's accuracy on balanced classes, as in LiRA's paper).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import special
+from sklearn.metrics import auc, roc_curve
+
+from . import ensemble, results, stats, train
+from . import zoo as zoo_lib
+
+ATTACKS = ("loss", "confidence", "lira_online", "lira_offline", "lira_online_global", "lira_offline_global",
+           "rmia_online", "rmia_offline")
+AUGMENTS = ("none", "flip", "flip_shift")
+LOW_FPRS = (0.001, 0.01)
+MIN_STD = 1e-3  # floor of a Gaussian's standard deviation (logits stored as float16 can tie exactly)
+RMIA_OFFLINE_A = 0.3  # ML Privacy Meter's default for the offline approximation of Pr(x)
+
+
+@dataclass(frozen=True)
+class ChapterParams:
+    """Parameters of the membership-inference chapter beyond :class:`bnlib.config.ExperimentConfig`."""
+
+    attack: str = field(default="lira_online_global", metadata={
+        "choices": ATTACKS[:6], "doc": "the attack behind the headline numbers and the fit curves"})
+    query_augment: str = field(default="none", metadata={
+        "choices": AUGMENTS, "doc": "queries averaged per example: none, +flip, +flip and 4 shifts"})
+    matched_fit_level: float = field(default=0.0, metadata={
+        "minimum": 0.0, "doc": "inlier train accuracy at which norms are compared; 0 = highest every model reaches"})
+    matched_fit_epochs: int = field(default=0, metadata={
+        "minimum": 0, "doc": "if > 0, non-BN zoos are also trained this long to extend the fit curves"})
+    n_bootstrap: int = field(default=2000, metadata={"positive": True, "doc": "bootstrap resamples of targets"})
+
+    PROFILES: typing.ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": dict(n_bootstrap=200),
+        "quick": dict(),
+        "paper": dict(query_augment="flip_shift"),
+    }
+
+
+def check_zoo_size(n_models: int) -> None:
+    """Leave-one-out LiRA needs IN and OUT shadows for every example: at least 4 models."""
+    if n_models < 4:
+        raise ValueError(f"Parameter 'n_models' is {n_models}; leave-one-out attacks need >= 4 models so that "
+                         "every example has IN and OUT shadows among the other models.")
+
+
+# ----------------------------------------------------------------------------- signals from logits
+
+def _with_augment_axis(logits: torch.Tensor) -> torch.Tensor:
+    """(T, N, C) -> (T, N, 1, C); (T, N, A, C) unchanged; as float64."""
+    logits = logits.double()
+    return logits.unsqueeze(2) if logits.ndim == 3 else logits
+
+
+def true_class_log_probability(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """log p_y = z_y - logsumexp(z) for logits (T, N, [A,] C) and labels (N,) -> (T, N, A) float64."""
+    logits = _with_augment_axis(logits)
+    index = labels.view(1, -1, 1, 1).expand(*logits.shape[:3], 1)
+    return (logits.gather(-1, index).squeeze(-1) - torch.logsumexp(logits, -1)).numpy()
+
+
+def logit_scaled_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """phi = log p_y - log(1 - p_y) = z_y - logsumexp_{j != y} z_j, stable for any logits.
+
+    Computing log(1 - p_y) from p_y loses everything once p_y rounds to 1; the logsumexp over the
+    other classes does not. Logits (T, N, [A,] C), labels (N,) -> (T, N, A) float64.
+    """
+    logits = _with_augment_axis(logits)
+    index = labels.view(1, -1, 1, 1).expand(*logits.shape[:3], 1)
+    true = logits.gather(-1, index).squeeze(-1)
+    others = logits.scatter(-1, index, float("-inf"))
+    return (true - torch.logsumexp(others, -1)).numpy()
+
+
+@dataclass
+class Signals:
+    """What the attacks read, computed once from a zoo's logits.
+
+    Attributes:
+        keep: (T, N) bool membership.
+        phi: (T, N, A) logit-scaled confidence on the pool.
+        log_p: (T, N, A) log-probability of the true label on the pool.
+        max_log_p: (T, N, A) log of the largest class probability on the pool.
+        population_log_p: (T, M, A) the same on M population points that no model trained on.
+    """
+
+    keep: np.ndarray
+    phi: np.ndarray
+    log_p: np.ndarray
+    max_log_p: np.ndarray
+    population_log_p: np.ndarray
+
+    @classmethod
+    def from_logits(cls, keep: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                    population_logits: torch.Tensor, population_labels: torch.Tensor) -> Signals:
+        return cls(keep=keep.numpy().astype(bool), phi=logit_scaled_confidence(logits, labels),
+                   log_p=true_class_log_probability(logits, labels),
+                   max_log_p=torch.log_softmax(_with_augment_axis(logits), -1).amax(-1).numpy(),
+                   population_log_p=true_class_log_probability(population_logits, population_labels))
+
+
+# ----------------------------------------------------------------------------- LiRA
+
+@dataclass
+class GaussianFit:
+    """Per-example Gaussians of a signal over IN and OUT shadows; every array is (N, A)."""
+
+    mean_in: np.ndarray
+    std_in: np.ndarray
+    mean_out: np.ndarray
+    std_out: np.ndarray
+
+
+def _masked_moments(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, unbiased variance (NaN below two values) and count over axis 0 of values (T, N, A) where
+    mask (T, N) is True; each (N, A)."""
+    weight = mask[..., None].astype(float)  # (T, N, 1)
+    count = np.broadcast_to(weight.sum(0), values.shape[1:])  # (N, A)
+    mean = (weight * values).sum(0) / np.maximum(count, 1)
+    variance = (weight * (values - mean) ** 2).sum(0) / np.maximum(count - 1, 1)
+    return mean, np.where(count >= 2, variance, np.nan), count
+
+
+def pooled_std(signal: np.ndarray, in_mask: np.ndarray, out_mask: np.ndarray) -> tuple[float, float]:
+    """LiRA's global ("fixed") standard deviations of IN and OUT: the within-example variance pooled over
+    all examples and augmentations. signal (T, N, A); masks (T, N)."""
+    def pooled(mask: np.ndarray) -> float:
+        _, variance, count = _masked_moments(signal, mask)
+        degrees = np.where(np.isnan(variance), 0, count - 1)
+        return float(np.sqrt(np.nansum(variance * degrees) / degrees.sum()))
+
+    return pooled(in_mask), pooled(out_mask)
+
+
+def fit_gaussians(signal: np.ndarray, in_mask: np.ndarray, out_mask: np.ndarray, variance: str = "per_example",
+                  pooled: tuple[float, float] | None = None) -> GaussianFit:
+    """Fit LiRA's IN and OUT Gaussians per example (and augmentation) from shadow models.
+
+    Args:
+        signal: (T, N, A) phi of every model.
+        in_mask, out_mask: (T, N) the IN and the OUT shadows of each example.
+        variance: ``per_example`` (each example's own variance; where a side has fewer than two shadows,
+            the pooled one) or ``global`` (the pooled one everywhere).
+        pooled: the pooled (IN, OUT) standard deviations; default :func:`pooled_std` of the same masks.
+    Returns:
+        :class:`GaussianFit` with (N, A) arrays.
+    """
+    if variance not in ("per_example", "global"):
+        raise ValueError(f"Parameter 'variance' got {variance!r}; allowed values: 'per_example', 'global'.")
+    pooled_in, pooled_out = pooled_std(signal, in_mask, out_mask) if pooled is None else pooled
+    mean_in, var_in, _ = _masked_moments(signal, in_mask)
+    mean_out, var_out, _ = _masked_moments(signal, out_mask)
+    std_in = np.full_like(mean_in, pooled_in) if variance == "global" else np.where(
+        np.isnan(var_in), pooled_in, np.sqrt(var_in))
+    std_out = np.full_like(mean_out, pooled_out) if variance == "global" else np.where(
+        np.isnan(var_out), pooled_out, np.sqrt(var_out))
+    return GaussianFit(mean_in, np.maximum(std_in, MIN_STD), mean_out, np.maximum(std_out, MIN_STD))
+
+
+def _log_normal_pdf(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return -0.5 * ((x - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
+
+
+def lira_score(target_signal: np.ndarray, fit: GaussianFit, online: bool) -> np.ndarray:
+    """LiRA's membership score of each example (N,) from the target's phi (N, A), averaged over A.
+
+    online: log N(phi; IN) - log N(phi; OUT). offline: log P[Z < phi] for Z ~ OUT (one-sided: a member
+    has a *higher* confidence than the OUT models give it).
+    """
+    if online:
+        ratio = _log_normal_pdf(target_signal, fit.mean_in, fit.std_in) - _log_normal_pdf(
+            target_signal, fit.mean_out, fit.std_out)
+    else:
+        ratio = special.log_ndtr((target_signal - fit.mean_out) / fit.std_out)
+    return ratio.mean(-1)
+
+
+# ----------------------------------------------------------------------------- RMIA
+
+def _log_mean_exp(log_values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """log of the mean of exp(log_values) (T, N, A) over the models of mask (T, N) and over A -> (N,)."""
+    masked = np.where(mask[..., None], log_values, -np.inf)
+    count = mask.sum(0) * log_values.shape[-1]
+    return special.logsumexp(masked, axis=(0, 2)) - np.log(np.maximum(count, 1))
+
+
+def rmia_score(target_log_p: np.ndarray, log_p: np.ndarray, in_mask: np.ndarray, out_mask: np.ndarray,
+               target_population_log_p: np.ndarray, population_log_p: np.ndarray, population_mask: np.ndarray,
+               online: bool, offline_a: float = RMIA_OFFLINE_A, gamma: float = 1.0) -> np.ndarray:
+    """RMIA's score (N,): the fraction of population points z with LR(x, z) > gamma.
+
+    LR(x, z) = [Pr(x|target) / Pr(x)] / [Pr(z|target) / Pr(z)], where Pr(.|model) is the probability of
+    the true label averaged over augmentations and Pr(.) its mean over shadows: online, the average of
+    the IN and the OUT shadows' means; offline, ((1 + a) Pr_OUT + (1 - a)) / 2 from OUT shadows only.
+
+    Args:
+        target_log_p: (N, A); log_p: (T, N, A) of every model; in_mask, out_mask: (T, N) shadows of x.
+        target_population_log_p: (M, A); population_log_p: (T, M, A); population_mask: (T, M) shadows of z
+            (population points are OUT for every model).
+    """
+    def log_prior(log_out: np.ndarray, log_in: np.ndarray | None) -> np.ndarray:
+        if log_in is not None:
+            return np.logaddexp(log_in, log_out) + np.log(0.5)
+        return np.log(0.5 * ((1 + offline_a) * np.exp(log_out) + (1 - offline_a)))
+
+    def log_target(values: np.ndarray) -> np.ndarray:  # log of the target's mean probability over A
+        return special.logsumexp(values, axis=-1) - np.log(values.shape[-1])
+
+    prior_x = log_prior(_log_mean_exp(log_p, out_mask), _log_mean_exp(log_p, in_mask) if online else None)
+    log_out_z = _log_mean_exp(population_log_p, population_mask)
+    prior_z = log_out_z if online else log_prior(log_out_z, None)
+    log_ratio_x = log_target(target_log_p) - prior_x
+    log_ratio_z = np.sort(log_target(target_population_log_p) - prior_z)
+    return np.searchsorted(log_ratio_z, log_ratio_x - np.log(gamma), side="left") / len(log_ratio_z)
+
+
+# ----------------------------------------------------------------------------- leave-one-out attacks
+
+def balanced_shadows(keep: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """IN and OUT shadow masks (T, N) for ``target``: the other models minus one, so that every example
+    has T/2 - 1 IN and T/2 - 1 OUT shadows whatever the target's answer.
+
+    With a balanced keep mask the other T-1 models hold one IN model fewer exactly when the target is
+    IN. Left as it is, that leaks the answer: a mean of fewer values lies farther from a fresh draw,
+    so under the null (no information) LiRA's score is *lower* for members (AUC 0.42 at T=4, 0.47 at
+    T=8, 0.49 at T=16 in a pure-noise simulation). So one model of the larger side is dropped, chosen
+    at random (seeded by the target): dropping a fixed one (say the first) would leak again through
+    whatever sets that model apart from the others.
+    """
+    n_models = keep.shape[0]
+    if not (keep.sum(0) == n_models // 2).all() or n_models % 2:
+        raise ValueError("Parameter 'keep' must be balanced (every example IN for exactly half of an even "
+                         "number of models), as ``data.balanced_keep_mask`` makes it.")
+    models = np.arange(n_models)[:, None]  # (T, 1)
+    larger_side = (keep != keep[target]) & (models != target)  # (T, N), T/2 models per example
+    priority = np.where(larger_side, np.random.default_rng(target).random(keep.shape), -1.0)
+    use = (models != target) & (models != priority.argmax(0)[None, :])
+    return keep & use, ~keep & use
+
+
+def attack_scores(signals: Signals, attack: str) -> np.ndarray:
+    """(T, N) scores of ``attack`` with each model in turn as the target and the others as shadows
+    (balanced per example by :func:`balanced_shadows`)."""
+    if attack not in ATTACKS:
+        raise ValueError(f"Parameter 'attack' got {attack!r}; allowed values: {', '.join(map(repr, ATTACKS))}.")
+    n_models = signals.keep.shape[0]
+    check_zoo_size(n_models)
+    if attack == "loss":
+        return signals.log_p.mean(-1)
+    if attack == "confidence":
+        return np.exp(signals.max_log_p).mean(-1)
+    scores = np.empty(signals.keep.shape)
+    models = np.arange(n_models)[:, None]
+    for target in range(n_models):
+        in_mask, out_mask = balanced_shadows(signals.keep, target)
+        if attack.startswith("lira"):
+            others = models != target  # the pooled variance may use every other model (pooled over examples)
+            pooled = pooled_std(signals.phi, signals.keep & others, ~signals.keep & others)
+            fit = fit_gaussians(signals.phi, in_mask, out_mask, "global" if attack.endswith("global") else
+                                "per_example", pooled)
+            scores[target] = lira_score(signals.phi[target], fit, online="online" in attack)
+        else:
+            population_shadows = np.broadcast_to(models != target, signals.population_log_p.shape[:2])
+            scores[target] = rmia_score(signals.log_p[target], signals.log_p, in_mask, out_mask,
+                                        signals.population_log_p[target], signals.population_log_p,
+                                        population_shadows, online=attack == "rmia_online")
+    return scores
+
+
+# ----------------------------------------------------------------------------- metrics
+
+METRICS = ("auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "balanced_accuracy")
+
+
+def roc_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict[str, float]:
+    """AUC, TPR at 0.1% and 1% FPR and balanced accuracy of one target, with scikit-learn's ``roc_curve``.
+
+    ``drop_intermediate=False``: the default drops collinear ROC points, among them sometimes the one
+    with the largest TPR at a fixed FPR (fine for plots, not for reading a TPR off the curve).
+
+    Args:
+        scores: (n,) higher = member; is_member: (n,) bool with both classes present.
+    """
+    fpr, tpr, _ = roc_curve(is_member, scores, drop_intermediate=False)
+    out = {"auc": float(auc(fpr, tpr))}
+    for level in LOW_FPRS:
+        out[f"tpr_at_{level * 100:g}pct_fpr"] = float(tpr[fpr <= level].max())
+    out["balanced_accuracy"] = float(np.max(1 - (fpr + (1 - tpr)) / 2))
+    return out
+
+
+def fast_roc_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict[str, np.ndarray]:
+    """The numbers of :func:`roc_metrics` for R rows at once (for bootstrap resamples; tested equal).
+
+    Args:
+        scores, is_member: (R, n). Rows without members or non-members give NaN.
+    Returns:
+        metric -> (R,).
+    """
+    order = np.argsort(-scores, axis=-1)
+    member = np.take_along_axis(is_member, order, -1)  # (R, n), by decreasing score
+    ranked = np.take_along_axis(scores, order, -1)
+    n = member.shape[-1]
+    positives = member.sum(-1, keepdims=True)
+    negatives = n - positives
+    true_positives = np.cumsum(member, -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr, fpr = true_positives / positives, (np.arange(1, n + 1) - true_positives) / negatives
+        # ROC points sit at the last example of each group of tied scores
+        last = np.ones_like(member)
+        last[:, :-1] = ranked[:, :-1] != ranked[:, 1:]
+        out = {f"tpr_at_{level * 100:g}pct_fpr": np.max(np.where(last & (fpr <= level), tpr, 0), -1)
+               for level in LOW_FPRS}
+        out["balanced_accuracy"] = np.maximum(np.max(np.where(last, (1 + tpr - fpr) / 2, 0), -1), 0.5)
+        # AUC: each non-member counts the members ranked above it, plus half of those tied with it
+        positions = np.arange(n)
+        first = np.ones_like(member)
+        first[:, 1:] = last[:, :-1]
+        group_start = np.maximum.accumulate(np.where(first, positions, 0), axis=1)
+        group_end = np.minimum.accumulate(np.where(last, positions, n)[:, ::-1], axis=1)[:, ::-1]
+        above = np.where(group_start > 0, np.take_along_axis(true_positives, np.maximum(group_start - 1, 0), -1), 0)
+        tied = np.take_along_axis(true_positives, group_end, -1) - above
+        out["auc"] = np.where(member, 0, above + tied / 2).sum(-1) / (positives * negatives)[:, 0]
+        invalid = (positives[:, 0] == 0) | (negatives[:, 0] == 0)
+    return {metric: np.where(invalid, np.nan, out[metric]) for metric in METRICS}
+
+
+@dataclass
+class Resamples:
+    """Indices of a two-way ("pigeonhole") bootstrap: targets and examples resampled independently.
+
+    Targets share their examples (and, leave-one-out, their shadows), so their metrics are correlated
+    and resampling targets alone gives intervals that are too narrow: in a pure-noise simulation at
+    T = 16, 95% intervals over targets covered the null AUC 0.5 in only about three cases in four.
+    Resampling examples as well accounts for the shared examples (Owen 2007, crossed random effects).
+
+    Attributes:
+        targets: (B, T) target indices; examples: (B, n) indices into a subgroup's examples.
+    """
+
+    targets: np.ndarray
+    examples: np.ndarray
+
+    @classmethod
+    def draw(cls, n_targets: int, n_examples: int, n_bootstrap: int, seed: int = 0) -> Resamples:
+        rng = np.random.default_rng(seed)
+        return cls(rng.integers(0, n_targets, (n_bootstrap, n_targets)),
+                   rng.integers(0, n_examples, (n_bootstrap, n_examples)))
+
+
+def estimate(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, resamples: Resamples | None = None
+             ) -> dict[str, Any]:
+    """Per-target metrics of one attack on one subgroup, and their values on bootstrap resamples.
+
+    Args:
+        scores, keep: (T, N); mask: (N,) the subgroup; resamples: over T targets and the mask's examples.
+    Returns:
+        ``point``: metric -> (T,); ``resampled``: metric -> (T, B) (absent without ``resamples``);
+        ``n_members``, ``n_nonmembers``: (T,) the counts behind each target's ROC.
+    """
+    scores, keep = scores[:, mask], keep[:, mask]
+    rows = [roc_metrics(scores[t], keep[t]) for t in range(len(scores))]
+    out: dict[str, Any] = {"point": {m: np.array([row[m] for row in rows]) for m in METRICS},
+                           "n_members": keep.sum(1), "n_nonmembers": (~keep).sum(1)}
+    if resamples is not None:
+        per_target = [fast_roc_metrics(scores[t][resamples.examples], keep[t][resamples.examples])
+                      for t in range(len(scores))]
+        out["resampled"] = {m: np.stack([row[m] for row in per_target]) for m in METRICS}
+    return out
+
+
+def _resampled_means(resampled: np.ndarray, resamples: Resamples) -> np.ndarray:
+    """(B,) mean over each resample's targets of resampled (T, B)."""
+    with np.errstate(invalid="ignore"):
+        draws = resampled[resamples.targets, np.arange(len(resamples.targets))[:, None]]  # (B, T)
+        return np.nanmean(draws, axis=1)
+
+
+def interval(point: np.ndarray, resampled: np.ndarray, resamples: Resamples) -> dict[str, Any]:
+    """Mean over targets with its two-way bootstrap 95% interval, shaped like :func:`bnlib.stats.mean_ci`.
+
+    Args:
+        point: (T,) per-target values (NaN = not available, e.g. a fit level never reached);
+        resampled: (T, B) the same on each resample.
+    """
+    n = int(np.sum(~np.isnan(point)))
+    if n == 0:
+        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "n": 0}
+    low, high = np.nanquantile(_resampled_means(resampled, resamples), [0.025, 0.975])
+    return {"mean": float(np.nanmean(point)), "ci95": [float(low), float(high)], "n": n}
+
+
+def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],
+                      resamples: Resamples) -> dict[str, Any]:
+    """a - b for two zoos with the same keep mask and examples (BN vs no-BN), each given as
+    (point (T,), resampled (T, B)), with the same resamples for both.
+
+    Returns:
+        ``mean``, ``ci95`` of the difference of means over targets, and a two-sided bootstrap ``p_value``
+        (twice the smaller share of resampled differences on either side of 0, at least 1/(B+1)).
+    """
+    diff = _resampled_means(a[1], resamples) - _resampled_means(b[1], resamples)
+    diff = diff[~np.isnan(diff)]
+    low, high = np.quantile(diff, [0.025, 0.975])
+    tail = min(np.sum(diff <= 0), np.sum(diff >= 0))
+    return {"mean": float(np.nanmean(a[0]) - np.nanmean(b[0])), "ci95": [float(low), float(high)],
+            "p_value": float(min(1.0, (1 + 2 * tail) / (1 + diff.size)))}
+
+
+def pooled_roc(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC (fpr, tpr) of all targets' scores on the examples of ``mask`` taken together (for plots)."""
+    fpr, tpr, _ = roc_curve(keep[:, mask].ravel(), scores[:, mask].ravel())
+    return fpr, tpr
+
+
+# ----------------------------------------------------------------------------- querying a zoo
+
+def augment_queries(x: torch.Tensor, augment: str) -> torch.Tensor:
+    """(N, C, H, W) -> (A, N, C, H, W) query views: the image itself first, then flips and shifts.
+
+    ``flip``: + horizontal mirror (A = 2). ``flip_shift``: each of those also shifted by 2 pixels up,
+    down, left and right (circular shift; the borders of these images are background), A = 10.
+    """
+    if augment not in AUGMENTS:
+        raise ValueError(f"Parameter 'query_augment' got {augment!r}; allowed values: {', '.join(AUGMENTS)}.")
+    views = [x] if augment == "none" else [x, x.flip(-1)]
+    if augment == "flip_shift":
+        views += [view.roll(shift, dims=dim) for view in views for dim in (-2, -1) for shift in (-2, 2)]
+    return torch.stack(views)
+
+
+def _query_all(zoo: zoo_lib.Zoo, x: torch.Tensor, bn_mode: train.BNMode, augment: str,
+               query_batch_size: int) -> torch.Tensor:
+    """(T, M, A, C) logits of every zoo model on the views of x."""
+    networks = [zoo.model(t) for t in range(zoo.n_models)]
+    views = augment_queries(x, augment)
+    if bn_mode == "eval":
+        per_view = [ensemble.predict_all(networks, view, bn_mode="eval") for view in views]
+    else:  # batches that look like training batches: a fixed shuffle of the inputs, cut in batch_size chunks
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        inverse = order.argsort()
+        per_view = [torch.stack([train.predict_logits(net, view[order], "train", query_batch_size)[inverse]
+                                 for net in networks]) for view in views]
+    return torch.stack(per_view, dim=2)
+
+
+def query_zoo(zoo: zoo_lib.Zoo, cfg, bn_mode: train.BNMode = "eval", augment: str = "none"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of every zoo model on the pool and the test set, queried as asked, cached in the zoo entry.
+
+    Args:
+        bn_mode: ``eval`` (running statistics, how a deployed model answers) or ``train`` (each query batch
+            of ``cfg.batch_size`` shuffled pool examples normalized by its own statistics, as the LiRA
+            reference code queries).
+        augment: see :func:`augment_queries`.
+    Returns:
+        pool logits (T, N, A, C) and test logits (T, n_test, A, C), float32.
+    """
+    if bn_mode not in ("eval", "train"):
+        raise ValueError(f"Parameter 'bn_mode' got {bn_mode!r}; allowed values: 'eval', 'train'.")
+    if bn_mode == "eval" and augment == "none":
+        return zoo.logits.unsqueeze(2), zoo.test_logits.unsqueeze(2)
+
+    def compute() -> dict[str, torch.Tensor]:
+        _, pool_x, test_x = zoo_lib.zoo_inputs(cfg)
+        return {"pool": _query_all(zoo, pool_x, bn_mode, augment, cfg.batch_size),
+                "test": _query_all(zoo, test_x, bn_mode, augment, cfg.batch_size)}
+
+    stored = zoo.entry.get_or_compute(f"mia_query_{bn_mode}_{augment}", compute)
+    return stored["pool"], stored["test"]
+
+
+def signals_of(zoo: zoo_lib.Zoo, cfg, bn_mode: train.BNMode = "eval", augment: str = "none",
+               checkpoint: int | None = None) -> Signals:
+    """:class:`Signals` of a zoo, from its final models queried as asked, or from checkpoint ``checkpoint``
+    (an index into ``zoo.checkpoint_epochs``; eval mode, no augmentation; the population signal then
+    comes from the final models, so RMIA is not meaningful there)."""
+    if checkpoint is None:
+        pool, test = query_zoo(zoo, cfg, bn_mode, augment)
+    else:
+        pool, test = zoo.checkpoint_logits[checkpoint].float(), zoo.test_logits
+    return Signals.from_logits(zoo.keep, pool, zoo.labels, test, zoo.test_labels)
+
+
+# ----------------------------------------------------------------------------- the chapter's measurements
+
+def subgroups(zoo: zoo_lib.Zoo) -> dict[str, np.ndarray]:
+    """The pool's subgroups: outliers (canaries, inserted or held out) and inliers; (N,) bool each."""
+    outlier = zoo.is_outlier.numpy().astype(bool)
+    return {"outliers": outlier, "inliers": ~outlier}
+
+
+def resamples_for(zoo: zoo_lib.Zoo, n_bootstrap: int) -> dict[str, Resamples]:
+    """The bootstrap resamples of each subgroup (the same for every norm: comparisons are paired)."""
+    return {group: Resamples.draw(zoo.n_models, int(mask.sum()), n_bootstrap)
+            for group, mask in subgroups(zoo).items()}
+
+
+def _stack(estimates: list[dict[str, Any]]) -> dict[str, Any]:
+    """Estimates at E checkpoints -> one estimate whose arrays gain a leading (E,) axis."""
+    if isinstance(estimates[0], dict):
+        return {key: _stack([e[key] for e in estimates]) for key in estimates[0]}
+    return np.stack(estimates)
+
+
+def measure(zoo: zoo_lib.Zoo, cfg, params: ChapterParams) -> dict[str, Any]:
+    """Everything the chapter reports for one zoo (leave-one-out over its models).
+
+    Returns a dict of :func:`estimate` results:
+        ``attacks``: attack -> group -> estimate, eval-mode queries (resampled: the headline attack on
+            every group, the others on outliers);
+        ``scores``: (T, N) of the headline attack, for ROC curves;
+        ``train_mode``: group -> estimate of the headline attack queried with train-mode BN, and
+            ``train_mode_scores`` (None for zoos without BatchNorm: their answers do not depend on it);
+        ``fit``: ``epochs`` (E,), ``train_accuracy`` (E, T) and group -> estimate with an (E, ...) axis,
+            from the checkpoints (eval mode, no augmentation; resampled on outliers).
+    """
+    groups, resamples, keep = subgroups(zoo), resamples_for(zoo, params.n_bootstrap), zoo.keep.numpy()
+
+    def resampling(attack: str, group: str) -> Resamples | None:
+        return resamples[group] if attack == params.attack or group == "outliers" else None
+
+    eval_signals = signals_of(zoo, cfg, "eval", params.query_augment)
+    scores = {attack: attack_scores(eval_signals, attack) for attack in ATTACKS}
+    out: dict[str, Any] = {
+        "attacks": {attack: {group: estimate(scores[attack], keep, mask, resampling(attack, group))
+                             for group, mask in groups.items()} for attack in ATTACKS},
+        "scores": scores[params.attack], "train_mode": None, "train_mode_scores": None}
+    if zoo.arch_spec[1] == "batch":
+        train_scores = attack_scores(signals_of(zoo, cfg, "train", params.query_augment), params.attack)
+        out["train_mode"] = {group: estimate(train_scores, keep, mask, resamples[group])
+                             for group, mask in groups.items()}
+        out["train_mode_scores"] = train_scores
+    checkpoints = range(len(zoo.checkpoint_epochs))
+    checkpoint_scores = [attack_scores(signals_of(zoo, cfg, checkpoint=e), params.attack) for e in checkpoints]
+    out["fit"] = {"epochs": zoo.checkpoint_epochs.numpy(),
+                  "train_accuracy": np.stack([zoo.train_accuracy(e).numpy() for e in checkpoints]),
+                  **{group: _stack([estimate(s, keep, mask, resampling("", group)) for s in checkpoint_scores])
+                     for group, mask in groups.items()}}
+    return out
+
+
+def at_fit_level(fit: dict[str, Any], group: str, metric: str, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each target's ``metric`` interpolated at inlier train accuracy ``level`` along its checkpoints.
+
+    Args:
+        fit: ``measure(...)["fit"]``.
+    Returns:
+        point (T,) and resampled (T, B) values; NaN for targets that never reach ``level``.
+    """
+    accuracy, estimated = fit["train_accuracy"], fit[group]
+    point = np.array([stats.value_at_level(accuracy[:, t], estimated["point"][metric][:, t], level)
+                      for t in range(accuracy.shape[1])])
+    resampled = estimated["resampled"][metric]  # (E, T, B)
+    values = np.array([[stats.value_at_level(accuracy[:, t], resampled[:, t, b], level)
+                        for b in range(resampled.shape[2])] for t in range(resampled.shape[1])])
+    return point, values
+
+
+def matched_fit_level(fits: dict[str, dict[str, Any]], requested: float = 0.0) -> float:
+    """The inlier train accuracy at which norms are compared.
+
+    Args:
+        fits: norm -> ``measure(...)["fit"]``.
+        requested: a level in (0, 1]; 0 picks the highest level (floored to 0.01) that every target of
+            every norm reaches at one of its checkpoints.
+    """
+    if not 0.0 <= requested <= 1.0:
+        raise ValueError(f"Parameter 'matched_fit_level' got {requested!r}; allowed: 0 (automatic) or a train "
+                         "accuracy in (0, 1].")
+    if requested > 0:
+        return float(requested)
+    reached = min(float(np.max(fit["train_accuracy"], axis=0).min()) for fit in fits.values())
+    return float(np.floor(reached * 100) / 100)
+
+
+def _to_tensors(value: Any) -> Any:
+    """numpy arrays -> tensors inside nested dicts (the cache loads with ``weights_only=True``)."""
+    if isinstance(value, dict):
+        return {k: _to_tensors(v) for k, v in value.items()}
+    return torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
+
+
+def _to_arrays(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_arrays(v) for k, v in value.items()}
+    return value.numpy() if isinstance(value, torch.Tensor) else value
+
+
+def cached_measure(zoo: zoo_lib.Zoo, cfg, params: ChapterParams) -> dict[str, Any]:
+    """:func:`measure`, cached in the zoo's entry under a key of the parameters and this module's code."""
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    key = results.config_hash({"attack": params.attack, "augment": params.query_augment,
+                               "n_bootstrap": params.n_bootstrap, "code": code})
+    return _to_arrays(zoo.entry.get_or_compute(f"mia_{key}", lambda: _to_tensors(measure(zoo, cfg, params))))

@@ -1,0 +1,257 @@
+"""Known-answer tests of the membership-inference attacks and metrics (bnlib.mia)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+from bnlib import config, data, mia, zoo
+
+
+def _mean_auc(scores: np.ndarray, keep: np.ndarray) -> float:
+    return float(mia.estimate(scores, keep, np.ones(keep.shape[1], bool))["point"]["auc"].mean())
+
+
+def _synthetic_signals(phi: np.ndarray, keep: np.ndarray) -> mia.Signals:
+    """Signals whose phi is given (T, N); the other fields are unused by LiRA."""
+    empty = np.zeros((phi.shape[0], 1, 1))
+    return mia.Signals(keep=keep, phi=phi[..., None], log_p=phi[..., None], max_log_p=phi[..., None],
+                       population_log_p=empty)
+
+
+# ----------------------------------------------------------------------------- signals
+
+def test_logit_scaled_confidence_is_stable_at_extreme_logits():
+    logits = torch.tensor([[[1000.0, 0.0, 0.0], [1000.0, 0.0, 0.0], [1e4, -1e4, 3.0], [0.0, 0.0, 0.0]]])
+    labels = torch.tensor([0, 1, 2, 1])
+    phi = mia.logit_scaled_confidence(logits, labels)[0, :, 0]
+    expected = [1000 - math.log(2), -1000.0, 3.0 - 1e4, math.log(1 / 3) - math.log(2 / 3)]
+    assert np.allclose(phi, expected, rtol=1e-12, atol=1e-9) and np.isfinite(phi).all()
+
+
+def test_logit_scaled_confidence_matches_the_naive_formula_for_moderate_logits():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 50, 2, 10, generator=generator, dtype=torch.float64) * 4  # (T, N, A, C)
+    labels = torch.randint(0, 10, (50,), generator=generator)
+    p = torch.softmax(logits, -1).gather(-1, labels.view(1, -1, 1, 1).expand(3, 50, 2, 1)).squeeze(-1)
+    naive = (torch.log(p) - torch.log1p(-p)).numpy()
+    assert np.allclose(mia.logit_scaled_confidence(logits, labels), naive, atol=1e-9)
+    assert np.allclose(mia.true_class_log_probability(logits, labels), torch.log(p).numpy(), atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def test_roc_metrics_on_a_hand_made_ranking():
+    # 4 members, 200 non-members; one non-member outranks two of the members
+    scores = np.concatenate([[10.0, 9.0, 5.0, 4.0], [6.0], np.zeros(199)])
+    is_member = np.zeros(204, dtype=bool)
+    is_member[:4] = True
+    out = mia.roc_metrics(scores, is_member)
+    assert out["tpr_at_0.1pct_fpr"] == 0.5  # no false positive allowed below 1/200: the top two members
+    assert out["tpr_at_1pct_fpr"] == 1.0  # two false positives allowed: all four members
+    assert out["auc"] == pytest.approx(1 - 2 / (4 * 200))
+    assert out["balanced_accuracy"] == pytest.approx(1 - (1 / 200) / 2)
+
+
+def test_loss_attack_roc_matches_the_analytic_roc():
+    # Two classes, logits (s, 0), label 0: loss = softplus(-s) is monotone in s, so the loss attack's ROC
+    # is that of s, N(delta, 1) for members vs N(0, 1): TPR(FPR) = 1 - Phi(Phi^-1(1 - FPR) - delta).
+    delta, n = 1.5, 20000
+    rng = np.random.default_rng(1)
+    keep = np.zeros((4, n), dtype=bool)
+    keep[:, : n // 2] = True
+    s = rng.normal(size=(4, n)) + delta * keep
+    logits = torch.from_numpy(np.stack([s, np.zeros_like(s)], -1))
+    signals = mia.Signals.from_logits(torch.from_numpy(keep), logits, torch.zeros(n, dtype=torch.long),
+                                      logits[:, :10], torch.zeros(10, dtype=torch.long))
+    scores = mia.attack_scores(signals, "loss")
+    metrics = mia.roc_metrics(scores[0], keep[0])
+    assert metrics["auc"] == pytest.approx(scipy_stats.norm.cdf(delta / math.sqrt(2)), abs=0.01)
+    analytic_tpr = 1 - scipy_stats.norm.cdf(scipy_stats.norm.ppf(1 - 0.01) - delta)
+    assert metrics["tpr_at_1pct_fpr"] == pytest.approx(analytic_tpr, abs=0.03)
+
+
+# ----------------------------------------------------------------------------- LiRA
+
+def test_fit_gaussians_matches_a_loop_over_examples():
+    rng = np.random.default_rng(2)
+    phi = rng.normal(size=(9, 30, 2))
+    keep = rng.random((9, 30)) < 0.5
+    keep[:2, :], keep[2:4, :] = True, False  # at least two IN and two OUT models per example
+    fit = mia.fit_gaussians(phi, keep, ~keep, "per_example")
+    for i in range(30):
+        inside, outside = phi[keep[:, i], i], phi[~keep[:, i], i]
+        assert np.allclose(fit.mean_in[i], inside.mean(0)) and np.allclose(fit.std_in[i], inside.std(0, ddof=1))
+        assert np.allclose(fit.mean_out[i], outside.mean(0)) and np.allclose(fit.std_out[i], outside.std(0, ddof=1))
+    pooled = mia.fit_gaussians(phi, keep, ~keep, "global")
+    residuals = np.concatenate([phi[keep[:, i], i] - phi[keep[:, i], i].mean(0) for i in range(30)])
+    assert np.allclose(pooled.std_in, np.sqrt((residuals ** 2).sum() / ((keep.sum() - 30) * 2)))
+
+
+def test_balanced_shadows_leave_equal_in_and_out_counts():
+    keep = data.balanced_keep_mask(8, 50, seed=1).numpy()
+    for target in range(8):
+        in_mask, out_mask = mia.balanced_shadows(keep, target)
+        assert not in_mask[target].any() and not out_mask[target].any()
+        assert (in_mask.sum(0) == 3).all() and (out_mask.sum(0) == 3).all()
+        assert not (in_mask & ~keep).any() and not (out_mask & keep).any()
+    with pytest.raises(ValueError, match="balanced"):
+        mia.balanced_shadows(np.ones((4, 3), dtype=bool), 0)
+
+
+def test_leave_one_out_lira_is_unbiased_under_the_null():
+    # phi = example effect + model effect + noise, no membership information. Without balanced shadows,
+    # LiRA's leave-one-out score would rank members *lower* (AUC about 0.47 at T=8), and with a fixed
+    # choice of the shadow to drop, the model effects would leak (see mia.balanced_shadows).
+    rng = np.random.default_rng(6)
+    keep = data.balanced_keep_mask(8, 4000, seed=2).numpy()
+    model_effect = np.array([3.0, 0, 0, 0, 0, 0, 0, -1.0])[:, None]
+    signals = _synthetic_signals(rng.normal(0, 2, 4000) + model_effect + rng.normal(0, 1, (8, 4000)), keep)
+    for attack in ("lira_online", "lira_online_global", "lira_offline", "lira_offline_global"):
+        assert _mean_auc(mia.attack_scores(signals, attack), keep) == pytest.approx(0.5, abs=0.012), attack
+
+
+def test_lira_reaches_the_optimal_auc_of_known_gaussians():
+    # phi of example i: N(mu_i, sigma^2) when OUT, N(mu_i + delta, sigma^2) when IN, mu_i ~ N(0, tau^2).
+    # The likelihood ratio is the optimal test: AUC = Phi(delta / sqrt(2 sigma^2)). A global threshold on
+    # phi (what the loss attack does) cannot remove the spread of mu_i: AUC = Phi(delta / sqrt(2 sigma^2 + 2 tau^2)).
+    n_models, n, delta, sigma, tau = 64, 2000, 1.0, 1.0, 2.0
+    rng = np.random.default_rng(3)
+    keep = data.balanced_keep_mask(n_models, n, seed=0).numpy()
+    phi = rng.normal(0, tau, n) + delta * keep + rng.normal(0, sigma, (n_models, n))
+    signals = _synthetic_signals(phi, keep)
+    optimal = scipy_stats.norm.cdf(delta / math.sqrt(2 * sigma**2))
+    # per-example variances from 31 shadows cost about 0.01 of AUC; the global one is nearly optimal
+    for attack, tolerance in (("lira_online", 0.015), ("lira_online_global", 0.008), ("lira_offline_global", 0.008)):
+        assert _mean_auc(mia.attack_scores(signals, attack), keep) == pytest.approx(optimal, abs=tolerance), attack
+    assert _mean_auc(mia.attack_scores(signals, "loss"), keep) == pytest.approx(
+        scipy_stats.norm.cdf(delta / math.sqrt(2 * sigma**2 + 2 * tau**2)), abs=0.01)
+
+
+# ----------------------------------------------------------------------------- RMIA
+
+def test_rmia_score_matches_the_pairwise_definition():
+    rng = np.random.default_rng(4)
+    models, n, m = 7, 40, 25
+    log_p = np.log(rng.uniform(0.05, 1, (models, n, 2)))  # model 0 is the target
+    population = np.log(rng.uniform(0.05, 1, (models, m, 2)))
+    keep = rng.random((models, n)) < 0.5
+    keep[1], keep[2] = True, False
+    shadows = np.arange(models)[:, None] > 0
+    in_mask, out_mask, population_mask = keep & shadows, ~keep & shadows, np.broadcast_to(shadows, (models, m))
+    p, pz = np.exp(log_p).mean(-1), np.exp(population).mean(-1)  # probabilities averaged over augmentations
+    for online in (True, False):
+        score = mia.rmia_score(log_p[0], log_p, in_mask, out_mask, population[0], population, population_mask,
+                               online=online, gamma=1.3)
+        mean_out = np.array([p[1:, i][~keep[1:, i]].mean() for i in range(n)])
+        if online:
+            prior_x = (np.array([p[1:, i][keep[1:, i]].mean() for i in range(n)]) + mean_out) / 2
+            prior_z = pz[1:].mean(0)
+        else:
+            a = mia.RMIA_OFFLINE_A
+            prior_x, prior_z = ((1 + a) * mean_out + 1 - a) / 2, ((1 + a) * pz[1:].mean(0) + 1 - a) / 2
+        ratio_x, ratio_z = p[0] / prior_x, pz[0] / prior_z
+        reference = (ratio_x[:, None] / ratio_z[None, :] > 1.3).mean(1)
+        assert np.allclose(score, reference)
+
+
+# ----------------------------------------------------------------------------- null audit on real models
+
+def test_null_audit_gives_chance_on_points_no_model_trained_on():
+    # Test points are members of no model; random "membership" labels for them carry no information.
+    cfg = config.load("smoke", device="cpu", n_models=8)
+    trained = zoo.train_zoo(cfg, "batch", progress=False)
+    fake_keep = data.balanced_keep_mask(cfg.n_models, len(trained.test_labels), seed=5).numpy()
+    signals = mia.Signals.from_logits(torch.from_numpy(fake_keep), trained.test_logits, trained.test_labels,
+                                      trained.logits, trained.labels)
+    everything = np.ones(len(trained.test_labels), bool)
+    resamples = mia.Resamples.draw(cfg.n_models, len(everything), 1000)
+    for attack in mia.ATTACKS:
+        measured = mia.estimate(mia.attack_scores(signals, attack), fake_keep, everything, resamples)
+        summary = mia.interval(measured["point"]["auc"], measured["resampled"]["auc"], resamples)
+        assert summary["ci95"][0] <= 0.5 <= summary["ci95"][1], (attack, summary)
+        assert abs(summary["mean"] - 0.5) < 0.05
+
+
+# ----------------------------------------------------------------------------- querying and the chapter's pieces
+
+def test_train_mode_queries_differ_only_with_batchnorm(smoke_cfg):
+    for norm in ("batch", "none"):
+        trained = zoo.train_zoo(smoke_cfg, norm, progress=False)
+        before = {k: v.clone() for k, v in trained.state_dict(0).items()}
+        eval_pool, eval_test = mia.query_zoo(trained, smoke_cfg, "eval")
+        train_pool, _ = mia.query_zoo(trained, smoke_cfg, "train")
+        assert eval_pool.shape == train_pool.shape == (smoke_cfg.n_models, len(trained.labels), 1, 10)
+        assert eval_test.shape[1] == len(trained.test_labels)
+        differs = not torch.allclose(eval_pool, train_pool, atol=1e-4)
+        assert differs == (norm == "batch"), norm
+        assert all(torch.equal(before[k], v) for k, v in trained.state_dict(0).items())
+
+
+def test_augmented_queries():
+    x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5)
+    assert mia.augment_queries(x, "none").shape == (1, 2, 1, 5, 5)
+    views = mia.augment_queries(x, "flip_shift")
+    assert views.shape == (10, 2, 1, 5, 5) and torch.equal(views[0], x) and torch.equal(views[1].flip(-1), x)
+    with pytest.raises(ValueError, match="query_augment"):
+        mia.augment_queries(x, "rotate")
+
+
+def test_measure_a_zoo_and_the_matched_fit_level(smoke_cfg):
+    params = config.load("smoke", extras=mia.ChapterParams)[1]
+    trained = zoo.train_zoo(smoke_cfg, "batch", progress=False)
+    measured = mia.cached_measure(trained, smoke_cfg, params)
+    assert set(measured["attacks"]) == set(mia.ATTACKS)
+    headline = measured["attacks"][params.attack]
+    for group in ("outliers", "inliers"):
+        assert headline[group]["point"]["auc"].shape == (smoke_cfg.n_models,)
+        assert headline[group]["resampled"]["auc"].shape == (smoke_cfg.n_models, params.n_bootstrap)
+        assert measured["train_mode"][group]["point"]["auc"].shape == (smoke_cfg.n_models,)
+    fit = measured["fit"]
+    epochs = len(trained.checkpoint_epochs)
+    assert fit["train_accuracy"].shape == fit["outliers"]["point"]["auc"].shape == (epochs, smoke_cfg.n_models)
+    assert fit["outliers"]["resampled"]["auc"].shape == (epochs, smoke_cfg.n_models, params.n_bootstrap)
+    level = mia.matched_fit_level({"batch": fit})
+    point, resampled = mia.at_fit_level(fit, "outliers", "auc", level)
+    assert not np.isnan(point).any() and resampled.shape == (smoke_cfg.n_models, params.n_bootstrap)
+    assert np.allclose(point, mia.at_fit_level(fit, "outliers", "auc", level)[0])
+    with pytest.raises(ValueError, match="matched_fit_level"):
+        mia.matched_fit_level({"batch": fit}, 1.5)
+
+
+def test_fast_roc_metrics_equal_scikit_learns():
+    rng = np.random.default_rng(7)
+    scores = np.round(rng.normal(size=(300, 250)), 1)  # many ties
+    is_member = rng.random((300, 250)) < 0.4
+    fast = mia.fast_roc_metrics(scores, is_member)
+    for row in range(300):
+        reference = mia.roc_metrics(scores[row], is_member[row])
+        for metric in mia.METRICS:
+            assert fast[metric][row] == pytest.approx(reference[metric], abs=1e-12), metric
+    assert np.isnan(mia.fast_roc_metrics(scores[:1], np.zeros((1, 250), bool))["auc"]).all()
+
+
+def test_interval_and_paired_difference():
+    rng = np.random.default_rng(8)
+    resamples = mia.Resamples.draw(16, 50, 2000)
+    point = rng.normal(0.7, 0.05, 16)
+    resampled = point[:, None] + rng.normal(0, 0.02, (16, 2000))
+    summary = mia.interval(point, resampled, resamples)
+    assert summary["n"] == 16 and summary["mean"] == pytest.approx(point.mean())
+    assert summary["ci95"][0] < point.mean() < summary["ci95"][1]
+    same = mia.paired_difference((point, resampled), (point, resampled), resamples)
+    assert same["mean"] == 0 and same["p_value"] == 1.0
+    shifted = mia.paired_difference((point + 0.1, resampled + 0.1), (point, resampled), resamples)
+    assert shifted["mean"] == pytest.approx(0.1) and shifted["p_value"] < 0.01
+    assert mia.interval(np.full(16, np.nan), resampled, resamples)["n"] == 0
+
+
+def test_parameter_validation():
+    with pytest.raises(ValueError, match="'attack'"):
+        config.load("smoke", extras=mia.ChapterParams, attack="rmia_online")
+    with pytest.raises(ValueError, match="n_models"):
+        mia.check_zoo_size(3)
+    with pytest.raises(ValueError, match="'attack'"):
+        mia.attack_scores(_synthetic_signals(np.zeros((4, 2)), np.array([[1, 0]] * 2 + [[0, 1]] * 2, bool)), "lira")
