@@ -1,0 +1,862 @@
+"""Per-sample influence through gradient norms, with three definitions that stay exact under BatchNorm.
+
+With BatchNorm (BN) in training mode a sample's loss depends on every sample of its batch through the
+batch's per-channel mean and variance, so "the gradient of sample i" is not one thing. We compute three
+named quantities, ℓ = cross-entropy, θ = every trainable parameter, B = the batch (x, y) of m samples:
+
+    eval_mode_grad_norms       ||∇_θ ℓ(x_i, y_i; θ)||          BN uses its running statistics (eval mode):
+                                                               samples are independent, the textbook norm.
+    in_batch_grad_norms        ||∇_θ ℓ_i(θ; μ_B, σ_B)||        train mode, sample i's loss computed through
+                                                               the statistics of the whole batch, the
+                                                               gradient flowing through μ_B and σ_B too.
+    counterfactual_influence   ||g(B) − g(B∖{i})||             g(S) = Σ_{j∈S} ∇_θ ℓ_j(θ; stats(S)), sum-
+                                                               reduced: how much the step on B changes
+                                                               because i was in it (its effect on every
+                                                               other sample through the statistics included).
+
+Without BN (and without dropout) all three equal the per-sample gradient norm. Running statistics and the
+model's train/eval flag are never changed by these functions.
+
+Each has a ``*_reference`` twin that is obviously right (loops of single autograd passes, or two full
+batch gradients per sample) and a fast exact path for networks that are a chain of Linear, Conv2d,
+BatchNorm, ReLU, MaxPool2d, AdaptiveAvgPool2d(1), Flatten and Identity modules (``models.MLP``,
+``SmallCNN`` and ``VGG``); other networks (e.g. the ResNet) fall back to the reference. The fast paths:
+
+    eval mode       one forward and one backward pass; per-layer per-sample gradient norms without
+                    materializing gradients where that is cheaper ("ghost norm": ||g_i a_iᵀ||² =
+                    ||g_i||² ||a_i||² for a linear layer; conv layers via unfolded inputs).
+    in batch        ∇ℓ_i = ∂ℓ_i/∂θ|_stats + Σ_l λ_{i,l}ᵀ ∂s_l/∂θ: the samples are coupled only through the
+                    statistics s_l = (μ_l, σ_l) of each BN layer (2 C_l numbers). One backward pass with the
+                    statistics frozen gives every per-sample term; one batched backward per statistic
+                    (Σ 2 C_l of them, independent of m) gives ∂s/∂θ; λ_i (the total adjoint of the
+                    statistics for loss i) is a small triangular recursion. Used when Σ 2 C_l < m;
+                    otherwise the m losses are back-propagated together as one batch of seeds.
+    counterfactual  the m leave-one-out batches are evaluated together as groups of one batched
+                    forward/backward pass with group-wise statistics; the layers before the first BN
+                    (which do not see the statistics) are computed once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Method = Literal["auto", "fast", "reference"]
+METHODS = ("auto", "fast", "reference")
+_BN = nn.modules.batchnorm._BatchNorm
+_SUPPORTED = (nn.Linear, nn.Conv2d, _BN, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
+# Upper bound on the elements of one seed/group-batched activation tensor (float32: 4 bytes each).
+DEFAULT_MAX_ELEMENTS = 2 ** 20
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@contextlib.contextmanager
+def _model_state_preserved(model: nn.Module) -> Iterator[None]:
+    """Restore the train/eval flag and every buffer (running statistics) on exit."""
+    training = model.training
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+        model.train(training)
+
+
+def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str, minimum: int = 1) -> None:
+    if method not in METHODS:
+        raise ValueError(f"Parameter 'method' got {method!r}; allowed values: {', '.join(map(repr, METHODS))}.")
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"Parameters 'x' and 'y' must be a batch (m, ...) and labels (m,); got shapes "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}.")
+    if len(x) < minimum:
+        raise ValueError(f"Parameter 'x' holds {len(x)} example(s); this definition needs at least {minimum} "
+                         "(the batch without sample i must not be empty).")
+    if not _trainable(model):
+        raise ValueError("Parameter 'model' has no trainable parameters: there is no gradient to measure.")
+
+
+def _flat(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def _batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Flat gradient of the sum-reduced cross-entropy of (x, y) in the model's current mode."""
+    loss = F.cross_entropy(model(x), y, reduction="sum")
+    return _flat(torch.autograd.grad(loss, _trainable(model), allow_unused=True, materialize_grads=True))
+
+
+# ----------------------------------------------------------------------------- references (slow, obvious)
+
+def eval_mode_grad_norms_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Definition 1 by a loop of m single-example backward passes in eval mode. Returns (m,)."""
+    with _model_state_preserved(model):
+        model.eval()
+        return torch.stack([_batch_gradient(model, x[i:i + 1], y[i:i + 1]).norm() for i in range(len(x))])
+
+
+def in_batch_grad_norms_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Definition 2 by m backward passes of ℓ_i through one train-mode forward of the whole batch. Returns (m,)."""
+    with _model_state_preserved(model):
+        model.train()
+        losses = F.cross_entropy(model(x), y, reduction="none")
+        params = _trainable(model)
+        return torch.stack([
+            _flat(torch.autograd.grad(losses[i], params, retain_graph=i < len(x) - 1, allow_unused=True,
+                                      materialize_grads=True)).norm()
+            for i in range(len(x))])
+
+
+def counterfactual_influence_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                                       indices: Sequence[int] | None = None) -> torch.Tensor:
+    """Definition 3 by two full train-mode batch gradients per sample: on B and on B without i.
+
+    Returns (m,), or (len(indices),) for the samples in ``indices``.
+    """
+    with _model_state_preserved(model):
+        model.train()
+        full = _batch_gradient(model, x, y)
+        every = torch.arange(len(x), device=x.device)
+        chosen = range(len(x)) if indices is None else indices
+        return torch.stack([(full - _batch_gradient(model, x[every != i], y[every != i])).norm() for i in chosen])
+
+
+# ----------------------------------------------------------------------------- the chain engine
+#
+# A supported network is a chain: optional Flatten, then blocks, each a Conv2d or Linear followed by a run
+# of [BatchNorm][ReLU][MaxPool2d with kernel = stride][AdaptiveAvgPool2d(1)][Flatten] (each optional, in
+# this order; Identity anywhere). A run's backward pass is fused (one routed multiply through ReLU and
+# pooling, BN's coupling added as one dense rank-2-per-channel term), and its BN parameter gradients come
+# from two sums per channel taken after pooling.
+#
+# Activations and back-propagated fields carry a leading row axis: (K, n, *features). Rows are seeds
+# (cotangents back-propagated together through one forward pass, K = S) or groups (leave-one-out batches
+# with their own BN statistics, K = G). Saved tensors have K = 1 (shared by every row, broadcast) or K = G.
+# Passes with the BN statistics held fixed treat samples independently and run over chunks of samples so
+# that every tensor stays small.
+
+_RUN_ORDER = ("bn", "relu", "pool", "average", "flatten")
+
+
+@dataclass
+class _Run:
+    """The modules between two Conv2d/Linear layers, and what their fused backward pass needs."""
+
+    bn: _BN | None = None
+    relu: bool = False
+    pool: int | None = None  # kernel (= stride) of a non-overlapping MaxPool2d
+    average: bool = False  # AdaptiveAvgPool2d(1)
+    flatten: bool = False
+    saved: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def add(self, module: nn.Module) -> bool:
+        """Append ``module`` if it fits the run's pattern; False if it does not."""
+        slot = _run_slot(module)
+        filled = [name for name in _RUN_ORDER if getattr(self, name) not in (None, False)]
+        if slot is None or (filled and _RUN_ORDER.index(slot) <= _RUN_ORDER.index(filled[-1])):
+            return False
+        value = {"bn": module, "pool": _pair(getattr(module, "kernel_size", 0))[0]}.get(slot, True)
+        setattr(self, slot, value)
+        return True
+
+
+def _run_slot(module: nn.Module) -> str | None:
+    if isinstance(module, _BN):
+        return "bn" if module.track_running_stats and module.running_mean is not None else None
+    if isinstance(module, nn.ReLU):
+        return "relu"
+    if isinstance(module, nn.MaxPool2d):
+        kernel, stride = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
+        simple = _pair(module.padding) == (0, 0) and _pair(module.dilation) == (1, 1) and not module.ceil_mode
+        return "pool" if simple and kernel == stride and kernel[0] == kernel[1] else None
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        return "average" if module.output_size in (1, (1, 1)) else None
+    if isinstance(module, nn.Flatten):
+        return "flatten" if (module.start_dim, module.end_dim) == (1, -1) else None
+    return None
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+@dataclass
+class _Chain:
+    """A chain network split into blocks (layer, run), and the tensors of its last forward pass."""
+
+    leading_flatten: bool
+    blocks: list[tuple[nn.Module, _Run]]
+    inputs: list[torch.Tensor] = field(default_factory=list)  # input of each block's layer (K, n, ...)
+    sizes: list[int] = field(default_factory=list)  # largest per-sample activation size inside each block
+
+    @property
+    def bn_blocks(self) -> list[int]:
+        return [b for b, (_, run) in enumerate(self.blocks) if run.bn is not None]
+
+    @classmethod
+    def parse(cls, modules: list[nn.Module]) -> _Chain | None:
+        leading, blocks = False, []
+        for module in modules:
+            if isinstance(module, nn.Identity):
+                continue
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"
+                                                      or isinstance(module.padding, str)):
+                    return None
+                blocks.append((module, _Run()))
+            elif not blocks and isinstance(module, nn.Flatten) and not leading and _run_slot(module):
+                leading = True
+            elif not blocks or not blocks[-1][1].add(module):
+                return None
+        return cls(leading, blocks) if blocks else None
+
+
+def chain_modules(model: nn.Module, x: torch.Tensor) -> list[nn.Module] | None:
+    """The leaf modules of ``model`` in execution order if its forward pass is a chain (each module's input
+    is the previous one's output, every leaf called once), else None."""
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    if not leaves:
+        return None
+    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda module, args, out: calls.append((module, args[0], out))) for m in leaves]
+    probe = x[:2]
+    try:
+        with _model_state_preserved(model), torch.no_grad():
+            model.eval()
+            output = model(probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if [c[0] for c in calls] != leaves or calls[0][1] is not probe or calls[-1][2] is not output:
+        return None
+    if any(calls[k][1] is not calls[k - 1][2] for k in range(1, len(calls))):
+        return None
+    return leaves
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(K, n, ...) -> (K*n, ...) for functions that want one batch axis."""
+    return t.flatten(0, 1)
+
+
+def _channel_sums(t: torch.Tensor) -> torch.Tensor:
+    """(K, n, C, *spatial) -> (K, n, C): sum over spatial positions."""
+    return t.flatten(3).sum(-1) if t.ndim > 3 else t
+
+
+def _per_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(K, C) or (K, n, C) -> broadcastable against (K', n, C, *spatial)."""
+    v = v.unsqueeze(1) if v.ndim == 2 else v
+    return v.reshape(*v.shape, *([1] * (like.ndim - 3)))
+
+
+# ----------------------------------------------------------------------------- forward pass
+
+def _forward(chain: _Chain, x: torch.Tensor, mode: str, weights: torch.Tensor | None = None, start: int = 0,
+             h: torch.Tensor | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (K, n, classes) of the chain on x (n, ...), saving what the backward passes need.
+
+    Args:
+        mode: BN statistics: ``running`` (eval mode), ``batch`` (train mode, statistics of x) or ``groups``
+            (train mode, one set per row of ``weights`` (G, n) in {0, 1}, the samples each group holds).
+        start, h, z: resume at block ``start`` whose layer input is h, or whose layer output is z.
+    """
+    if h is None and z is None:  # a fresh pass from the input
+        h = x.unsqueeze(0).flatten(2) if chain.leading_flatten else x.unsqueeze(0)
+        chain.inputs, chain.sizes = [None] * len(chain.blocks), [0] * len(chain.blocks)
+    for b in range(start, len(chain.blocks)):
+        layer, run = chain.blocks[b]
+        if z is None or b > start:
+            chain.inputs[b] = h
+            z = _layer_forward(layer, h)
+        chain.sizes[b] = max(math.prod(chain.inputs[b].shape[2:]), math.prod(z.shape[2:]))
+        h = _run_forward(run, z, mode, weights)
+    return h
+
+
+def _layer_forward(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, nn.Linear):
+        return F.linear(h, layer.weight, layer.bias)
+    return F.conv2d(_rows(h), layer.weight, layer.bias, layer.stride, layer.padding,
+                    layer.dilation).unflatten(0, h.shape[:2])
+
+
+def _run_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | None) -> torch.Tensor:
+    run.saved = {"input_shape": torch.tensor(z.shape)}
+    h = _batchnorm_forward(run, z, mode, weights) if run.bn is not None else z
+    if run.relu:
+        h = h.relu_() if h is not z else F.relu(h)
+        if run.pool is None:
+            run.saved["mask"] = (h > 0).to(h.dtype)
+    if run.pool is not None:
+        h = _maxpool_forward(run, h)
+    if run.average:
+        run.saved["average_shape"] = torch.tensor(h.shape)
+        h = h.mean((-2, -1), keepdim=True)
+    if run.flatten:
+        run.saved["flatten_shape"] = torch.tensor(h.shape)
+        h = h.flatten(2)
+    return h
+
+
+def _batchnorm_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | None) -> torch.Tensor:
+    """BN of z (K, n, C, *spatial); saves x̂ and the scale γ/σ (R, C) (∂y/∂z with statistics fixed)."""
+    bn, channels = run.bn, z.shape[2]
+    if mode == "running":
+        inv_std = torch.rsqrt(bn.running_var + bn.eps).view(1, channels)
+        xhat = torch.addcmul((-bn.running_mean.view(1, channels) * inv_std).view(1, 1, channels, *[1] * (z.ndim - 3)),
+                             z, _per_channel(inv_std, z))
+    else:
+        weights = torch.ones(1, z.shape[1], dtype=z.dtype, device=z.device) if weights is None else weights
+        count = weights.sum(1) * math.prod(z.shape[3:])  # (G,) values per channel
+        sums = _channel_sums(z)  # (K, n, C)
+        mean = (torch.einsum("gn,nc->gc", weights, sums[0]) if z.shape[0] == 1 else
+                torch.einsum("gn,gnc->gc", weights, sums)) / count[:, None]
+        xhat = z - _per_channel(mean, z)  # centered, scaled in place below
+        squares = torch.linalg.vector_norm(xhat.flatten(3), dim=-1) ** 2 if z.ndim > 3 else xhat * xhat
+        inv_std = torch.rsqrt(torch.einsum("gn,gnc->gc", weights, squares) / count[:, None] + bn.eps)
+        xhat.mul_(_per_channel(inv_std, xhat))
+        run.saved.update(weights=weights, count=count)
+    gamma = bn.weight.view(1, channels) if bn.affine else torch.ones_like(inv_std[:1])
+    run.saved.update(xhat=xhat, scale=gamma * inv_std)
+    if not bn.affine:
+        return xhat.clone()
+    return torch.addcmul(_per_channel(bn.bias.view(1, channels), xhat), xhat, _per_channel(gamma, xhat))
+
+
+def _windows(t: torch.Tensor, k: int) -> torch.Tensor:
+    """(..., H, W) -> view (..., H//k, k, W//k, k) of the part that non-overlapping k x k windows cover."""
+    out_h, out_w = t.shape[-2] // k, t.shape[-1] // k
+    return t[..., :out_h * k, :out_w * k].unflatten(-1, (out_w, k)).unflatten(-3, (out_h, k))
+
+
+def _maxpool_forward(run: _Run, h: torch.Tensor) -> torch.Tensor:
+    """Max over k x k windows, and the position of each window's first maximum (as aten's max_pool2d)."""
+    k = run.pool
+    windows = _windows(h, k)
+    best = windows[..., 0, :, 0].clone()
+    codes = torch.zeros(best.shape, dtype=torch.uint8, device=h.device)
+    for position in range(1, k * k):
+        candidate = windows[..., position // k, :, position % k]
+        codes.masked_fill_(candidate > best, position)
+        best = torch.maximum(best, candidate)
+    run.saved.update(codes=codes, pooled=best, pre_pool_shape=torch.tensor(h.shape))
+    return best
+
+
+# ----------------------------------------------------------------------------- backward pass of a run
+
+def _slice(t: torch.Tensor, samples: slice) -> torch.Tensor:
+    return t[:, samples]
+
+
+def _routes(run: _Run) -> list[torch.Tensor]:
+    """Per window position (pooling) or one tensor (no pooling): the factor that carries a field at the run's
+    output (after pooling) to its input with the BN statistics held fixed: scale · ReLU mask · [is max]."""
+    if "routes" not in run.saved:
+        scale = run.saved.get("scale")
+        if run.pool is not None:
+            codes = run.saved["codes"]
+            keep = (run.saved["pooled"] > 0).to(run.saved["pooled"].dtype) if run.relu else 1.0
+            factor = keep * _per_channel(scale, codes) if scale is not None else keep
+            routes = [(codes == p).to(run.saved["pooled"].dtype) * factor for p in range(run.pool ** 2)]
+        else:
+            mask = run.saved.get("mask")
+            if scale is None:
+                routes = [mask] if mask is not None else []
+            else:
+                per_channel = _per_channel(scale, run.saved["xhat"])
+                routes = [mask * per_channel if mask is not None else per_channel]
+        run.saved["routes"] = routes
+    return run.saved["routes"]
+
+
+def _statistics_tests(run: _Run) -> tuple[torch.Tensor | float, torch.Tensor]:
+    """(M1, Mx) at the run's output before average/flatten: Σ_pos d = Σ dy·M1 and Σ_pos d·x̂ = Σ dy·Mx for the
+    field d at BN's output (the β and γ gradients), through ReLU and pooling."""
+    if "tests" not in run.saved:
+        xhat = run.saved["xhat"]
+        if run.pool is not None:
+            codes, k = run.saved["codes"], run.pool
+            keep = (run.saved["pooled"] > 0).to(xhat.dtype) if run.relu else torch.ones_like(run.saved["pooled"])
+            windows = _windows(xhat, k)
+            at_max = sum((codes == p).to(xhat.dtype) * windows[..., p // k, :, p % k] for p in range(k * k))
+            run.saved["tests"] = (keep, keep * at_max)
+        else:
+            mask = run.saved.get("mask")
+            run.saved["tests"] = (mask, mask * xhat) if mask is not None else (1.0, xhat)
+    return run.saved["tests"]
+
+
+def _run_backward(run: _Run, dy: torch.Tensor, coupled: bool, samples: slice = slice(None)) -> tuple[
+        torch.Tensor, torch.Tensor | None]:
+    """Field at the run's input (its layer's output) from dy (S, n_c, ...) at its output.
+
+    Args:
+        coupled: through BN's batch/group statistics; otherwise with the statistics held fixed.
+        samples: the samples of dy among the saved ones (frozen passes run on chunks of samples).
+    Returns:
+        (field (S, n_c, ...), BN sums (S, n_c, 2C): [Σ_pos d, Σ_pos d·x̂] of the field d at BN's output, or None).
+    """
+    if run.flatten:
+        dy = dy.reshape(*dy.shape[:2], *run.saved["flatten_shape"].tolist()[2:])
+    if run.average:
+        shape = run.saved["average_shape"].tolist()
+        dy = (dy / (shape[-2] * shape[-1])).expand(*dy.shape[:3], *shape[-2:])
+    sums = None
+    if run.bn is not None:
+        ones, along = (_slice(t, samples) if torch.is_tensor(t) else t for t in _statistics_tests(run))
+        sums = torch.cat([_channel_sums(dy * ones), _channel_sums(dy * along)], -1)
+    routes = [_slice(r, samples) for r in _routes(run)]
+    shape = (*dy.shape[:2], *run.saved["input_shape"].tolist()[2:])
+    if coupled and run.bn is not None:
+        # dz = γ/σ (d − w/N (Σ d + x̂ Σ d x̂)): a dense part with two coefficients per row and channel
+        channels = shape[2]
+        share = (run.saved["weights"] / run.saved["count"][:, None])[:, samples].unsqueeze(-1)  # (R, n_c, 1)
+        scale = run.saved["scale"].unsqueeze(1)  # (R, 1, C)
+        totals = sums.sum(1, keepdim=True)  # (S, 1, 2C)
+        offset = -scale * share * totals[..., :channels]
+        slope = -scale * share * totals[..., channels:]
+        dz = torch.addcmul(_per_channel(offset, dy), _slice(run.saved["xhat"], samples), _per_channel(slope, dy))
+        return _route_add(run, dy, routes, dz), sums
+    if run.pool is None:
+        return (dy * routes[0] if routes else dy), sums
+    dz = dy.new_empty(shape) if _windows_cover(shape, run.pool) else dy.new_zeros(shape)
+    windows = _windows(dz, run.pool)
+    for p, route in enumerate(routes):
+        torch.mul(dy, route, out=windows[..., p // run.pool, :, p % run.pool])
+    return dz, sums
+
+
+def _windows_cover(shape: Sequence[int], k: int) -> bool:
+    return shape[-2] % k == 0 and shape[-1] % k == 0
+
+
+def _route_add(run: _Run, dy: torch.Tensor, routes: list[torch.Tensor], dz: torch.Tensor) -> torch.Tensor:
+    """dz += the routed field (in place)."""
+    if run.pool is None:
+        return dz.addcmul_(dy, routes[0]) if routes else dz.add_(dy)
+    windows = _windows(dz, run.pool)
+    for p, route in enumerate(routes):
+        windows[..., p // run.pool, :, p % run.pool].addcmul_(dy, route)
+    return dz
+
+
+# ----------------------------------------------------------------------------- layers: backward and gradients
+
+def _layer_backward(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+    """Field at the layer's input (S, n, ...) from dz at its output; x (R, n, ...) is the layer's input."""
+    if isinstance(layer, nn.Linear):
+        return dz @ layer.weight
+    shape = (dz.shape[0] * dz.shape[1], *x.shape[2:])
+    return torch.nn.grad.conv2d_input(shape, layer.weight, _rows(dz), layer.stride, layer.padding,
+                                      layer.dilation).unflatten(0, dz.shape[:2])
+
+
+def _param_names(module: nn.Module) -> list[str]:
+    return [name for name, p in module.named_parameters(recurse=False) if p.requires_grad]
+
+
+def _layer_rows(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+    """Gradient of the layer's trainable parameters for each row, summed over its samples: (S, P_layer).
+
+    x (R, n, ...) is the layer's input with R = 1 (shared by the rows) or S; dz (S, n, ...) the field at its
+    output. One sample per row (n = 1) gives per-sample gradients.
+    """
+    grads: dict[str, torch.Tensor] = {}
+    rows = dz.shape[0]
+    if isinstance(layer, nn.Linear):
+        grads["weight"] = dz.transpose(1, 2) @ x  # (S, out, in)
+        grads["bias"] = dz.sum(1)
+    else:
+        grads["weight"] = _conv_weight_rows(layer, x, dz)
+        grads["bias"] = dz.sum((1, 3, 4))
+    return torch.cat([grads[name].reshape(rows, -1) for name in _param_names(layer)], 1)
+
+
+def _conv_weight_rows(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+    """(S, C_out, C_in, kh, kw) weight gradients of x (R, n, C_in, H, W) and dz (S, n, C_out, oh, ow)."""
+    rows, samples, channels = dz.shape[:3]
+    shape = conv.weight.shape
+    if x.shape[0] == 1:  # input shared by the rows: the rows become output channels of one call
+        seeds_as_channels = dz.transpose(0, 1).reshape(samples, rows * channels, *dz.shape[3:])
+        return torch.nn.grad.conv2d_weight(x[0], (rows * channels, *shape[1:]), seeds_as_channels, conv.stride,
+                                           conv.padding, conv.dilation).view(rows, *shape)
+    if samples == 1:  # one sample per row: unfolded input, one batched matrix product
+        unfolded = F.unfold(x[:, 0], shape[2:], conv.dilation, conv.padding, conv.stride)  # (S, C_in*kh*kw, L)
+        return torch.bmm(dz[:, 0].flatten(2), unfolded.transpose(1, 2)).view(rows, *shape)
+    return torch.stack([torch.nn.grad.conv2d_weight(x[r], shape, dz[r], conv.stride, conv.padding, conv.dilation)
+                        for r in range(rows)])
+
+
+def _layer_squared_norms(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+    """||per-sample gradient||² (n,) of a layer from x (1, n, ...) and dz (1, n, ...), without materializing
+    the gradients where that is cheaper ("ghost norm")."""
+    names = _param_names(layer)
+    if isinstance(layer, nn.Linear):  # ||g aᵀ||² = ||g||² ||a||²
+        g2 = (dz[0] ** 2).sum(-1)
+        return g2 * (x[0] ** 2).sum(-1) * ("weight" in names) + g2 * ("bias" in names)
+    kernel, positions = math.prod(layer.weight.shape[1:]), math.prod(dz.shape[3:])
+    if positions * (kernel + dz.shape[2]) < kernel * dz.shape[2]:  # Gram matrices over output positions
+        unfolded = F.unfold(x[0], layer.weight.shape[2:], layer.dilation, layer.padding, layer.stride)
+        g = dz[0].flatten(2)  # (n, C_out, L)
+        weight = ((g.transpose(1, 2) @ g) * (unfolded.transpose(1, 2) @ unfolded)).sum((1, 2))
+        return weight * ("weight" in names) + (g.sum(-1) ** 2).sum(-1) * ("bias" in names)
+    return (_layer_rows(layer, x.transpose(0, 1), dz.transpose(0, 1)) ** 2).sum(1)
+
+
+def _bn_rows(run: _Run, sums: torch.Tensor | None) -> torch.Tensor | None:
+    """BN parameter gradients (..., P_bn) from the sums [Σ d, Σ d x̂] (..., 2C): γ ← Σ d x̂, β ← Σ d."""
+    if sums is None:
+        return None
+    channels = sums.shape[-1] // 2
+    parts = {"weight": sums[..., channels:], "bias": sums[..., :channels]}
+    names = _param_names(run.bn)
+    return torch.cat([parts[name] for name in names], -1) if names else None
+
+
+def _statistics_adjoint(run: _Run, sums: torch.Tensor) -> torch.Tensor:
+    """∂/∂(μ, σ) of the loss with everything else fixed, from the sums [Σ d, Σ d x̂] (y = γ x̂ + β with
+    x̂ = (z − μ)/σ: ∂y/∂μ = −γ/σ, ∂y/∂σ = −γ x̂/σ)."""
+    scale = run.saved["scale"]
+    return -sums * torch.cat([scale, scale], -1).reshape(*([1] * (sums.ndim - 1)), -1)
+
+
+# ----------------------------------------------------------------------------- descending the chain
+
+def _descend(chain: _Chain, field: torch.Tensor, top: int, coupled: bool, samples: slice = slice(None),
+             from_layer_output: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Back-propagate ``field`` (S, n_c, ...) from the output of block ``top``'s run (or of its layer) to
+    block 0. Yields, for each block from the top: (block, its layer's input x (R, n_c, ...), the field at its
+    layer's output (S, n_c, ...), the BN sums of its run (S, n_c, 2C) or None)."""
+    for b in range(top, -1, -1):
+        layer, run = chain.blocks[b]
+        if from_layer_output and b == top:
+            dz, sums = field, None
+        else:
+            dz, sums = _run_backward(run, field, coupled, samples)
+        x = chain.inputs[b][:, samples]
+        yield b, x, dz, sums
+        if b > 0:
+            field = _layer_backward(layer, x, dz)
+
+
+def _block_rows(chain: _Chain, b: int, x: torch.Tensor, dz: torch.Tensor, sums: torch.Tensor | None) -> torch.Tensor:
+    """All trainable parameters of block b for each row (S, P_b): its layer's, then its BN's."""
+    layer_rows = _layer_rows(chain.blocks[b][0], x, dz) if _param_names(chain.blocks[b][0]) else dz.new_zeros(
+        dz.shape[0], 0)
+    bn_rows = _bn_rows(chain.blocks[b][1], None if sums is None else sums.sum(1))
+    return layer_rows if bn_rows is None else torch.cat([layer_rows, bn_rows], 1)
+
+
+def _block_sample_rows(chain: _Chain, b: int, x: torch.Tensor, dz: torch.Tensor,
+                       sums: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample gradients (n_c, P_b) of block b from a one-row field (1, n_c, ...)."""
+    layer = chain.blocks[b][0]
+    layer_rows = _layer_rows(layer, x.transpose(0, 1), dz.transpose(0, 1)) if _param_names(layer) else dz.new_zeros(
+        dz.shape[1], 0)
+    bn_rows = _bn_rows(chain.blocks[b][1], None if sums is None else sums[0])
+    return layer_rows if bn_rows is None else torch.cat([layer_rows, bn_rows], 1)
+
+
+def _loss_field(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """∂(Σ_j w_j ℓ_j)/∂logits for the cross-entropy: softmax − one-hot (K, n, classes)."""
+    field = torch.softmax(logits, -1) - F.one_hot(y, logits.shape[-1]).to(logits.dtype)
+    return field if weights is None else field * weights.unsqueeze(-1)
+
+
+def _chunks(count: int, size: int) -> list[slice]:
+    size = max(1, size)
+    return [slice(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def _independent_norms(chain: _Chain, x: torch.Tensor, y: torch.Tensor, mode: str, max_elements: int) -> torch.Tensor:
+    """Per-sample gradient norms (n,) when samples are independent (BN in eval mode, or no BN), chunk by chunk."""
+    norms = []
+    for part in _chunks(len(x), max_elements // max(_largest_activation(chain, x), 1)):
+        logits = _forward(chain, x[part], mode)
+        total = torch.zeros(part.stop - part.start, dtype=logits.dtype, device=logits.device)
+        for b, xb, dz, sums in _descend(chain, _loss_field(logits, y[part]), len(chain.blocks) - 1, False):
+            layer = chain.blocks[b][0]
+            if _param_names(layer):
+                total += _layer_squared_norms(layer, xb, dz)
+            bn_rows = _bn_rows(chain.blocks[b][1], None if sums is None else sums[0])
+            if bn_rows is not None:
+                total += (bn_rows ** 2).sum(-1)
+        norms.append(total.sqrt())
+    return torch.cat(norms)
+
+
+def _largest_activation(chain: _Chain, x: torch.Tensor) -> int:
+    """Largest per-sample activation size of the chain (one forward pass of two samples)."""
+    if not chain.sizes or not any(chain.sizes):
+        _forward(chain, x[:2], "running")
+    return max(chain.sizes)
+
+
+# ----------------------------------------------------------------------------- definition 2, fast
+
+def _statistics_seed(chain: _Chain, bn_block: int, seeds: slice, samples: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """The statistics r in ``seeds`` of block ``bn_block``'s BN (r < C: μ_r, else σ_{r−C}) taken through the
+    block's layer in closed form: ∂μ_c/∂z = 1/N and ∂σ_c/∂z = x̂/N on output channel c only.
+
+    Returns:
+        (rows (S, P_block) of ∂s/∂θ for the block (zero for its own BN parameters), summed over ``samples``;
+         the field (S, n_c, ...) at the layer's input, for ``samples``).
+    """
+    layer, run = chain.blocks[bn_block]
+    xhat, x = run.saved["xhat"][0, samples], chain.inputs[bn_block][0, samples]  # (n_c, C, ...), (n_c, ...)
+    count, channels = float(run.saved["count"][0]), xhat.shape[1]
+    means = torch.arange(min(seeds.start, channels), min(seeds.stop, channels), device=x.device)
+    stds = torch.arange(max(seeds.start, channels), max(seeds.stop, channels), device=x.device) - channels
+    d_mean, d_std = torch.ones_like(xhat[:, :1]) / count, xhat / count  # ∂μ/∂z (n_c, 1, ...), ∂σ/∂z (n_c, C, ...)
+    if isinstance(layer, nn.Conv2d):
+        mean_w = torch.nn.grad.conv2d_weight(x, (1, *layer.weight.shape[1:]), d_mean, layer.stride, layer.padding,
+                                             layer.dilation).flatten(1)
+        std_w = torch.nn.grad.conv2d_weight(x, layer.weight.shape, d_std, layer.stride, layer.padding,
+                                            layer.dilation).flatten(1)
+    else:
+        mean_w, std_w = d_mean.flatten(1).T @ x, d_std.flatten(1).T @ x
+    weight_rows, bias_rows = [mean_w.expand(channels, -1), std_w], [
+        _channel_sums(d_mean.unsqueeze(0))[0].sum(0).expand(channels), _channel_sums(d_std.unsqueeze(0))[0].sum(0)]
+    blocks = []
+    for kind, chosen in enumerate((means, stds)):
+        parts = {"weight": torch.zeros(len(chosen), channels, weight_rows[kind].shape[1], dtype=x.dtype,
+                                       device=x.device),
+                 "bias": torch.zeros(len(chosen), channels, dtype=x.dtype, device=x.device)}
+        parts["weight"][torch.arange(len(chosen)), chosen] = weight_rows[kind][chosen]
+        parts["bias"][torch.arange(len(chosen)), chosen] = bias_rows[kind][chosen]
+        blocks.append(torch.cat([parts[name].flatten(1) for name in _param_names(layer)], 1))
+    rows = torch.cat(blocks)
+    bn_size = len(_param_names(run.bn)) * channels
+    rows = torch.cat([rows, rows.new_zeros(len(rows), bn_size)], 1)
+    return rows, _statistics_seed_field(layer, x, d_mean, d_std, means, stds)
+
+
+def _statistics_seed_field(layer: nn.Module, x: torch.Tensor, d_mean: torch.Tensor, d_std: torch.Tensor,
+                           means: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
+    """Seeds ∂μ_c/∂z, ∂σ_c/∂z (channel c only) back through the layer: (len(means) + len(stds), n_c, ...)."""
+    n, weight = len(x), layer.weight
+    if isinstance(layer, nn.Linear):
+        mean_field = (weight[means] * d_mean[0, 0]).unsqueeze(1).expand(-1, n, -1)
+        std_field = d_std[:, stds].T.unsqueeze(-1) * weight[stds].unsqueeze(1)
+        return torch.cat([mean_field, std_field])
+    fields = []
+    for chosen, seed in ((means, d_mean[:1]), (stds, d_std)):
+        k = len(chosen)
+        if k == 0:
+            continue
+        seed = seed.expand(-1, k, *seed.shape[2:]) if seed.shape[1] == 1 and len(seed) == 1 else seed[:, chosen]
+        # one output channel per seed: a transposed convolution with groups = seeds
+        grouped = torch.nn.grad.conv2d_input((len(seed), k * x.shape[1], *x.shape[2:]), weight[chosen], seed,
+                                             layer.stride, layer.padding, layer.dilation, groups=k)
+        fields.append(grouped.view(len(seed), k, *x.shape[1:]).transpose(0, 1).expand(k, n, *x.shape[1:]))
+    return torch.cat(fields)
+
+
+def _in_batch_structured(chain: _Chain, logits: torch.Tensor, y: torch.Tensor, max_elements: int) -> torch.Tensor:
+    """Definition 2 through the statistics: ∇ℓ_i = own_i + Σ_l λ_{i,l} ∂s_l/∂θ (see the module docstring)."""
+    n, top, bn_blocks = len(y), len(chain.blocks) - 1, chain.bn_blocks
+    seed = _loss_field(logits, y)  # (1, n, classes)
+    own: dict[int, list[torch.Tensor]] = {b: [] for b in range(top + 1)}  # per-sample, statistics fixed
+    direct: dict[int, list[torch.Tensor]] = {b: [] for b in bn_blocks}  # ∂ℓ_i/∂(μ, σ), all else fixed
+    for part in _chunks(n, max_elements // max(chain.sizes)):
+        for b, x, dz, sums in _descend(chain, seed[:, part], top, False, part):
+            own[b].append(_block_sample_rows(chain, b, x, dz, sums))
+            if sums is not None:
+                direct[b].append(_statistics_adjoint(chain.blocks[b][1], sums[0]))
+    own_rows = {b: torch.cat(v) for b, v in own.items()}
+    rows: dict[int, dict[int, torch.Tensor]] = {}  # BN block -> {block: (2C, P_b)}: ∂s/∂θ, other statistics fixed
+    coupling: dict[int, dict[int, torch.Tensor]] = {}  # BN block -> {lower BN block: (2C, 2C')}: ∂s/∂s'
+    for bn in bn_blocks:
+        statistics = 2 * chain.blocks[bn][1].saved["xhat"].shape[2]
+        size = max(chain.sizes[:bn + 1])
+        parts = _chunks(n, max_elements // size)
+        rows[bn] = {b: own_rows[b].new_zeros(statistics, own_rows[b].shape[1]) for b in range(bn + 1)}
+        coupling[bn] = {b: rows[bn][b].new_zeros(statistics, len(direct[b][0][0])) for b in bn_blocks if b < bn}
+        for seeds in _chunks(statistics, max_elements // (size * (parts[0].stop - parts[0].start))):
+            for part in parts:
+                first, field = _statistics_seed(chain, bn, seeds, part)
+                rows[bn][bn][seeds] += first
+                if bn == 0:
+                    continue
+                for b, x, dz, sums in _descend(chain, field, bn - 1, False, part):
+                    rows[bn][b][seeds] += _block_rows(chain, b, x, dz, sums)
+                    if sums is not None:
+                        coupling[bn][b][seeds] += _statistics_adjoint(chain.blocks[b][1], sums.sum(1))
+    adjoint: dict[int, torch.Tensor] = {}  # BN block -> (n, 2C): total adjoint λ of its statistics
+    for bn in reversed(bn_blocks):
+        adjoint[bn] = torch.cat(direct[bn]) + sum((adjoint[up] @ coupling[up][bn] for up in bn_blocks if up > bn),
+                                                  torch.zeros(()))
+    total = torch.zeros(n, dtype=logits.dtype, device=logits.device)
+    for b in range(top + 1):
+        gradient = own_rows[b] + sum((adjoint[bn] @ rows[bn][b] for bn in bn_blocks if bn >= b), torch.zeros(()))
+        total += (gradient ** 2).sum(1)
+    return total.sqrt()
+
+
+def _in_batch_per_loss(chain: _Chain, logits: torch.Tensor, y: torch.Tensor, indices: Sequence[int],
+                       max_elements: int) -> torch.Tensor:
+    """Definition 2 by back-propagating the losses ℓ_i, i in ``indices``, together as the seeds of one batched
+    backward pass through the batch statistics."""
+    seed = _loss_field(logits, y)[0]  # (n, classes)
+    total = torch.zeros(len(indices), dtype=seed.dtype, device=seed.device)
+    for part in _chunks(len(indices), max_elements // (len(y) * max(chain.sizes))):
+        chosen = torch.as_tensor(list(indices[part]), device=seed.device)
+        field = torch.zeros(len(chosen), *seed.shape, dtype=seed.dtype, device=seed.device)
+        field[torch.arange(len(chosen)), chosen] = seed[chosen]
+        for b, x, dz, sums in _descend(chain, field, len(chain.blocks) - 1, True):
+            total[part] += (_block_rows(chain, b, x, dz, sums) ** 2).sum(1)
+    return total.sqrt()
+
+
+def _structured_is_cheaper(chain: _Chain, losses: int) -> bool:
+    """Compare the activation volume the two batched backward passes of definition 2 sweep."""
+    per_loss = losses * sum(chain.sizes)
+    structured = sum(2 * chain.blocks[bn][1].saved["xhat"].shape[2] * sum(chain.sizes[:bn]) for bn in chain.bn_blocks)
+    return structured < per_loss
+
+
+# ----------------------------------------------------------------------------- definition 3, fast
+
+def _counterfactual_groups(chain: _Chain, x: torch.Tensor, y: torch.Tensor, indices: Sequence[int],
+                           max_elements: int) -> torch.Tensor:
+    """Definition 3 with the leave-one-out batches as groups of one batched pass (group-wise statistics); the
+    blocks before the first BN are computed once."""
+    top, first, n = len(chain.blocks) - 1, chain.bn_blocks[0], len(x)
+    logits = _forward(chain, x, "batch")
+    full = {b: _block_rows(chain, b, xb, dz, sums) for b, xb, dz, sums in _descend(chain, _loss_field(logits, y), top,
+                                                                                  True)}
+    z = _layer_forward(chain.blocks[first][0], chain.inputs[first])  # (1, n, ...), blind to the statistics
+    total = torch.zeros(len(indices), dtype=x.dtype, device=x.device)
+    for part in _chunks(len(indices), max_elements // (n * max(chain.sizes[first:]))):
+        chosen = torch.as_tensor(list(indices[part]), device=x.device)
+        weights = torch.ones(len(chosen), n, dtype=x.dtype, device=x.device)
+        weights[torch.arange(len(chosen)), chosen] = 0.0
+        logits = _forward(chain, x, "groups", weights, start=first, z=z)
+        for b, xb, dz, sums in _descend(chain, _loss_field(logits, y, weights), top, True):
+            total[part] += ((full[b] - _block_rows(chain, b, xb, dz, sums)) ** 2).sum(1)
+    return total.sqrt()
+
+
+# ----------------------------------------------------------------------------- public API
+
+def _prepare(model: nn.Module, x: torch.Tensor, method: str) -> _Chain | None:
+    """The chain for the fast path, None for the reference; 'fast' on an unsupported model raises."""
+    if method == "reference":
+        return None
+    modules = chain_modules(model, x)
+    chain = _Chain.parse(modules) if modules is not None else None
+    if chain is None and method == "fast":
+        raise ValueError("Parameter 'method' is 'fast' but the model is not a chain of Conv2d/Linear layers each "
+                         "followed by [BatchNorm][ReLU][MaxPool2d (kernel = stride)][AdaptiveAvgPool2d(1)]"
+                         "[Flatten]; use 'auto' or 'reference'.")
+    return chain
+
+
+def _check_single_example_statistics(chain: _Chain, x: torch.Tensor, samples: int) -> None:
+    """BatchNorm refuses statistics of one value per channel in training mode (PyTorch raises); so do we."""
+    if samples > 1 or not chain.bn_blocks:
+        return
+    with torch.no_grad():
+        _forward(chain, x[:2], "running")
+    for bn in chain.bn_blocks:
+        if chain.blocks[bn][1].saved["xhat"].ndim == 3:
+            raise ValueError(f"A BatchNorm layer normalizes each channel over {samples} example(s) with no spatial "
+                             "extent: one value per channel has no variance, and PyTorch refuses it in training "
+                             "mode. Use a larger batch.")
+
+
+def _selected(values: torch.Tensor, indices: Sequence[int] | None) -> torch.Tensor:
+    return values if indices is None else values[torch.as_tensor(list(indices), device=values.device)]
+
+
+def eval_mode_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, method: Method = "auto",
+                         indices: Sequence[int] | None = None,
+                         max_elements: int = DEFAULT_MAX_ELEMENTS) -> torch.Tensor:
+    """Definition 1: ||∇_θ ℓ(x_i, y_i; θ)||₂ with BN using its running statistics (eval mode).
+
+    Args:
+        model: any network; BN layers use running statistics, nothing is updated.
+        x, y: a batch (m, ...) and its labels (m,), on the model's device.
+        method: ``auto`` (fast path when the model is a supported chain, else the reference), ``fast``
+            (error if unsupported) or ``reference``.
+        indices: only these samples (the others are computed anyway: the cost is one batch).
+        max_elements: memory bound of the batched passes (elements of one activation tensor).
+    Returns:
+        (m,) or (len(indices),) gradient norms, in x's dtype.
+    """
+    _check_inputs(model, x, y, method)
+    chain = _prepare(model, x, method)
+    if chain is None:
+        return _selected(eval_mode_grad_norms_reference(model, x, y), indices)
+    with torch.no_grad():
+        return _selected(_independent_norms(chain, x, y, "running", max_elements), indices)
+
+
+def in_batch_grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, method: Method = "auto",
+                        indices: Sequence[int] | None = None,
+                        max_elements: int = DEFAULT_MAX_ELEMENTS) -> torch.Tensor:
+    """Definition 2: ||∇_θ ℓ_i(θ; μ_B, σ_B)||₂, sample i's train-mode loss through the statistics of the whole
+    batch (x, y), the gradient flowing through μ_B and σ_B as well. Running statistics are not updated.
+
+    Args:
+        indices: only these samples (saves work when the losses are back-propagated as seeds).
+        method, max_elements, x, y: as :func:`eval_mode_grad_norms`.
+    Returns:
+        (m,) or (len(indices),) gradient norms.
+    """
+    _check_inputs(model, x, y, method)
+    chain = _prepare(model, x, method)
+    if chain is None:
+        return _selected(in_batch_grad_norms_reference(model, x, y), indices)
+    _check_single_example_statistics(chain, x, len(x))
+    chosen = list(range(len(x))) if indices is None else list(indices)
+    with torch.no_grad():
+        if not chain.bn_blocks:
+            return _selected(_independent_norms(chain, x, y, "batch", max_elements), indices)
+        logits = _forward(chain, x, "batch")
+        if _structured_is_cheaper(chain, len(chosen)):
+            return _selected(_in_batch_structured(chain, logits, y, max_elements), indices)
+        return _in_batch_per_loss(chain, logits, y, chosen, max_elements)
+
+
+def counterfactual_influence(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, method: Method = "auto",
+                             indices: Sequence[int] | None = None,
+                             max_elements: int = DEFAULT_MAX_ELEMENTS) -> torch.Tensor:
+    """Definition 3, the counterfactual per-step influence (sum-reduced cross-entropy, train-mode BN):
+
+        I_i = || Σ_{j∈B} ∇_θ ℓ_j(θ; stats(B)) − Σ_{j∈B∖{i}} ∇_θ ℓ_j(θ; stats(B∖{i})) ||₂
+
+    i.e. m × the change of the mean-loss SGD update (both normalized by the same m) divided by the learning
+    rate. Without BN it equals the per-sample gradient norm ||∇_θ ℓ_i||. Running statistics are not updated.
+
+    Args:
+        indices: only these samples (each costs one leave-one-out batch).
+        method, max_elements, x, y: as :func:`eval_mode_grad_norms`; needs m >= 2.
+    Returns:
+        (m,) or (len(indices),) influences.
+    """
+    _check_inputs(model, x, y, method, minimum=2)
+    chain = _prepare(model, x, method)
+    if chain is None:
+        return counterfactual_influence_reference(model, x, y, indices)
+    _check_single_example_statistics(chain, x, len(x) - 1)
+    chosen = list(range(len(x))) if indices is None else list(indices)
+    with torch.no_grad():
+        if not chain.bn_blocks:
+            return _selected(_independent_norms(chain, x, y, "batch", max_elements), indices)
+        return _counterfactual_groups(chain, x, y, chosen, max_elements)
