@@ -48,7 +48,7 @@ import torch
 from scipy import special
 from sklearn.metrics import auc, roc_curve
 
-from . import ensemble, results, stats, train
+from . import ensemble, memorization, results, stats, train
 from . import zoo as zoo_lib
 
 ATTACKS = ("loss", "confidence", "lira_online", "lira_offline", "lira_online_global", "lira_offline_global",
@@ -69,15 +69,22 @@ class ChapterParams:
         "choices": AUGMENTS, "doc": "queries averaged per example: none, +flip, +flip and 4 shifts"})
     matched_fit_level: float = field(default=0.0, metadata={
         "minimum": 0.0, "doc": "inlier train accuracy at which norms are compared; 0 = highest every model reaches"})
-    matched_fit_epochs: int = field(default=0, metadata={
-        "minimum": 0, "doc": "if > 0, non-BN zoos are also trained this long to extend the fit curves"})
-    n_bootstrap: int = field(default=2000, metadata={"positive": True, "doc": "bootstrap resamples of targets"})
+    long_schedule_factor: int = field(default=0, metadata={
+        "minimum": 0, "doc": "if > 0, non-BN zoos also trained epochs x this to extend their fit curves"})
+    n_bootstrap: int = field(default=1000, metadata={
+        "positive": True, "doc": "bootstrap resamples (of targets and examples)"})
 
     PROFILES: typing.ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_bootstrap=200),
         "quick": dict(),
         "paper": dict(query_augment="flip_shift"),
     }
+
+
+def check_config(cfg) -> None:
+    """Fail fast unless the zoo can be attacked leave-one-out and both arms (BN, no norm) are present."""
+    memorization.check_norms(cfg)
+    check_zoo_size(cfg.n_models)
 
 
 def check_zoo_size(n_models: int) -> None:
@@ -332,63 +339,59 @@ def roc_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict[str, float]:
     return out
 
 
-def fast_roc_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict[str, np.ndarray]:
-    """The numbers of :func:`roc_metrics` for R rows at once (for bootstrap resamples; tested equal).
+def weighted_roc_metrics(scores: np.ndarray, is_member: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The numbers of :func:`roc_metrics` on B reweighted copies of one target's examples at once.
+
+    A bootstrap resample is the same examples with integer multiplicities, so the examples are sorted
+    once and each resample only needs weighted cumulative counts; the result equals :func:`roc_metrics`
+    on the resampled examples (tested).
 
     Args:
-        scores, is_member: (R, n). Rows without members or non-members give NaN.
+        scores, is_member: (n,); weights: (B, n) multiplicity of each example in each resample.
     Returns:
-        metric -> (R,).
+        metric -> (B,); NaN for resamples without members or without non-members.
     """
-    order = np.argsort(-scores, axis=-1)
-    member = np.take_along_axis(is_member, order, -1)  # (R, n), by decreasing score
-    ranked = np.take_along_axis(scores, order, -1)
-    n = member.shape[-1]
-    positives = member.sum(-1, keepdims=True)
-    negatives = n - positives
-    true_positives = np.cumsum(member, -1)
+    order = np.argsort(-scores)
+    ranked, member, weights = scores[order], is_member[order], weights[:, order]
+    last = np.append(ranked[:-1] != ranked[1:], True)  # ROC points: the end of each group of tied scores
+    true_positives = np.cumsum(weights * member, axis=1, dtype=np.int32)[:, last]  # (B, G)
+    false_positives = np.cumsum(weights, axis=1, dtype=np.int32)[:, last] - true_positives
+    positives, negatives = true_positives[:, -1:], false_positives[:, -1:]
     with np.errstate(invalid="ignore", divide="ignore"):
-        tpr, fpr = true_positives / positives, (np.arange(1, n + 1) - true_positives) / negatives
-        # ROC points sit at the last example of each group of tied scores
-        last = np.ones_like(member)
-        last[:, :-1] = ranked[:, :-1] != ranked[:, 1:]
-        out = {f"tpr_at_{level * 100:g}pct_fpr": np.max(np.where(last & (fpr <= level), tpr, 0), -1)
-               for level in LOW_FPRS}
-        out["balanced_accuracy"] = np.maximum(np.max(np.where(last, (1 + tpr - fpr) / 2, 0), -1), 0.5)
-        # AUC: each non-member counts the members ranked above it, plus half of those tied with it
-        positions = np.arange(n)
-        first = np.ones_like(member)
-        first[:, 1:] = last[:, :-1]
-        group_start = np.maximum.accumulate(np.where(first, positions, 0), axis=1)
-        group_end = np.minimum.accumulate(np.where(last, positions, n)[:, ::-1], axis=1)[:, ::-1]
-        above = np.where(group_start > 0, np.take_along_axis(true_positives, np.maximum(group_start - 1, 0), -1), 0)
-        tied = np.take_along_axis(true_positives, group_end, -1) - above
-        out["auc"] = np.where(member, 0, above + tied / 2).sum(-1) / (positives * negatives)[:, 0]
-        invalid = (positives[:, 0] == 0) | (negatives[:, 0] == 0)
+        tpr, fpr = true_positives / positives, false_positives / negatives
+        out = {f"tpr_at_{level * 100:g}pct_fpr": np.max(np.where(fpr <= level, tpr, 0), axis=1) for level in LOW_FPRS}
+        out["balanced_accuracy"] = np.maximum(np.max((1 + tpr - fpr) / 2, axis=1), 0.5)
+        previous_tpr = np.concatenate([np.zeros_like(tpr[:, :1]), tpr[:, :-1]], axis=1)
+        out["auc"] = np.sum(np.diff(fpr, axis=1, prepend=0) * (tpr + previous_tpr) / 2, axis=1)
+    invalid = (positives[:, 0] == 0) | (negatives[:, 0] == 0)
     return {metric: np.where(invalid, np.nan, out[metric]) for metric in METRICS}
 
 
 @dataclass
 class Resamples:
-    """Indices of a two-way ("pigeonhole") bootstrap: targets and examples resampled independently.
+    """A two-way ("pigeonhole") bootstrap: targets and examples resampled independently.
 
     Targets share their examples (and, leave-one-out, their shadows), so their metrics are correlated
     and resampling targets alone gives intervals that are too narrow: in a pure-noise simulation at
     T = 16, 95% intervals over targets covered the null AUC 0.5 in only about three cases in four.
-    Resampling examples as well accounts for the shared examples (Owen 2007, crossed random effects).
+    Resampling examples as well accounts for the shared examples (Owen 2007, crossed random effects);
+    it is conservative (the same simulation: 99-100% coverage).
 
     Attributes:
-        targets: (B, T) target indices; examples: (B, n) indices into a subgroup's examples.
+        targets: (B, T) target indices; weights: (B, n) multiplicity of each of a subgroup's n examples.
     """
 
     targets: np.ndarray
-    examples: np.ndarray
+    weights: np.ndarray
 
     @classmethod
     def draw(cls, n_targets: int, n_examples: int, n_bootstrap: int, seed: int = 0) -> Resamples:
         rng = np.random.default_rng(seed)
-        return cls(rng.integers(0, n_targets, (n_bootstrap, n_targets)),
-                   rng.integers(0, n_examples, (n_bootstrap, n_examples)))
+        targets = rng.integers(0, n_targets, (n_bootstrap, n_targets))
+        examples = rng.integers(0, n_examples, (n_bootstrap, n_examples))
+        weights = np.zeros((n_bootstrap, n_examples), dtype=np.int32)
+        np.add.at(weights, (np.arange(n_bootstrap)[:, None], examples), 1)
+        return cls(targets, weights)
 
 
 def estimate(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, resamples: Resamples | None = None
@@ -406,17 +409,22 @@ def estimate(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, resamples: 
     out: dict[str, Any] = {"point": {m: np.array([row[m] for row in rows]) for m in METRICS},
                            "n_members": keep.sum(1), "n_nonmembers": (~keep).sum(1)}
     if resamples is not None:
-        per_target = [fast_roc_metrics(scores[t][resamples.examples], keep[t][resamples.examples])
-                      for t in range(len(scores))]
+        per_target = [weighted_roc_metrics(scores[t], keep[t], resamples.weights) for t in range(len(scores))]
         out["resampled"] = {m: np.stack([row[m] for row in per_target]) for m in METRICS}
     return out
 
 
+def pair(estimated: dict[str, Any], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(point (T,), resampled (T, B)) of ``metric`` from an :func:`estimate` result."""
+    return estimated["point"][metric], estimated["resampled"][metric]
+
+
 def _resampled_means(resampled: np.ndarray, resamples: Resamples) -> np.ndarray:
     """(B,) mean over each resample's targets of resampled (T, B)."""
-    with np.errstate(invalid="ignore"):
-        draws = resampled[resamples.targets, np.arange(len(resamples.targets))[:, None]]  # (B, T)
-        return np.nanmean(draws, axis=1)
+    draws = resampled[resamples.targets, np.arange(len(resamples.targets))[:, None]]  # (B, T)
+    present = ~np.isnan(draws)
+    with np.errstate(invalid="ignore"):  # a resample without any value gives NaN
+        return np.where(present, draws, 0).sum(1) / present.sum(1)
 
 
 def interval(point: np.ndarray, resampled: np.ndarray, resamples: Resamples) -> dict[str, Any]:
@@ -439,15 +447,28 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
     (point (T,), resampled (T, B)), with the same resamples for both.
 
     Returns:
-        ``mean``, ``ci95`` of the difference of means over targets, and a two-sided bootstrap ``p_value``
+        ``mean``, ``ci95`` of the difference of means over targets, ``n`` targets with both values, and a
+        two-sided bootstrap ``p_value``
         (twice the smaller share of resampled differences on either side of 0, at least 1/(B+1)).
     """
     diff = _resampled_means(a[1], resamples) - _resampled_means(b[1], resamples)
     diff = diff[~np.isnan(diff)]
+    if diff.size == 0:
+        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "n": 0, "p_value": float("nan")}
     low, high = np.quantile(diff, [0.025, 0.975])
     tail = min(np.sum(diff <= 0), np.sum(diff >= 0))
     return {"mean": float(np.nanmean(a[0]) - np.nanmean(b[0])), "ci95": [float(low), float(high)],
+            "n": int(np.sum(~np.isnan(a[0]) & ~np.isnan(b[0]))),
             "p_value": float(min(1.0, (1 + 2 * tail) / (1 + diff.size)))}
+
+
+def direction(difference: dict[str, Any], alpha: float = 0.05) -> str:
+    """Words for a :func:`paired_difference` of BN minus another norm: higher / lower / not different."""
+    if difference["n"] == 0 or np.isnan(difference["mean"]):
+        return "not measurable"
+    if difference["p_value"] >= alpha:
+        return "not significantly different"
+    return "higher with BatchNorm" if difference["mean"] > 0 else "lower with BatchNorm"
 
 
 def pooled_roc(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -598,6 +619,13 @@ def at_fit_level(fit: dict[str, Any], group: str, metric: str, level: float) -> 
     values = np.array([[stats.value_at_level(accuracy[:, t], resampled[:, t, b], level)
                         for b in range(resampled.shape[2])] for t in range(resampled.shape[1])])
     return point, values
+
+
+def epochs_to_fit_level(fit: dict[str, Any], level: float) -> float:
+    """Mean over targets of the (interpolated) epoch at which a target reaches ``level``; NaN if none does."""
+    epochs = np.array([stats.value_at_level(fit["train_accuracy"][:, t], fit["epochs"], level)
+                       for t in range(fit["train_accuracy"].shape[1])])
+    return float(epochs[~np.isnan(epochs)].mean()) if (~np.isnan(epochs)).any() else float("nan")
 
 
 def matched_fit_level(fits: dict[str, dict[str, Any]], requested: float = 0.0) -> float:

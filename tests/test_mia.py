@@ -221,16 +221,19 @@ def test_measure_a_zoo_and_the_matched_fit_level(smoke_cfg):
         mia.matched_fit_level({"batch": fit}, 1.5)
 
 
-def test_fast_roc_metrics_equal_scikit_learns():
+def test_weighted_roc_metrics_equal_scikit_learns_on_the_resampled_examples():
     rng = np.random.default_rng(7)
-    scores = np.round(rng.normal(size=(300, 250)), 1)  # many ties
-    is_member = rng.random((300, 250)) < 0.4
-    fast = mia.fast_roc_metrics(scores, is_member)
-    for row in range(300):
-        reference = mia.roc_metrics(scores[row], is_member[row])
+    scores = np.round(rng.normal(size=250), 1)  # many ties
+    is_member = rng.random(250) < 0.4
+    resamples = mia.Resamples.draw(1, 250, 200, seed=3)
+    fast = mia.weighted_roc_metrics(scores, is_member, resamples.weights)
+    for row, weights in enumerate(resamples.weights):
+        examples = np.repeat(np.arange(250), weights)
+        reference = mia.roc_metrics(scores[examples], is_member[examples])
         for metric in mia.METRICS:
             assert fast[metric][row] == pytest.approx(reference[metric], abs=1e-12), metric
-    assert np.isnan(mia.fast_roc_metrics(scores[:1], np.zeros((1, 250), bool))["auc"]).all()
+    only_members = mia.weighted_roc_metrics(scores, np.ones(250, bool), resamples.weights[:2])
+    assert np.isnan(only_members["auc"]).all()
 
 
 def test_interval_and_paired_difference():
