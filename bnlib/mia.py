@@ -493,54 +493,58 @@ def augment_queries(x: torch.Tensor, augment: str) -> torch.Tensor:
     return torch.stack(views)
 
 
-def _query_all(zoo: zoo_lib.Zoo, x: torch.Tensor, bn_mode: train.BNMode, augment: str,
-               query_batch_size: int) -> torch.Tensor:
-    """(T, M, A, C) logits of every zoo model on the views of x."""
+QUERY_MODES = ("eval", "train_shuffled", "train_pool_order")
+
+
+def _query_all(zoo: zoo_lib.Zoo, x: torch.Tensor, mode: str, augment: str, query_batch_size: int) -> torch.Tensor:
+    """(T, M, A, C) logits of every zoo model on the views of x (M, C, H, W), queried in ``mode``."""
     networks = [zoo.model(t) for t in range(zoo.n_models)]
     views = augment_queries(x, augment)
-    if bn_mode == "eval":
+    if mode == "eval":
         per_view = [ensemble.predict_all(networks, view, bn_mode="eval") for view in views]
-    else:  # batches that look like training batches: a fixed shuffle of the inputs, cut in batch_size chunks
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    else:  # train mode: each chunk of query_batch_size inputs is normalized by its own statistics
+        order = (torch.randperm(len(x), generator=torch.Generator().manual_seed(0)) if mode == "train_shuffled"
+                 else torch.arange(len(x)))
         inverse = order.argsort()
         per_view = [torch.stack([train.predict_logits(net, view[order], "train", query_batch_size)[inverse]
                                  for net in networks]) for view in views]
     return torch.stack(per_view, dim=2)
 
 
-def query_zoo(zoo: zoo_lib.Zoo, cfg, bn_mode: train.BNMode = "eval", augment: str = "none"
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def query_zoo(zoo: zoo_lib.Zoo, cfg, mode: str = "eval", augment: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of every zoo model on the pool and the test set, queried as asked, cached in the zoo entry.
 
     Args:
-        bn_mode: ``eval`` (running statistics, how a deployed model answers) or ``train`` (each query batch
-            of ``cfg.batch_size`` shuffled pool examples normalized by its own statistics, as the LiRA
-            reference code queries).
+        mode: ``eval`` (BatchNorm's running statistics: how a deployed model answers); ``train_shuffled``
+            (training-mode BN, query batches of ``cfg.batch_size`` shuffled examples, which look like
+            training batches); ``train_pool_order`` (training-mode BN, batches in the pool's storage order,
+            so the canaries, stored last, are normalized by each other's statistics). The LiRA reference
+            code queries in training mode, in chunks of the training set in storage order.
         augment: see :func:`augment_queries`.
     Returns:
         pool logits (T, N, A, C) and test logits (T, n_test, A, C), float32.
     """
-    if bn_mode not in ("eval", "train"):
-        raise ValueError(f"Parameter 'bn_mode' got {bn_mode!r}; allowed values: 'eval', 'train'.")
-    if bn_mode == "eval" and augment == "none":
+    if mode not in QUERY_MODES:
+        raise ValueError(f"Parameter 'mode' got {mode!r}; allowed values: {', '.join(map(repr, QUERY_MODES))}.")
+    if mode == "eval" and augment == "none":
         return zoo.logits.unsqueeze(2), zoo.test_logits.unsqueeze(2)
 
     def compute() -> dict[str, torch.Tensor]:
         _, pool_x, test_x = zoo_lib.zoo_inputs(cfg)
-        return {"pool": _query_all(zoo, pool_x, bn_mode, augment, cfg.batch_size),
-                "test": _query_all(zoo, test_x, bn_mode, augment, cfg.batch_size)}
+        return {"pool": _query_all(zoo, pool_x, mode, augment, cfg.batch_size),
+                "test": _query_all(zoo, test_x, mode, augment, cfg.batch_size)}
 
-    stored = zoo.entry.get_or_compute(f"mia_query_{bn_mode}_{augment}", compute)
+    stored = zoo.entry.get_or_compute(f"mia_query_{mode}_{augment}", compute)
     return stored["pool"], stored["test"]
 
 
-def signals_of(zoo: zoo_lib.Zoo, cfg, bn_mode: train.BNMode = "eval", augment: str = "none",
+def signals_of(zoo: zoo_lib.Zoo, cfg, mode: str = "eval", augment: str = "none",
                checkpoint: int | None = None) -> Signals:
-    """:class:`Signals` of a zoo, from its final models queried as asked, or from checkpoint ``checkpoint``
-    (an index into ``zoo.checkpoint_epochs``; eval mode, no augmentation; the population signal then
-    comes from the final models, so RMIA is not meaningful there)."""
+    """:class:`Signals` of a zoo, from its final models queried as asked (:func:`query_zoo`), or from
+    checkpoint ``checkpoint`` (an index into ``zoo.checkpoint_epochs``; eval mode, no augmentation; the
+    population signal then comes from the final models, so RMIA is not meaningful there)."""
     if checkpoint is None:
-        pool, test = query_zoo(zoo, cfg, bn_mode, augment)
+        pool, test = query_zoo(zoo, cfg, mode, augment)
     else:
         pool, test = zoo.checkpoint_logits[checkpoint].float(), zoo.test_logits
     return Signals.from_logits(zoo.keep, pool, zoo.labels, test, zoo.test_labels)
@@ -574,8 +578,9 @@ def measure(zoo: zoo_lib.Zoo, cfg, params: ChapterParams) -> dict[str, Any]:
         ``attacks``: attack -> group -> estimate, eval-mode queries (resampled: the headline attack on
             every group, the others on outliers);
         ``scores``: (T, N) of the headline attack, for ROC curves;
-        ``train_mode``: group -> estimate of the headline attack queried with train-mode BN, and
-            ``train_mode_scores`` (None for zoos without BatchNorm: their answers do not depend on it);
+        ``train_mode``: query mode (``train_shuffled``, ``train_pool_order``) -> group -> estimate of the
+            headline attack queried with train-mode BN, and ``train_mode_scores``: mode -> (T, N) (both
+            None for zoos without BatchNorm: their answers do not depend on the mode);
         ``fit``: ``epochs`` (E,), ``train_accuracy`` (E, T) and group -> estimate with an (E, ...) axis,
             from the checkpoints (eval mode, no augmentation; resampled on outliers).
     """
@@ -591,10 +596,12 @@ def measure(zoo: zoo_lib.Zoo, cfg, params: ChapterParams) -> dict[str, Any]:
                              for group, mask in groups.items()} for attack in ATTACKS},
         "scores": scores[params.attack], "train_mode": None, "train_mode_scores": None}
     if zoo.arch_spec[1] == "batch":
-        train_scores = attack_scores(signals_of(zoo, cfg, "train", params.query_augment), params.attack)
-        out["train_mode"] = {group: estimate(train_scores, keep, mask, resamples[group])
-                             for group, mask in groups.items()}
-        out["train_mode_scores"] = train_scores
+        out["train_mode"], out["train_mode_scores"] = {}, {}
+        for mode in QUERY_MODES[1:]:
+            train_scores = attack_scores(signals_of(zoo, cfg, mode, params.query_augment), params.attack)
+            out["train_mode"][mode] = {group: estimate(train_scores, keep, mask, resamples[group])
+                                       for group, mask in groups.items()}
+            out["train_mode_scores"][mode] = train_scores
     checkpoints = range(len(zoo.checkpoint_epochs))
     checkpoint_scores = [attack_scores(signals_of(zoo, cfg, checkpoint=e), params.attack) for e in checkpoints]
     out["fit"] = {"epochs": zoo.checkpoint_epochs.numpy(),

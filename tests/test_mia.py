@@ -182,12 +182,16 @@ def test_train_mode_queries_differ_only_with_batchnorm(smoke_cfg):
         trained = zoo.train_zoo(smoke_cfg, norm, progress=False)
         before = {k: v.clone() for k, v in trained.state_dict(0).items()}
         eval_pool, eval_test = mia.query_zoo(trained, smoke_cfg, "eval")
-        train_pool, _ = mia.query_zoo(trained, smoke_cfg, "train")
-        assert eval_pool.shape == train_pool.shape == (smoke_cfg.n_models, len(trained.labels), 1, 10)
+        assert eval_pool.shape == (smoke_cfg.n_models, len(trained.labels), 1, 10)
         assert eval_test.shape[1] == len(trained.test_labels)
-        differs = not torch.allclose(eval_pool, train_pool, atol=1e-4)
-        assert differs == (norm == "batch"), norm
+        for mode in ("train_shuffled", "train_pool_order"):
+            train_pool, _ = mia.query_zoo(trained, smoke_cfg, mode)
+            assert train_pool.shape == eval_pool.shape
+            differs = not torch.allclose(eval_pool, train_pool, atol=1e-4)
+            assert differs == (norm == "batch"), (norm, mode)
         assert all(torch.equal(before[k], v) for k, v in trained.state_dict(0).items())
+    with pytest.raises(ValueError, match="'mode'"):
+        mia.query_zoo(trained, smoke_cfg, "train")
 
 
 def test_augmented_queries():
@@ -208,7 +212,7 @@ def test_measure_a_zoo_and_the_matched_fit_level(smoke_cfg):
     for group in ("outliers", "inliers"):
         assert headline[group]["point"]["auc"].shape == (smoke_cfg.n_models,)
         assert headline[group]["resampled"]["auc"].shape == (smoke_cfg.n_models, params.n_bootstrap)
-        assert measured["train_mode"][group]["point"]["auc"].shape == (smoke_cfg.n_models,)
+        assert measured["train_mode"]["train_pool_order"][group]["point"]["auc"].shape == (smoke_cfg.n_models,)
     fit = measured["fit"]
     epochs = len(trained.checkpoint_epochs)
     assert fit["train_accuracy"].shape == fit["outliers"]["point"]["auc"].shape == (epochs, smoke_cfg.n_models)
