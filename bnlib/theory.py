@@ -46,6 +46,8 @@ import sympy as sp
 import torch
 from torch import nn
 
+from . import influence as influence_lib
+
 NORMS = ("batch", "none")
 
 # ----------------------------------------------------------------------------- symbols
@@ -249,11 +251,18 @@ def compact_own_gradient() -> sp.Matrix:
     return residual * sp.Matrix([0, beta * a_perp * q * m / (m + a**2), a * q, 1])
 
 
+def compact_coupling() -> sp.Matrix:
+    """With BN, influence vector minus own gradient (the change of the inliers' gradients), in q-notation."""
+    return sp.Matrix([0, beta**2 * a * a_perp * m * q * (1 - q) / (m + a**2),
+                      beta * m * (1 - q) - beta * a**2 * q**2, -beta * a * q])
+
+
 def compact_matches() -> bool:
     """Whether the hand-written q-forms equal the derived ones (sympy, with m = 1 + k, k > 0)."""
     k = sp.Symbol("k", positive=True)
     pairs = [(compact_influence_vector(n), matched_influence_vector(n)) for n in NORMS]
     pairs.append((compact_own_gradient(), matched_own_gradient("batch")))
+    pairs.append((compact_coupling(), matched_influence_vector("batch") - matched_own_gradient("batch")))
     for compact, derived in pairs:
         difference = (compact.subs(q, Q_OF_M_A) - derived).subs(m, 1 + k)
         if any(sp.simplify(entry) != 0 for entry in difference):
@@ -290,15 +299,26 @@ def limits() -> dict[str, sp.Expr]:
     }
 
 
-def window_quadratic() -> sp.Poly:
-    """rho^2 - 1 = 0 times I_none^2, for an outlier along w: a quadratic in r with coefficients in (m, a, beta, q).
+OFFSET = sp.Symbol("A")  # with BN, the v-entry of the matched influence vector at r = 0
 
-    Both influence vectors are affine in r, so I_batch^2 - I_none^2 is quadratic in r; its leading coefficient
-    a^2 (q^2 - 1 - beta^2) is negative and its constant term positive, so it has one root on each side of 0.
+
+def window_quadratic() -> tuple[sp.Poly, sp.Expr]:
+    """I_batch^2 - I_none^2 for an outlier along w, as a quadratic in r, and the A it is written with.
+
+    Both influence vectors are affine in r: with BN the v-entry is A + a q r and the c-entry r - beta a, so
+    I_batch^2 - I_none^2 is quadratic in r; its leading coefficient a^2 (q^2 - 1 - beta^2) is negative and its
+    constant term A^2 + beta^2 a^2 positive, so it has one root on each side of 0.
+
+    Returns:
+        (the quadratic as a Poly in r with coefficients in A, a, q, beta; the expression of A in m, a, q, beta).
     """
     vector_bn = compact_influence_vector("batch").subs(a_perp, 0)
-    difference = sum(e**2 for e in vector_bn) - r**2 * (1 + (1 + beta**2) * a**2)
-    return sp.Poly(sp.expand(difference), r)
+    head_entry = vector_bn[2]
+    if sp.diff(head_entry, r, 2) != 0:
+        raise AssertionError("the BN influence vector should be affine in r")
+    difference = ((OFFSET + sp.diff(head_entry, r) * r) ** 2 + vector_bn[3] ** 2
+                  - r**2 * (1 + (1 + beta**2) * a**2))
+    return sp.Poly(sp.expand(difference), r), head_entry.subs(r, 0)
 
 
 @functools.cache
@@ -307,10 +327,17 @@ def amplification_window() -> tuple[sp.Expr, sp.Expr]:
 
     Returns (r_minus, r_plus) in q-notation (substitute ``Q_OF_M_A`` for q to get functions of m, a, beta).
     """
-    second, first, zeroth = window_quadratic().all_coeffs()
+    quadratic, offset = window_quadratic()
+    second, first, zeroth = quadratic.all_coeffs()
     discriminant = sp.sqrt(sp.factor(first**2 - 4 * second * zeroth))
     roots = [(-first + sign * discriminant) / (2 * second) for sign in (1, -1)]  # second < 0: first root is lower
-    return tuple(sp.simplify(root) for root in roots)
+    return tuple(sp.simplify(root.subs(OFFSET, offset)) for root in roots)
+
+
+def at_mean_compact() -> sp.Expr:
+    """rho^2 for a sample at the inlier mean (a -> 0), by hand: 1 + beta^2 m (sqrt(m) - sqrt(m-1))^2 / r^2;
+    the tests check it equals ``limits()["at_mean"]``."""
+    return 1 + beta**2 * m * (sp.sqrt(m) - sp.sqrt(m - 1)) ** 2 / r**2
 
 
 @functools.cache
@@ -465,15 +492,15 @@ class TheoryParams:
     frames: int = field(default=12, metadata={"minimum": 2, "doc": "frames of each static (website) slider"})
     verification_instances: int = field(default=200, metadata={
         "positive": True, "doc": "random instances checked against torch autograd"})
-    cnn_batch_sizes: tuple[int, ...] = field(default=(8, 16, 32, 64, 128, 256), metadata={
+    cnn_batch_sizes: tuple[int, ...] = field(default=(8, 16, 32, 64, 128), metadata={
         "minimum": 2, "doc": "batch sizes at which the CNN's influence is measured"})
-    cnn_batches: int = field(default=8, metadata={
+    cnn_batches: int = field(default=6, metadata={
         "positive": True, "doc": "outliers (one batch each) per batch size on the CNN"})
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(frames=4, verification_instances=20, cnn_batch_sizes=(4, 8, 16), cnn_batches=3),
         "quick": dict(),
-        "paper": dict(cnn_batch_sizes=(8, 16, 32, 64, 128, 256, 512), cnn_batches=32),
+        "paper": dict(cnn_batch_sizes=(8, 16, 32, 64, 128, 256, 512), cnn_batches=32, verification_instances=1000),
     }
 
     def __post_init__(self) -> None:
@@ -534,9 +561,9 @@ def draw_panels(axes: Sequence[Any], params: TheoryParams, batch_size: int, dist
                 label="label = inlier mean (r = βa)")
     curves.axhline(1.0, color="0.5", lw=0.8)
     curves.axvline(distance, color="#d62728", lw=1.0)
-    curves.set(yscale="log", ylim=(0.05, 50), xlabel="outlier distance a", ylabel="ρ = I_BN / I_none",
+    curves.set(yscale="log", ylim=(0.03, 1000), xlabel="outlier distance a", ylabel="ρ = I_BN / I_none",
                title=f"amplification at m = {batch_size}")
-    curves.legend(fontsize=7, loc="upper left")
+    curves.legend(fontsize=7, loc="upper left", ncol=2)
 
     lower, upper = window(batch_size, grid, slope)
     lower_far, upper_far = window(1e9, grid, slope)
@@ -561,6 +588,22 @@ def draw_panels(axes: Sequence[Any], params: TheoryParams, batch_size: int, dist
     batch.legend(fontsize=7, loc="upper left")
 
 
+def panels_png(params: TheoryParams, batch_size: int, distance: float, dpi: int = 80) -> bytes:
+    """:func:`draw_panels` at (m, a) as PNG bytes, for an ``ipywidgets.Image`` (the live sliders): no Output
+    widget is involved, which nbclient can deadlock on when a notebook is executed in batch (nbclient #312)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.4))
+    draw_panels(axes, params, batch_size, distance)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def slider_animation(params: TheoryParams, batch_sizes: Sequence[int], distances: Sequence[float]):
     """A matplotlib animation whose frames are :func:`draw_panels` at (batch_sizes[k], distances[k]).
 
@@ -581,12 +624,12 @@ def slider_animation(params: TheoryParams, batch_sizes: Sequence[int], distances
     return animation
 
 
-_ICONS = {"fa fa-minus": "&minus;", "fa fa-fast-backward": "&#x23EE;", "fa fa-step-backward": "&#x25C1;",
-          "fa fa-play fa-flip-horizontal": "&#x25C0;", "fa fa-pause": "&#x23F8;", "fa fa-play": "&#x25B6;",
-          "fa fa-step-forward": "&#x25B7;", "fa fa-fast-forward": "&#x23ED;", "fa fa-plus": "+"}
+_ICONS = {"fa fa-minus": "&minus;", "fa fa-fast-backward": "&#x21E4;", "fa fa-step-backward": "&#x25C1;",
+          "fa fa-play fa-flip-horizontal": "&#x25C0;", "fa fa-pause": "&#x2016;", "fa fa-play": "&#x25B6;",
+          "fa fa-step-forward": "&#x25B7;", "fa fa-fast-forward": "&#x21E5;", "fa fa-plus": "+"}
 
 
-def offline_jshtml(animation, dpi: int = 72) -> str:
+def offline_jshtml(animation, dpi: int = 80) -> str:
     """``animation.to_jshtml()`` made fully offline: matplotlib's player links Font Awesome from a CDN for its
     button icons; that link is dropped and the icons become Unicode characters. Frames are PNGs at ``dpi``."""
     import matplotlib.pyplot as plt
@@ -650,3 +693,88 @@ def verify_against_autograd(instances: int, seed: int = 0) -> dict[str, float]:
             closed = float(influence(norm, size, along, across, slope, residual))
             errors[f"matched_{norm}"] = max(errors[f"matched_{norm}"], _relative_error(closed, reference))
     return errors
+
+
+# ----------------------------------------------------------------------------- the real CNN
+
+def cnn_influence_by_batch_size(model: nn.Module, inlier_x: torch.Tensor, inlier_y: torch.Tensor,
+                                outlier_x: torch.Tensor, outlier_y: torch.Tensor, batch_sizes: Sequence[int],
+                                n_batches: int, inliers_measured: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Counterfactual influence (``bnlib.influence.counterfactual_influence``, train-mode BN, sum-reduced
+    cross-entropy) of one outlier in a batch of m-1 random inliers, at each batch size m, at fixed weights.
+
+    Outlier k (k < n_batches) is the same at every m; its batch-mates are drawn afresh for each m. The draws
+    depend only on ``seed`` and the sizes, so two models measured with the same seed see the same batches.
+
+    Args:
+        inlier_x, inlier_y: (N, C, H, W), (N,) pool of inliers.
+        outlier_x, outlier_y: (K, C, H, W), (K,) outliers, K >= n_batches.
+        inliers_measured: inliers per batch whose influence is measured too (the first ones of the batch).
+
+    Returns:
+        ``outlier`` (S, n_batches): the outlier's influence; ``inlier`` (S, n_batches): the mean influence of
+        ``inliers_measured`` inliers of the same batch; S = len(batch_sizes).
+    """
+    if n_batches > len(outlier_x):
+        raise ValueError(f"Parameter 'cnn_batches' got {n_batches}; allowed: at most {len(outlier_x)} "
+                         "(one inserted canary per batch).")
+    if max(batch_sizes) > len(inlier_x) + 1:
+        raise ValueError(f"Parameter 'cnn_batch_sizes' got {max(batch_sizes)}; allowed: at most {len(inlier_x) + 1}.")
+    generator = torch.Generator().manual_seed(seed)
+    outliers = torch.randperm(len(outlier_x), generator=generator)[:n_batches]
+    device = next(model.parameters()).device
+    result = {"outlier": np.zeros((len(batch_sizes), n_batches)), "inlier": np.zeros((len(batch_sizes), n_batches))}
+    for s, size in enumerate(batch_sizes):
+        measured = min(inliers_measured, size - 1)
+        for k, outlier in enumerate(outliers.tolist()):
+            mates = torch.randperm(len(inlier_x), generator=generator)[: size - 1]
+            x = torch.cat([inlier_x[mates], outlier_x[outlier:outlier + 1]]).to(device)  # (m, C, H, W)
+            y = torch.cat([inlier_y[mates], outlier_y[outlier:outlier + 1]]).to(device)
+            values = influence_lib.counterfactual_influence(model, x, y, indices=[size - 1, *range(measured)])
+            result["outlier"][s, k] = float(values[0])
+            result["inlier"][s, k] = float(values[1:].mean())
+    return result
+
+
+def log_log_slopes(batch_sizes: Sequence[int], values: np.ndarray) -> np.ndarray:
+    """Least-squares slope of log(value) against log(m) for each column of ``values`` (S, K); returns (K,)."""
+    logs = np.log(np.asarray(batch_sizes, dtype=np.float64))
+    centered = logs - logs.mean()
+    return centered @ (np.log(values) - np.log(values).mean(0)) / (centered @ centered)
+
+
+def squared_standardized_distances(model: nn.Module, reference_x: torch.Tensor,
+                                   probe_x: torch.Tensor) -> list[np.ndarray]:
+    """The toy's a^2 measured at every BatchNorm layer of a network: for each probe sample and channel, the
+    mean over spatial positions of (z - mu)^2 / sigma^2, where z is the layer's input and mu, sigma^2 its
+    per-channel mean and variance over ``reference_x`` (the inliers). This is how much the sample adds to the
+    channel's batch variance, in units of one inlier's share (1 on average for an inlier).
+
+    The forward passes run in eval mode (running statistics in the layers before), weights untouched.
+
+    Returns:
+        one (len(probe_x), C_l) array per BN layer, in forward order.
+    """
+    layers = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    inputs: dict[int, torch.Tensor] = {}
+    hooks = [layer.register_forward_hook(lambda module, args, output, k=k: inputs.__setitem__(k, args[0]))
+             for k, layer in enumerate(layers)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(reference_x)
+            reference = dict(inputs)
+            model(probe_x)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    distances = []
+    for k in range(len(layers)):
+        ref, probe = reference[k].transpose(0, 1).flatten(1), inputs[k]  # (C, N*H*W), (P, C, H, W)
+        mean, variance = ref.mean(1), ref.var(1, unbiased=False)  # (C,)
+        shape = (1, -1) + (1,) * (probe.dim() - 2)
+        squared = (probe - mean.reshape(shape)) ** 2 / variance.reshape(shape)
+        distances.append(squared.flatten(2).mean(2).cpu().numpy() if probe.dim() > 2 else squared.cpu().numpy())
+    return distances

@@ -63,11 +63,11 @@ def test_hand_written_q_forms_equal_the_derived_ones():
     assert theory.compact_matches()
 
 
-def test_coupling_is_the_difference_between_influence_and_own_gradient():
-    # with BN, coupling = influence - own gradient has the mean-shift entry -beta a q and no r in it
-    coupling = theory.compact_influence_vector("batch") - theory.compact_own_gradient()
-    assert sp.simplify(coupling[3] + beta * a * theory.q) == 0
-    assert all(sp.simplify(sp.diff(entry, r)) == 0 for entry in coupling)
+def test_coupling_does_not_depend_on_the_label_and_holds_the_mean_shift():
+    # with BN, coupling = influence - own gradient (checked by compact_matches): mean shift -beta a q, no r
+    coupling = theory.compact_coupling()
+    assert coupling[3] == -beta * a * theory.q
+    assert all(sp.diff(entry, r) == 0 for entry in coupling)
 
 
 def test_limits_known_answers():
@@ -145,3 +145,9 @@ def test_offline_slider_has_no_outside_reference():
     _, params = config.load("smoke", extras=theory.TheoryParams)
     html = theory.offline_jshtml(theory.slider_animation(params, [4, 64], [2.0, 2.0]), dpi=30)
     assert 'type="range"' in html and "font-awesome" not in html and "https://" not in html
+
+
+def test_at_mean_limit_has_the_compact_form():
+    k = sp.Symbol("k", positive=True)
+    difference = (theory.limits()["at_mean"] - theory.at_mean_compact()).subs(m, 1 + k)
+    assert sp.simplify(difference) == 0
