@@ -160,7 +160,8 @@ class _Run:
     pool: int | None = None  # kernel (= stride) of a non-overlapping MaxPool2d
     average: bool = False  # AdaptiveAvgPool2d(1)
     flatten: bool = False
-    saved: dict[str, torch.Tensor] = field(default_factory=dict)
+    saved: dict[str, torch.Tensor] = field(default_factory=dict)  # this forward pass
+    shared: dict[str, torch.Tensor] = field(default_factory=dict)  # reused across passes on the same batch
 
     def add(self, module: nn.Module) -> bool:
         """Append ``module`` if it fits the run's pattern; False if it does not."""
@@ -266,36 +267,55 @@ def _per_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- forward pass
 
 def _forward(chain: _Chain, x: torch.Tensor, mode: str, weights: torch.Tensor | None = None, start: int = 0,
-             h: torch.Tensor | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
+             stop: int | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (K, n, classes) of the chain on x (n, ...), saving what the backward passes need.
 
     Args:
         mode: BN statistics: ``running`` (eval mode), ``batch`` (train mode, statistics of x) or ``groups``
             (train mode, one set per row of ``weights`` (G, n) in {0, 1}, the samples each group holds).
-        start, h, z: resume at block ``start`` whose layer input is h, or whose layer output is z.
+        start, z: resume at block ``start`` whose layer output is z (a fresh pass from x when z is None).
+        stop: end before block ``stop`` and return its layer's input (saved as such).
     """
-    if h is None and z is None:  # a fresh pass from the input
+    h = None
+    if z is None:
         h = x.unsqueeze(0).flatten(2) if chain.leading_flatten else x.unsqueeze(0)
         chain.inputs, chain.sizes = [None] * len(chain.blocks), [0] * len(chain.blocks)
-    for b in range(start, len(chain.blocks)):
+    stop = len(chain.blocks) if stop is None else stop
+    for b in range(start, stop):
         layer, run = chain.blocks[b]
         if z is None or b > start:
             chain.inputs[b] = h
             z = _layer_forward(layer, h)
         chain.sizes[b] = max(math.prod(chain.inputs[b].shape[2:]), math.prod(z.shape[2:]))
-        h = _run_forward(run, z, mode, weights)
+        h = _run_forward(run, z, mode, weights, lowest=b == 0)
+    if stop < len(chain.blocks):
+        chain.inputs[stop] = h
     return h
 
 
 def _layer_forward(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, nn.Linear):
         return F.linear(h, layer.weight, layer.bias)
+    if h.device.type == "cpu" and math.prod(layer.weight.shape[1:]) <= 16:
+        # a few input values per output (e.g. a 3x3 conv of a grey image): one matrix product of the unfolded
+        # input is several times faster than the CPU's convolution kernel here
+        unfolded = F.unfold(_rows(h), layer.weight.shape[2:], layer.dilation, layer.padding, layer.stride)
+        out = layer.weight.flatten(1) @ unfolded  # (K*n, C_out, L)
+        out = out if layer.bias is None else out + layer.bias[:, None]
+        size = [(h.shape[-2 + i] + 2 * layer.padding[i] - layer.dilation[i] * (layer.weight.shape[2 + i] - 1) - 1)
+                // layer.stride[i] + 1 for i in range(2)]
+        return out.view(*h.shape[:2], layer.weight.shape[0], *size)
     return F.conv2d(_rows(h), layer.weight, layer.bias, layer.stride, layer.padding,
                     layer.dilation).unflatten(0, h.shape[:2])
 
 
-def _run_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | None) -> torch.Tensor:
+def _run_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | None,
+                 lowest: bool = False) -> torch.Tensor:
     run.saved = {"input_shape": torch.tensor(z.shape)}
+    if lowest and mode == "groups" and z.shape[0] == 1 and run.pool is not None and run.bn is not None and not (
+            run.bn.affine and bool((run.bn.weight == 0).any())):
+        h = _pooled_stem_forward(run, z, weights)
+        return _run_suffix_forward(run, h)
     h = _batchnorm_forward(run, z, mode, weights) if run.bn is not None else z
     if run.relu:
         h = h.relu_() if h is not z else F.relu(h)
@@ -303,6 +323,10 @@ def _run_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | 
             run.saved["mask"] = (h > 0).to(h.dtype)
     if run.pool is not None:
         h = _maxpool_forward(run, h)
+    return _run_suffix_forward(run, h)
+
+
+def _run_suffix_forward(run: _Run, h: torch.Tensor) -> torch.Tensor:
     if run.average:
         run.saved["average_shape"] = torch.tensor(h.shape)
         h = h.mean((-2, -1), keepdim=True)
@@ -316,9 +340,8 @@ def _batchnorm_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Ten
     """BN of z (K, n, C, *spatial); saves x̂ and the scale γ/σ (R, C) (∂y/∂z with statistics fixed)."""
     bn, channels = run.bn, z.shape[2]
     if mode == "running":
-        inv_std = torch.rsqrt(bn.running_var + bn.eps).view(1, channels)
-        xhat = torch.addcmul((-bn.running_mean.view(1, channels) * inv_std).view(1, 1, channels, *[1] * (z.ndim - 3)),
-                             z, _per_channel(inv_std, z))
+        mean, inv_std = bn.running_mean.view(1, channels), torch.rsqrt(bn.running_var + bn.eps).view(1, channels)
+        xhat = torch.addcmul(_per_channel(-mean * inv_std, z), z, _per_channel(inv_std, z))
     else:
         weights = torch.ones(1, z.shape[1], dtype=z.dtype, device=z.device) if weights is None else weights
         count = weights.sum(1) * math.prod(z.shape[3:])  # (G,) values per channel
@@ -331,7 +354,7 @@ def _batchnorm_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Ten
         xhat.mul_(_per_channel(inv_std, xhat))
         run.saved.update(weights=weights, count=count)
     gamma = bn.weight.view(1, channels) if bn.affine else torch.ones_like(inv_std[:1])
-    run.saved.update(xhat=xhat, scale=gamma * inv_std)
+    run.saved.update(xhat=xhat, scale=gamma * inv_std, z=z, mean=mean, inv_std=inv_std)
     if not bn.affine:
         return xhat.clone()
     return torch.addcmul(_per_channel(bn.bias.view(1, channels), xhat), xhat, _per_channel(gamma, xhat))
@@ -344,17 +367,69 @@ def _windows(t: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _maxpool_forward(run: _Run, h: torch.Tensor) -> torch.Tensor:
-    """Max over k x k windows, and the position of each window's first maximum (as aten's max_pool2d)."""
+    """Max over k x k windows, and the position of each window's first maximum in row-major order (as aten's
+    max_pool2d): first along each window row, then across the rows (passes over strided views)."""
     k = run.pool
-    windows = _windows(h, k)
-    best = windows[..., 0, :, 0].clone()
-    codes = torch.zeros(best.shape, dtype=torch.uint8, device=h.device)
-    for position in range(1, k * k):
-        candidate = windows[..., position // k, :, position % k]
-        codes.masked_fill_(candidate > best, position)
-        best = torch.maximum(best, candidate)
-    run.saved.update(codes=codes, pooled=best, pre_pool_shape=torch.tensor(h.shape))
+    out_h, out_w = h.shape[-2] // k, h.shape[-1] // k
+    segments = h[..., :out_h * k, :out_w * k].unflatten(-1, (out_w, k))  # (..., out_h*k, out_w, k)
+    best, column = _first_max([segments[..., j] for j in range(k)])
+    rows = best.unflatten(-2, (out_h, k))  # (..., out_h, k, out_w)
+    best, row = _first_max([rows[..., i, :] for i in range(k)])
+    column = column.unflatten(-2, (out_h, k)).gather(-2, row.long().unsqueeze(-2)).squeeze(-2)
+    run.saved.update(codes=row * k + column, pooled=best)
     return best
+
+
+def _first_max(candidates: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise max of the candidates and the index (uint8) of the first one that attains it."""
+    best, index = candidates[0], torch.zeros(candidates[0].shape, dtype=torch.uint8, device=candidates[0].device)
+    for j, candidate in enumerate(candidates[1:], start=1):
+        better = candidate > best
+        best = torch.where(better, candidate, best)
+        index = better.to(torch.uint8) * j if j == 1 else torch.where(better, j, index)
+    return best, index
+
+
+def _pooled_stem_forward(run: _Run, z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """BN (one set of statistics per group), [ReLU] and max-pooling of a z (1, n, C, H, W) shared by the groups,
+    without forming a (G, n, C, H, W) tensor: group g's BN is the per-channel map a_g z + b_g with a_g = γ/σ_g
+    of the sign of γ, and pooling commutes with monotone maps: pool(relu(a z + b)) = relu(a ext(z) + b) with
+    ext the window's max (γ > 0) or min (γ < 0), taken at the same position. Saves what the backward pass of
+    the lowest block needs (see :func:`_pooled_conv_rows`)."""
+    bn, channels, positions = run.bn, z.shape[2], math.prod(z.shape[3:])
+    if run.shared.get("z") is not z:  # the group-independent part, once per batch
+        probe = _Run(pool=run.pool)
+        highest, lowest = _maxpool_forward(probe, z), -_maxpool_forward(_Run(pool=run.pool), -z)
+        rising = (bn.weight > 0 if bn.affine else torch.ones(channels, dtype=torch.bool, device=z.device)).view(
+            1, 1, channels, 1, 1)
+        shift = _channel_sums(z).sum((0, 1)) / (z.shape[1] * positions)  # batch mean: a stable origin
+        centered = z - _per_channel(shift.unsqueeze(0), z)
+        run.shared = {"z": z, "extreme": torch.where(rising, highest, lowest), "shift": shift,
+                      "codes": torch.where(rising, probe.saved["codes"], _maxpool_codes(-z, run.pool)),
+                      "first": _channel_sums(centered)[0],  # (n, C) Σ_pos (z − shift)
+                      "second": torch.linalg.vector_norm(centered.flatten(3), dim=-1)[0] ** 2}
+    shared = run.shared
+    count = weights.sum(1) * positions  # (G,)
+    delta = weights @ shared["first"] / count[:, None]  # (G, C): group mean − shift
+    inv_std = torch.rsqrt(weights @ shared["second"] / count[:, None] - delta ** 2 + bn.eps)
+    mean = shared["shift"] + delta
+    gamma = bn.weight.view(1, channels) if bn.affine else torch.ones_like(inv_std[:1])
+    xhat_at = (shared["extreme"] - _per_channel(mean, shared["extreme"])) * _per_channel(inv_std, shared["extreme"])
+    pooled = xhat_at * _per_channel(gamma, xhat_at)
+    pooled = pooled + _per_channel(bn.bias.view(1, channels), pooled) if bn.affine else pooled
+    keep = torch.ones_like(pooled)
+    if run.relu:
+        pooled = pooled.relu_()
+        keep = (pooled > 0).to(pooled.dtype)
+    run.saved.update(z=z, mean=mean, inv_std=inv_std, scale=gamma * inv_std, weights=weights, count=count,
+                     codes=shared["codes"], pooled=pooled, tests=(keep, keep * xhat_at))
+    return pooled
+
+
+def _maxpool_codes(h: torch.Tensor, k: int) -> torch.Tensor:
+    probe = _Run(pool=k)
+    _maxpool_forward(probe, h)
+    return probe.saved["codes"]
 
 
 # ----------------------------------------------------------------------------- backward pass of a run
@@ -384,6 +459,17 @@ def _routes(run: _Run) -> list[torch.Tensor]:
     return run.saved["routes"]
 
 
+def _route_total(run: _Run) -> torch.Tensor:
+    """Σ of :func:`_routes` over window positions: scale · ReLU mask at each window's maximum."""
+    if "route_total" not in run.saved:
+        keep = run.saved["tests"][0] if "tests" in run.saved else (
+            (run.saved["pooled"] > 0).to(run.saved["pooled"].dtype) if run.relu else 1.0)
+        scale = run.saved.get("scale")
+        run.saved["route_total"] = keep * _per_channel(scale, run.saved["pooled"]) if scale is not None else (
+            keep * torch.ones_like(run.saved["pooled"]))
+    return run.saved["route_total"]
+
+
 def _statistics_tests(run: _Run) -> tuple[torch.Tensor | float, torch.Tensor]:
     """(M1, Mx) at the run's output before average/flatten: Σ_pos d = Σ dy·M1 and Σ_pos d·x̂ = Σ dy·Mx for the
     field d at BN's output (the β and γ gradients), through ReLU and pooling."""
@@ -401,6 +487,35 @@ def _statistics_tests(run: _Run) -> tuple[torch.Tensor | float, torch.Tensor]:
     return run.saved["tests"]
 
 
+def _unshape(run: _Run, dy: torch.Tensor) -> torch.Tensor:
+    """Field at the output of the run's fused part (before AdaptiveAvgPool2d/Flatten) from dy at the run's output."""
+    if run.flatten:
+        dy = dy.reshape(*dy.shape[:2], *run.saved["flatten_shape"].tolist()[2:])
+    if run.average:
+        shape = run.saved["average_shape"].tolist()
+        dy = (dy / (shape[-2] * shape[-1])).expand(*dy.shape[:3], *shape[-2:])
+    return dy
+
+
+def _bn_sums(run: _Run, dy: torch.Tensor, samples: slice) -> torch.Tensor | None:
+    """(S, n_c, 2C): [Σ_pos d, Σ_pos d·x̂] of the field d at BN's output (its β and γ gradients), from dy at the
+    fused part's output, through ReLU and pooling; None without BN."""
+    if run.bn is None:
+        return None
+    ones, along = (_slice(t, samples) if torch.is_tensor(t) else t for t in _statistics_tests(run))
+    return torch.cat([_channel_sums(dy * ones), _channel_sums(dy * along)], -1)
+
+
+def _coupling(run: _Run, sums: torch.Tensor, samples: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN's backward through its statistics adds −γ/σ · w_n/N · (Σ d + x̂ Σ d x̂) to every position:
+    returns its (offset, slope) per row, sample and channel (S, n_c, C), sums taken over all samples."""
+    channels = sums.shape[-1] // 2
+    share = (run.saved["weights"] / run.saved["count"][:, None])[:, samples].unsqueeze(-1)  # (R, n_c, 1)
+    scale = run.saved["scale"].unsqueeze(1)  # (R, 1, C)
+    totals = sums.sum(1, keepdim=True)  # (S, 1, 2C)
+    return -scale * share * totals[..., :channels], -scale * share * totals[..., channels:]
+
+
 def _run_backward(run: _Run, dy: torch.Tensor, coupled: bool, samples: slice = slice(None)) -> tuple[
         torch.Tensor, torch.Tensor | None]:
     """Field at the run's input (its layer's output) from dy (S, n_c, ...) at its output.
@@ -409,27 +524,14 @@ def _run_backward(run: _Run, dy: torch.Tensor, coupled: bool, samples: slice = s
         coupled: through BN's batch/group statistics; otherwise with the statistics held fixed.
         samples: the samples of dy among the saved ones (frozen passes run on chunks of samples).
     Returns:
-        (field (S, n_c, ...), BN sums (S, n_c, 2C): [Σ_pos d, Σ_pos d·x̂] of the field d at BN's output, or None).
+        (field (S, n_c, ...), :func:`_bn_sums` or None).
     """
-    if run.flatten:
-        dy = dy.reshape(*dy.shape[:2], *run.saved["flatten_shape"].tolist()[2:])
-    if run.average:
-        shape = run.saved["average_shape"].tolist()
-        dy = (dy / (shape[-2] * shape[-1])).expand(*dy.shape[:3], *shape[-2:])
-    sums = None
-    if run.bn is not None:
-        ones, along = (_slice(t, samples) if torch.is_tensor(t) else t for t in _statistics_tests(run))
-        sums = torch.cat([_channel_sums(dy * ones), _channel_sums(dy * along)], -1)
+    dy = _unshape(run, dy)
+    sums = _bn_sums(run, dy, samples)
     routes = [_slice(r, samples) for r in _routes(run)]
     shape = (*dy.shape[:2], *run.saved["input_shape"].tolist()[2:])
     if coupled and run.bn is not None:
-        # dz = γ/σ (d − w/N (Σ d + x̂ Σ d x̂)): a dense part with two coefficients per row and channel
-        channels = shape[2]
-        share = (run.saved["weights"] / run.saved["count"][:, None])[:, samples].unsqueeze(-1)  # (R, n_c, 1)
-        scale = run.saved["scale"].unsqueeze(1)  # (R, 1, C)
-        totals = sums.sum(1, keepdim=True)  # (S, 1, 2C)
-        offset = -scale * share * totals[..., :channels]
-        slope = -scale * share * totals[..., channels:]
+        offset, slope = _coupling(run, sums, samples)
         dz = torch.addcmul(_per_channel(offset, dy), _slice(run.saved["xhat"], samples), _per_channel(slope, dy))
         return _route_add(run, dy, routes, dz), sums
     if run.pool is None:
@@ -453,6 +555,53 @@ def _route_add(run: _Run, dy: torch.Tensor, routes: list[torch.Tensor], dz: torc
     for p, route in enumerate(routes):
         windows[..., p // run.pool, :, p % run.pool].addcmul_(dy, route)
     return dz
+
+
+def _pooled_conv_rows(layer: nn.Conv2d, run: _Run, inputs: torch.Tensor, dy: torch.Tensor,
+                      sums: torch.Tensor | None, coupled: bool, samples: slice) -> torch.Tensor:
+    """Gradient of a Conv2d whose run max-pools, computed after pooling: the weight gradient is
+    Σ_pos dz ⊗ u, and dz is the routed field (non-zero at one position per window: u gathered there) plus,
+    when coupled, BN's dense term (offset + slope·x̂: its sums against u are per-sample moments of u).
+    Nothing of the size of the layer's output is formed.
+
+    Args:
+        inputs: the layer's input (R, n, ...), all samples; dy: field after pooling (S, n_c, C, oh, ow).
+    Returns:
+        (S, P) gradients summed over the samples of each row.
+    """
+    k, names = run.pool, _param_names(layer)
+    codes = run.saved["codes"]  # (1, n, C, oh, ow)
+    cache = run.shared.setdefault("rows", {})
+    if cache.get("codes") is not codes:
+        # u at each window's maximum (n, C, Q, oh*ow); for BN's dense term Σ_pos u (n, Q) and Σ_pos z u (n, C, Q)
+        unfolded = F.unfold(inputs[0], layer.weight.shape[2:], layer.dilation, layer.padding, layer.stride)
+        windows = _windows(unfolded.unflatten(-1, run.saved["input_shape"].tolist()[-2:]), k)
+        windows = windows.permute(0, 1, 2, 4, 3, 5).flatten(-2)  # (n, Q, oh, ow, k*k)
+        channels, queries = codes.shape[2], windows.shape[1]
+        index = codes[0].long().unsqueeze(2).unsqueeze(-1).expand(-1, -1, queries, -1, -1, 1)
+        gathered = windows.unsqueeze(1).expand(-1, channels, -1, -1, -1, -1).gather(-1, index)
+        cache.clear()
+        cache.update(codes=codes, gathered=gathered.flatten(-3))
+        if "z" in run.saved:
+            z = run.saved["z"][0].flatten(2)  # (n, C, L)
+            cache.update(one=unfolded.sum(-1), along=z @ unfolded.transpose(1, 2), z_sums=z.sum(-1))
+    gathered = cache["gathered"][samples]
+    routed = (dy * _route_total(run)[:, samples]).flatten(3)  # (S, n_c, C, oh*ow): the field at the maxima
+    rows = routed.shape[0]
+    weight = torch.einsum("sncx,ncqx->scq", routed, gathered)
+    bias = routed.sum((1, 3))
+    if coupled and run.bn is not None:
+        # Σ_pos (offset + slope x̂) u with x̂ = (z − μ)/σ: moments of u and z u, per row's statistics
+        offset, slope = _coupling(run, sums, samples)  # (S, n_c, C)
+        mean, inv_std = run.saved["mean"].unsqueeze(1), run.saved["inv_std"].unsqueeze(1)  # (R, 1, C)
+        one, along, z_sums = cache["one"][samples], cache["along"][samples], cache["z_sums"][samples]
+        positions = math.prod(run.saved["input_shape"].tolist()[3:])
+        slope = slope * inv_std
+        weight = weight + torch.einsum("snc,nq->scq", offset - slope * mean, one) + torch.einsum(
+            "snc,ncq->scq", slope, along)
+        bias = bias + ((offset - slope * mean) * positions + slope * z_sums).sum(1)
+    parts = {"weight": weight, "bias": bias}
+    return torch.cat([parts[name].reshape(rows, -1) for name in names], 1)
 
 
 # ----------------------------------------------------------------------------- layers: backward and gradients
@@ -495,9 +644,10 @@ def _conv_weight_rows(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor) -> tor
         seeds_as_channels = dz.transpose(0, 1).reshape(samples, rows * channels, *dz.shape[3:])
         return torch.nn.grad.conv2d_weight(x[0], (rows * channels, *shape[1:]), seeds_as_channels, conv.stride,
                                            conv.padding, conv.dilation).view(rows, *shape)
-    if samples == 1:  # one sample per row: unfolded input, one batched matrix product
-        unfolded = F.unfold(x[:, 0], shape[2:], conv.dilation, conv.padding, conv.stride)  # (S, C_in*kh*kw, L)
-        return torch.bmm(dz[:, 0].flatten(2), unfolded.transpose(1, 2)).view(rows, *shape)
+    if samples == 1:  # one sample per row: the rows become the groups of one grouped convolution
+        return torch.nn.grad.conv2d_weight(x[:, 0].reshape(1, -1, *x.shape[3:]), (rows * channels, *shape[1:]),
+                                           dz[:, 0].reshape(1, -1, *dz.shape[3:]), conv.stride, conv.padding,
+                                           conv.dilation, groups=rows).view(rows, *shape)
     return torch.stack([torch.nn.grad.conv2d_weight(x[r], shape, dz[r], conv.stride, conv.padding, conv.dilation)
                         for r in range(rows)])
 
@@ -538,38 +688,51 @@ def _statistics_adjoint(run: _Run, sums: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- descending the chain
 
 def _descend(chain: _Chain, field: torch.Tensor, top: int, coupled: bool, samples: slice = slice(None),
-             from_layer_output: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-    """Back-propagate ``field`` (S, n_c, ...) from the output of block ``top``'s run (or of its layer) to
-    block 0. Yields, for each block from the top: (block, its layer's input x (R, n_c, ...), the field at its
-    layer's output (S, n_c, ...), the BN sums of its run (S, n_c, 2C) or None)."""
+             kind: str = "rows", from_layer_output: bool = False) -> Iterator[tuple[int, torch.Tensor,
+                                                                                   torch.Tensor | None]]:
+    """Back-propagate ``field`` (S, n_c, ...) from the output of block ``top``'s run (or of its layer) to block 0.
+
+    Yields, block by block from the top: (block, gradient of its trainable parameters, its BN sums
+    (S, n_c, 2C) or None). The gradient is, by ``kind``: ``rows`` (S, P_b) summed over the samples of each
+    row; ``samples`` (n_c, P_b) per sample of a one-row field; ``norms`` (n_c,) their squared norms.
+    """
     for b in range(top, -1, -1):
         layer, run = chain.blocks[b]
+        x = chain.inputs[b][:, samples]
         if from_layer_output and b == top:
             dz, sums = field, None
+            value = _layer_value(layer, x, dz, kind)
+        elif b == 0 and kind == "rows" and run.pool is not None and run.saved["codes"].shape[0] == 1 and isinstance(
+                layer, nn.Conv2d) and _param_names(layer):
+            dy = _unshape(run, field)
+            sums = _bn_sums(run, dy, samples)
+            value = _pooled_conv_rows(layer, run, chain.inputs[0], dy, sums, coupled, samples)
         else:
             dz, sums = _run_backward(run, field, coupled, samples)
-        x = chain.inputs[b][:, samples]
-        yield b, x, dz, sums
+            value = _layer_value(layer, x, dz, kind)
+        yield b, _with_bn_gradient(run, value, sums, kind), sums
         if b > 0:
             field = _layer_backward(layer, x, dz)
 
 
-def _block_rows(chain: _Chain, b: int, x: torch.Tensor, dz: torch.Tensor, sums: torch.Tensor | None) -> torch.Tensor:
-    """All trainable parameters of block b for each row (S, P_b): its layer's, then its BN's."""
-    layer_rows = _layer_rows(chain.blocks[b][0], x, dz) if _param_names(chain.blocks[b][0]) else dz.new_zeros(
-        dz.shape[0], 0)
-    bn_rows = _bn_rows(chain.blocks[b][1], None if sums is None else sums.sum(1))
-    return layer_rows if bn_rows is None else torch.cat([layer_rows, bn_rows], 1)
+def _layer_value(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor, kind: str) -> torch.Tensor:
+    """The layer's part of :func:`_descend`'s gradient."""
+    if not _param_names(layer):
+        return dz.new_zeros(dz.shape[1]) if kind == "norms" else dz.new_zeros(
+            dz.shape[0] if kind == "rows" else dz.shape[1], 0)
+    if kind == "rows":
+        return _layer_rows(layer, x, dz)
+    if kind == "samples":
+        return _layer_rows(layer, x.transpose(0, 1), dz.transpose(0, 1))
+    return _layer_squared_norms(layer, x, dz)
 
 
-def _block_sample_rows(chain: _Chain, b: int, x: torch.Tensor, dz: torch.Tensor,
-                       sums: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample gradients (n_c, P_b) of block b from a one-row field (1, n_c, ...)."""
-    layer = chain.blocks[b][0]
-    layer_rows = _layer_rows(layer, x.transpose(0, 1), dz.transpose(0, 1)) if _param_names(layer) else dz.new_zeros(
-        dz.shape[1], 0)
-    bn_rows = _bn_rows(chain.blocks[b][1], None if sums is None else sums[0])
-    return layer_rows if bn_rows is None else torch.cat([layer_rows, bn_rows], 1)
+def _with_bn_gradient(run: _Run, value: torch.Tensor, sums: torch.Tensor | None, kind: str) -> torch.Tensor:
+    """Append the run's BN parameter gradients to the layer's (``rows``, ``samples``) or add their squares."""
+    bn = _bn_rows(run, None if sums is None else (sums.sum(1) if kind == "rows" else sums[0]))
+    if bn is None:
+        return value
+    return value + (bn ** 2).sum(-1) if kind == "norms" else torch.cat([value, bn], 1)
 
 
 def _loss_field(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -589,13 +752,8 @@ def _independent_norms(chain: _Chain, x: torch.Tensor, y: torch.Tensor, mode: st
     for part in _chunks(len(x), max_elements // max(_largest_activation(chain, x), 1)):
         logits = _forward(chain, x[part], mode)
         total = torch.zeros(part.stop - part.start, dtype=logits.dtype, device=logits.device)
-        for b, xb, dz, sums in _descend(chain, _loss_field(logits, y[part]), len(chain.blocks) - 1, False):
-            layer = chain.blocks[b][0]
-            if _param_names(layer):
-                total += _layer_squared_norms(layer, xb, dz)
-            bn_rows = _bn_rows(chain.blocks[b][1], None if sums is None else sums[0])
-            if bn_rows is not None:
-                total += (bn_rows ** 2).sum(-1)
+        for _, value, _ in _descend(chain, _loss_field(logits, y[part]), len(chain.blocks) - 1, False, kind="norms"):
+            total += value
         norms.append(total.sqrt())
     return torch.cat(norms)
 
@@ -674,8 +832,8 @@ def _in_batch_structured(chain: _Chain, logits: torch.Tensor, y: torch.Tensor, m
     own: dict[int, list[torch.Tensor]] = {b: [] for b in range(top + 1)}  # per-sample, statistics fixed
     direct: dict[int, list[torch.Tensor]] = {b: [] for b in bn_blocks}  # ∂ℓ_i/∂(μ, σ), all else fixed
     for part in _chunks(n, max_elements // max(chain.sizes)):
-        for b, x, dz, sums in _descend(chain, seed[:, part], top, False, part):
-            own[b].append(_block_sample_rows(chain, b, x, dz, sums))
+        for b, value, sums in _descend(chain, seed[:, part], top, False, part, kind="samples"):
+            own[b].append(value)
             if sums is not None:
                 direct[b].append(_statistics_adjoint(chain.blocks[b][1], sums[0]))
     own_rows = {b: torch.cat(v) for b, v in own.items()}
@@ -693,8 +851,8 @@ def _in_batch_structured(chain: _Chain, logits: torch.Tensor, y: torch.Tensor, m
                 rows[bn][bn][seeds] += first
                 if bn == 0:
                     continue
-                for b, x, dz, sums in _descend(chain, field, bn - 1, False, part):
-                    rows[bn][b][seeds] += _block_rows(chain, b, x, dz, sums)
+                for b, value, sums in _descend(chain, field, bn - 1, False, part):
+                    rows[bn][b][seeds] += value
                     if sums is not None:
                         coupling[bn][b][seeds] += _statistics_adjoint(chain.blocks[b][1], sums.sum(1))
     adjoint: dict[int, torch.Tensor] = {}  # BN block -> (n, 2C): total adjoint λ of its statistics
@@ -718,8 +876,8 @@ def _in_batch_per_loss(chain: _Chain, logits: torch.Tensor, y: torch.Tensor, ind
         chosen = torch.as_tensor(list(indices[part]), device=seed.device)
         field = torch.zeros(len(chosen), *seed.shape, dtype=seed.dtype, device=seed.device)
         field[torch.arange(len(chosen)), chosen] = seed[chosen]
-        for b, x, dz, sums in _descend(chain, field, len(chain.blocks) - 1, True):
-            total[part] += (_block_rows(chain, b, x, dz, sums) ** 2).sum(1)
+        for _, value, _ in _descend(chain, field, len(chain.blocks) - 1, True):
+            total[part] += (value ** 2).sum(1)
     return total.sqrt()
 
 
@@ -737,18 +895,18 @@ def _counterfactual_groups(chain: _Chain, x: torch.Tensor, y: torch.Tensor, indi
     """Definition 3 with the leave-one-out batches as groups of one batched pass (group-wise statistics); the
     blocks before the first BN are computed once."""
     top, first, n = len(chain.blocks) - 1, chain.bn_blocks[0], len(x)
-    logits = _forward(chain, x, "batch")
-    full = {b: _block_rows(chain, b, xb, dz, sums) for b, xb, dz, sums in _descend(chain, _loss_field(logits, y), top,
-                                                                                  True)}
-    z = _layer_forward(chain.blocks[first][0], chain.inputs[first])  # (1, n, ...), blind to the statistics
+    z = _layer_forward(chain.blocks[first][0], _forward(chain, x, "batch", stop=first))  # (1, n, ...): no BN yet
+    everyone = torch.ones(1, n, dtype=x.dtype, device=x.device)
+    logits = _forward(chain, x, "groups", everyone, start=first, z=z)
+    full = {b: value for b, value, _ in _descend(chain, _loss_field(logits, y), top, True)}
     total = torch.zeros(len(indices), dtype=x.dtype, device=x.device)
     for part in _chunks(len(indices), max_elements // (n * max(chain.sizes[first:]))):
         chosen = torch.as_tensor(list(indices[part]), device=x.device)
         weights = torch.ones(len(chosen), n, dtype=x.dtype, device=x.device)
         weights[torch.arange(len(chosen)), chosen] = 0.0
         logits = _forward(chain, x, "groups", weights, start=first, z=z)
-        for b, xb, dz, sums in _descend(chain, _loss_field(logits, y, weights), top, True):
-            total[part] += ((full[b] - _block_rows(chain, b, xb, dz, sums)) ** 2).sum(1)
+        for b, value, _ in _descend(chain, _loss_field(logits, y, weights), top, True):
+            total[part] += ((full[b] - value) ** 2).sum(1)
     return total.sqrt()
 
 

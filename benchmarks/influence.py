@@ -1,0 +1,100 @@
+"""The three per-sample influence definitions: naive (the ``*_reference`` functions) vs fast, timed in one run.
+
+    .venv/bin/python benchmarks/influence.py                      # quick-profile CNN, batch 128, CPU (+ CUDA)
+    .venv/bin/python benchmarks/influence.py --width 4 --batch 256 --devices cpu
+
+For each device: the quick profile's small CNN (BatchNorm, width 16 unless --width), random weights and
+running statistics, a batch of Fashion-MNIST-shaped inputs. Each definition is timed naive and fast on the
+same inputs, alternately (``--repeats`` times, best of each), so both sides see the same machine load; the
+script prints both times, their ratio (> 1: the fast path is faster) and the largest relative difference
+of the results. For definition 2 it also times the two fast strategies (statistics as seeds vs losses as
+seeds) to show which one the cost model picked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from bnlib import influence, models
+
+DEFINITIONS = {
+    "1 eval mode": (influence.eval_mode_grad_norms, influence.eval_mode_grad_norms_reference),
+    "2 in batch": (influence.in_batch_grad_norms, influence.in_batch_grad_norms_reference),
+    "3 counterfactual": (influence.counterfactual_influence, influence.counterfactual_influence_reference),
+}
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(function, device: torch.device) -> tuple[float, torch.Tensor]:
+    _synchronize(device)
+    start = time.perf_counter()
+    result = function()
+    _synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def _network(width: int, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = models.build("small_cnn", "batch", 1, 28, 10, width).to(device)
+    for module in model.modules():  # trained-looking running statistics and affine parameters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.1)
+    return model
+
+
+def benchmark(device: torch.device, width: int, batch: int, repeats: int) -> None:
+    model = _network(width, device)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 1, 28, 28, generator=generator).to(device)
+    y = torch.randint(0, 10, (batch,), generator=generator).to(device)
+    print(f"\n{device.type}: small CNN width {width} (BatchNorm), batch {batch}, {repeats} repeats (best of each)")
+    print(f"  {'definition':18s} {'naive':>9s} {'fast':>9s} {'ratio':>7s}   max relative difference")
+    for name, (fast, naive) in DEFINITIONS.items():
+        best_fast, best_naive = float("inf"), float("inf")
+        for _ in range(repeats):
+            seconds, result = _timed(lambda: naive(model, x, y), device)
+            best_naive = min(best_naive, seconds)
+            seconds, fast_result = _timed(lambda: fast(model, x, y, method="fast"), device)
+            best_fast = min(best_fast, seconds)
+        gap = float(((fast_result - result).abs() / result.abs().max()).max())
+        print(f"  {name:18s} {best_naive:8.3f}s {best_fast:8.3f}s {best_naive / best_fast:6.2f}x   {gap:.1e}")
+    chain = influence._prepare(model, x, "fast")
+    with torch.no_grad():
+        logits = influence._forward(chain, x, "batch")
+        structured = min(_timed(lambda: influence._in_batch_structured(chain, logits, y, influence.DEFAULT_MAX_ELEMENTS),
+                                device)[0] for _ in range(repeats))
+        per_loss = min(_timed(lambda: influence._in_batch_per_loss(chain, logits, y, range(batch),
+                                                                   influence.DEFAULT_MAX_ELEMENTS), device)[0]
+                       for _ in range(repeats))
+        chosen = "statistics" if influence._structured_is_cheaper(chain, batch) else "losses"
+    print(f"  definition 2 strategies: statistics as seeds {structured:.3f}s, losses as seeds {per_loss:.3f}s "
+          f"(cost model picks: {chosen})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=int, default=16, help="channels of the first conv layer (default 16)")
+    parser.add_argument("--batch", type=int, default=128, help="batch size m (default 128)")
+    parser.add_argument("--repeats", type=int, default=2, help="timings per side, best kept (default 2)")
+    parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; unavailable ones are skipped")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    for name in args.devices.split(","):
+        if name == "cuda" and not torch.cuda.is_available():
+            print("\ncuda: not available on this machine, skipped")
+            continue
+        benchmark(torch.device(name), args.width, args.batch, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
