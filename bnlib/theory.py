@@ -354,7 +354,7 @@ def typical_label_threshold() -> sp.Expr:
     """As m -> oo, the distance beyond which BN damps an outlier whose label is the inliers' mean label
     (then r = beta a): the positive root of beta a = r_plus(a)."""
     _, upper = large_batch_window()
-    squared = sp.Symbol("A", positive=True)  # a^2
+    squared = sp.Symbol("a_squared", positive=True)
     equation = sp.expand((beta * a - upper) * 2 * a * beta).subs(a**2, squared)
     return sp.sqrt(sp.simplify(sp.solve(equation, squared)[0]))
 
@@ -513,6 +513,15 @@ class TheoryParams:
             raise ValueError(f"Parameter 'cnn_batch_sizes' got {self.cnn_batch_sizes!r}; allowed: at least two "
                              "distinct integers >= 2 (a trend needs two points).")
 
+    def check_against(self, cfg) -> None:
+        """Fail fast when the CNN measurement asks for more than the data holds (``cfg``: ExperimentConfig)."""
+        if max(self.cnn_batch_sizes) > cfg.n_train + 1:
+            raise ValueError(f"Parameter 'cnn_batch_sizes' got {max(self.cnn_batch_sizes)}; allowed: at most "
+                             f"n_train + 1 = {cfg.n_train + 1} (m - 1 inliers and one canary per batch).")
+        if self.cnn_batches > cfg.n_canaries:
+            raise ValueError(f"Parameter 'cnn_batches' got {self.cnn_batches}; allowed: at most n_canaries = "
+                             f"{cfg.n_canaries} (one inserted canary per batch).")
+
     def components(self, distance: Any) -> tuple[Any, Any]:
         """(a along w, a_perp across w) of an outlier at ``distance`` in the direction ``outlier_angle``."""
         angle = math.radians(self.outlier_angle)
@@ -533,11 +542,8 @@ def simulated_batch(batch_size: int, distance: float, slope: float, residual: fl
         x (m,), y (m,); the outlier is last.
     """
     rng = np.random.default_rng(seed)
-    inliers = rng.standard_normal(max(batch_size - 1, 2))[: batch_size - 1]
-    if batch_size > 2:
-        inliers = (inliers - inliers.mean()) / inliers.std()
-    else:
-        inliers = np.zeros(1)
+    inliers = rng.standard_normal(batch_size - 1)
+    inliers = (inliers - inliers.mean()) / inliers.std() if batch_size > 2 else np.zeros(1)
     design = np.stack([np.ones_like(inliers), inliers], 1)  # (m-1, 2)
     noise = 0.3 * slope * rng.standard_normal(len(inliers))
     noise = noise - design @ np.linalg.lstsq(design, noise, rcond=None)[0]

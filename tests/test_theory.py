@@ -151,3 +151,12 @@ def test_at_mean_limit_has_the_compact_form():
     k = sp.Symbol("k", positive=True)
     difference = (theory.limits()["at_mean"] - theory.at_mean_compact()).subs(m, 1 + k)
     assert sp.simplify(difference) == 0
+
+
+def test_cnn_parameters_are_checked_against_the_data():
+    cfg, params = config.load("smoke", extras=theory.TheoryParams, cnn_batch_sizes="4,1000")
+    with pytest.raises(ValueError, match="cnn_batch_sizes"):
+        params.check_against(cfg)
+    cfg, params = config.load("smoke", extras=theory.TheoryParams, cnn_batches=500)
+    with pytest.raises(ValueError, match="cnn_batches"):
+        params.check_against(cfg)
