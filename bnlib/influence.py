@@ -573,7 +573,8 @@ def _pooled_conv_rows(layer: nn.Conv2d, run: _Run, inputs: torch.Tensor, dy: tor
     codes = run.saved["codes"]  # (1, n, C, oh, ow)
     cache = run.shared.setdefault("rows", {})
     if cache.get("codes") is not codes:
-        # u at each window's maximum (n, C, Q, oh*ow); for BN's dense term Σ_pos u (n, Q) and Σ_pos z u (n, C, Q)
+        # u at each window's maximum (stored as (C, n, oh*ow, Q)); for BN's dense term Σ_pos u (n, Q) and
+        # Σ_pos z u (n, C, Q)
         unfolded = F.unfold(inputs[0], layer.weight.shape[2:], layer.dilation, layer.padding, layer.stride)
         windows = _windows(unfolded.unflatten(-1, run.saved["input_shape"].tolist()[-2:]), k)
         windows = windows.permute(0, 1, 2, 4, 3, 5).flatten(-2)  # (n, Q, oh, ow, k*k)
@@ -581,14 +582,14 @@ def _pooled_conv_rows(layer: nn.Conv2d, run: _Run, inputs: torch.Tensor, dy: tor
         index = codes[0].long().unsqueeze(2).unsqueeze(-1).expand(-1, -1, queries, -1, -1, 1)
         gathered = windows.unsqueeze(1).expand(-1, channels, -1, -1, -1, -1).gather(-1, index)
         cache.clear()
-        cache.update(codes=codes, gathered=gathered.flatten(-3))
+        cache.update(codes=codes, gathered=gathered.flatten(-3).permute(1, 0, 3, 2).contiguous())  # (C, n, x, Q)
         if "z" in run.saved:
             z = run.saved["z"][0].flatten(2)  # (n, C, L)
             cache.update(one=unfolded.sum(-1), along=z @ unfolded.transpose(1, 2), z_sums=z.sum(-1))
-    gathered = cache["gathered"][samples]
+    gathered = cache["gathered"][:, samples]
     routed = (dy * _route_total(run)[:, samples]).flatten(3)  # (S, n_c, C, oh*ow): the field at the maxima
     rows = routed.shape[0]
-    weight = torch.einsum("sncx,ncqx->scq", routed, gathered)
+    weight = (routed.permute(2, 0, 1, 3).reshape(routed.shape[2], rows, -1) @ gathered.flatten(1, 2)).transpose(0, 1)
     bias = routed.sum((1, 3))
     if coupled and run.bn is not None:
         # Σ_pos (offset + slope x̂) u with x̂ = (z − μ)/σ: moments of u and z u, per row's statistics
