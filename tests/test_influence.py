@@ -1,0 +1,193 @@
+"""The three influence definitions: fast paths against slow, obviously right references (loops of single
+backward passes, two full batch gradients per sample), on MLPs and CNNs with and without BatchNorm, batch
+sizes down to 2, float64; plus the no-BN identities, state restoration and input validation."""
+
+import pytest
+import torch
+from torch import nn
+
+from bnlib import influence, models
+
+DEFINITIONS = {
+    "eval": (influence.eval_mode_grad_norms, influence.eval_mode_grad_norms_reference),
+    "in_batch": (influence.in_batch_grad_norms, influence.in_batch_grad_norms_reference),
+    "counterfactual": (influence.counterfactual_influence, influence.counterfactual_influence_reference),
+}
+
+
+def _randomize_batchnorm(model: nn.Module, generator: torch.Generator, negative: bool = False) -> nn.Module:
+    """Running statistics and affine parameters away from their initial values (eval mode then differs)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            channels = module.num_features
+            module.running_mean.copy_(torch.randn(channels, generator=generator, dtype=torch.float64))
+            module.running_var.copy_(torch.rand(channels, generator=generator, dtype=torch.float64) + 0.5)
+            if module.affine:
+                sign = torch.where(torch.rand(channels, generator=generator) < 0.5, -1.0, 1.0) if negative else 1.0
+                module.weight.data.copy_(sign * (torch.rand(channels, generator=generator) + 0.5))
+                module.bias.data.copy_(torch.randn(channels, generator=generator))
+    return model
+
+
+def _model(arch: str, norm: str, size: int, seed: int = 0, negative: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    model = models.build(arch, norm, 1, size, 5, width=4).double()
+    return _randomize_batchnorm(model, torch.Generator().manual_seed(seed), negative)
+
+
+def _batch(m: int, size: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(m, 1, size, size, generator=generator, dtype=torch.float64),
+            torch.randint(0, 5, (m,), generator=generator))
+
+
+def _assert_close(fast: torch.Tensor, reference: torch.Tensor, tolerance: float = 1e-9) -> None:
+    assert fast.shape == reference.shape
+    assert torch.all(reference > 0)
+    assert float(((fast - reference).abs() / reference).max()) < tolerance
+
+
+@pytest.mark.parametrize("definition", DEFINITIONS)
+@pytest.mark.parametrize("arch,norm,m,size", [
+    ("small_cnn", "batch", 2, 16), ("small_cnn", "batch", 5, 19), ("small_cnn", "none", 3, 16),
+    ("mlp", "batch", 3, 8), ("mlp", "batch", 6, 8), ("mlp", "none", 2, 8), ("vgg", "batch", 4, 16),
+])
+def test_fast_path_matches_the_reference(definition, arch, norm, m, size):
+    fast, reference = DEFINITIONS[definition]
+    model = _model(arch, norm, size)
+    x, y = _batch(m, size)
+    _assert_close(fast(model, x, y, method="fast"), reference(model, x, y))
+
+
+@pytest.mark.parametrize("definition", DEFINITIONS)
+def test_small_chunks_and_negative_scales_change_nothing(definition):
+    """Tiny memory bounds force chunking over seeds, samples and groups; negative BN scales take the
+    min-pooling branch of the shared stem of the leave-one-out groups."""
+    fast, reference = DEFINITIONS[definition]
+    model = _model("small_cnn", "batch", 16, seed=3, negative=True)
+    x, y = _batch(7, 16, seed=4)
+    _assert_close(fast(model, x, y, method="fast", max_elements=600), reference(model, x, y))
+
+
+def test_both_strategies_of_definition_two_are_exact():
+    """Statistics as seeds (∂s/∂θ through Σ 2C_l backward passes) and losses as seeds (m passes)."""
+    model = _model("small_cnn", "batch", 16)
+    x, y = _batch(6, 16)
+    expected = influence.in_batch_grad_norms_reference(model, x, y)
+    chain = influence._prepare(model, x, "fast")
+    with torch.no_grad():
+        logits = influence._forward(chain, x, "batch")
+        structured = influence._in_batch_structured(chain, logits, y, 2 ** 12)
+        per_loss = influence._in_batch_per_loss(chain, logits, y, range(len(y)), 2 ** 12)
+    _assert_close(structured, expected)
+    _assert_close(per_loss, expected)
+
+
+@pytest.mark.parametrize("definition", DEFINITIONS)
+def test_custom_chain_with_conv_bias_stride_frozen_parameters_and_plain_batchnorm(definition):
+    """A conv bias before BN, a strided conv without pooling, a non-affine BN1d, one frozen weight."""
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, bias=True), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 6, bias=False), nn.BatchNorm1d(6, affine=False), nn.ReLU(), nn.Linear(6, 5),
+    ).double()
+    _randomize_batchnorm(model, torch.Generator().manual_seed(5))
+    model[4].weight.requires_grad_(False)
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 2, 11, 11, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 5, (5,), generator=generator)
+    fast, reference = DEFINITIONS[definition]
+    _assert_close(fast(model, x, y, method="fast"), reference(model, x, y))
+
+
+def test_linear_unit_with_batchnorm_as_in_the_theory_chapter():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(2, 1, bias=False), nn.BatchNorm1d(1, affine=False), nn.Linear(1, 3)).double()
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(9, 2, generator=generator, dtype=torch.float64)
+    x[-1] *= 20.0  # an outlier
+    y = torch.randint(0, 3, (9,), generator=generator)
+    for fast, reference in DEFINITIONS.values():
+        _assert_close(fast(model, x, y, method="fast"), reference(model, x, y))
+
+
+@pytest.mark.parametrize("arch,size", [("small_cnn", 16), ("mlp", 8)])
+def test_without_batchnorm_every_definition_is_the_textbook_per_sample_gradient_norm(arch, size):
+    model = _model(arch, "none", size)
+    x, y = _batch(5, size)
+    model.train()
+    params = [p for p in model.parameters()]
+    textbook = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(
+        nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]), params)]).norm() for i in range(len(x))])
+    for fast, reference in DEFINITIONS.values():
+        _assert_close(fast(model, x, y, method="fast"), textbook)
+        _assert_close(reference(model, x, y), textbook)
+
+
+def test_with_batchnorm_the_definitions_differ():
+    model = _model("small_cnn", "batch", 16)
+    x, y = _batch(6, 16)
+    values = [fast(model, x, y) for fast, _ in DEFINITIONS.values()]
+    assert not torch.allclose(values[0], values[1]) and not torch.allclose(values[1], values[2])
+
+
+@pytest.mark.parametrize("method", influence.METHODS)
+@pytest.mark.parametrize("training", [True, False])
+def test_model_flag_and_buffers_are_restored(method, training):
+    model = _model("small_cnn", "batch", 16)
+    model.train(training)
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    x, y = _batch(4, 16)
+    for fast, _ in DEFINITIONS.values():
+        fast(model, x, y, method=method)
+        assert model.training == training
+        for name, buffer in model.named_buffers():
+            assert torch.equal(buffer, before[name]), name
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_indices_select_samples():
+    model = _model("small_cnn", "batch", 16)
+    x, y = _batch(6, 16)
+    chosen = [4, 1]
+    for fast, reference in DEFINITIONS.values():
+        every = fast(model, x, y)
+        _assert_close(fast(model, x, y, indices=chosen), every[chosen])
+    _assert_close(influence.counterfactual_influence_reference(model, x, y, indices=chosen),
+                  influence.counterfactual_influence_reference(model, x, y)[chosen])
+
+
+def test_float32_fast_path_agrees_with_the_reference():
+    torch.manual_seed(0)
+    model = models.build("small_cnn", "batch", 1, 28, 10, width=8)
+    generator = torch.Generator().manual_seed(2)
+    x, y = torch.randn(16, 1, 28, 28, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+    for fast, reference in DEFINITIONS.values():
+        _assert_close(fast(model, x, y, method="fast"), reference(model, x, y), tolerance=2e-3)
+
+
+def test_unsupported_network_falls_back_to_the_reference_and_fast_refuses():
+    torch.manual_seed(0)
+    model = models.build("resnet", "batch", 1, 8, 5, width=4).double()
+    x, y = _batch(3, 8)
+    assert influence.chain_modules(model, x) is None
+    _assert_close(influence.in_batch_grad_norms(model, x, y), influence.in_batch_grad_norms_reference(model, x, y))
+    with pytest.raises(ValueError, match="'method'"):
+        influence.eval_mode_grad_norms(model, x, y, method="fast")
+
+
+def test_bad_inputs_are_named():
+    model = _model("small_cnn", "batch", 16)
+    x, y = _batch(4, 16)
+    with pytest.raises(ValueError, match="'method'.*'auto'"):
+        influence.eval_mode_grad_norms(model, x, y, method="quick")
+    with pytest.raises(ValueError, match="'x' and 'y'"):
+        influence.in_batch_grad_norms(model, x, y[:3])
+    with pytest.raises(ValueError, match="without sample i"):
+        influence.counterfactual_influence(model, x[:1], y[:1])
+    mlp = _model("mlp", "batch", 8)
+    x, y = _batch(2, 8)
+    for method in ("fast", "reference"):  # BatchNorm1d over one example has no variance: PyTorch refuses too
+        with pytest.raises(ValueError):
+            influence.counterfactual_influence(mlp, x, y, method=method)
