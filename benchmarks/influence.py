@@ -32,10 +32,10 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(function, device: torch.device) -> tuple[float, torch.Tensor]:
+def _timed(device: torch.device, function, *args, **kwargs) -> tuple[float, torch.Tensor]:
     _synchronize(device)
     start = time.perf_counter()
-    result = function()
+    result = function(*args, **kwargs)
     _synchronize(device)
     return time.perf_counter() - start, result
 
@@ -62,19 +62,19 @@ def benchmark(device: torch.device, width: int, batch: int, repeats: int) -> Non
     for name, (fast, naive) in DEFINITIONS.items():
         best_fast, best_naive = float("inf"), float("inf")
         for _ in range(repeats):
-            seconds, result = _timed(lambda: naive(model, x, y), device)
+            seconds, result = _timed(device, naive, model, x, y)
             best_naive = min(best_naive, seconds)
-            seconds, fast_result = _timed(lambda: fast(model, x, y, method="fast"), device)
+            seconds, fast_result = _timed(device, fast, model, x, y, method="fast")
             best_fast = min(best_fast, seconds)
         gap = float(((fast_result - result).abs() / result.abs().max()).max())
         print(f"  {name:18s} {best_naive:8.3f}s {best_fast:8.3f}s {best_naive / best_fast:6.2f}x   {gap:.1e}")
     chain = influence._prepare(model, x, "fast")
     with torch.no_grad():
         logits = influence._forward(chain, x, "batch")
-        structured = min(_timed(lambda: influence._in_batch_structured(chain, logits, y, influence.DEFAULT_MAX_ELEMENTS),
-                                device)[0] for _ in range(repeats))
-        per_loss = min(_timed(lambda: influence._in_batch_per_loss(chain, logits, y, range(batch),
-                                                                   influence.DEFAULT_MAX_ELEMENTS), device)[0]
+        limit = influence.DEFAULT_MAX_ELEMENTS
+        structured = min(_timed(device, influence._in_batch_structured, chain, logits, y, limit)[0]
+                         for _ in range(repeats))
+        per_loss = min(_timed(device, influence._in_batch_per_loss, chain, logits, y, range(batch), limit)[0]
                        for _ in range(repeats))
         chosen = "statistics" if influence._structured_is_cheaper(chain, batch) else "losses"
     print(f"  definition 2 strategies: statistics as seeds {structured:.3f}s, losses as seeds {per_loss:.3f}s "
