@@ -151,7 +151,7 @@ def test_indices_select_samples():
     model = _model("small_cnn", "batch", 16)
     x, y = _batch(6, 16)
     chosen = [4, 1]
-    for fast, reference in DEFINITIONS.values():
+    for fast, _ in DEFINITIONS.values():
         every = fast(model, x, y)
         _assert_close(fast(model, x, y, indices=chosen), every[chosen])
     _assert_close(influence.counterfactual_influence_reference(model, x, y, indices=chosen),
