@@ -91,3 +91,38 @@ def effects_figure(grouped: dict[str, dict[str, dict]], norms: Sequence[str] = (
     fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=len(handles), bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
+
+
+_PLAYER_ICONS = {"fa fa-minus": "&minus;", "fa fa-fast-backward": "&#x21E4;", "fa fa-step-backward": "&#x25C1;",
+                 "fa fa-play fa-flip-horizontal": "&#x25C0;", "fa fa-pause": "&#x2016;", "fa fa-play": "&#x25B6;",
+                 "fa fa-step-forward": "&#x25B7;", "fa fa-fast-forward": "&#x21E5;", "fa fa-plus": "+"}
+
+
+def offline_jshtml(animation, dpi: int = 80) -> str:
+    """``animation.to_jshtml()`` made fully offline: a slider over precomputed frames that moves in a static
+    page. Matplotlib's player links Font Awesome from a CDN for its button icons; that link is dropped and
+    the icons become Unicode characters. Frames are PNGs at ``dpi``.
+
+    Raises:
+        RuntimeError: if the HTML still references an outside URL.
+    """
+    import re
+
+    with plt.rc_context({"savefig.dpi": dpi}):
+        html = animation.to_jshtml(default_mode="once")
+    html = re.sub(r'<link rel="stylesheet"\s+href="https?://[^"]*font-awesome[^"]*">', "", html)
+    for icon, text in _PLAYER_ICONS.items():
+        html = html.replace(f'<i class="{icon}"></i>', text)
+    if "://" in re.sub(r"data:[^\"']*", "", html):
+        raise RuntimeError("the animation's HTML still references an outside URL; the website must stay offline")
+    return html
+
+
+def figure_png(fig, dpi: int = 80) -> bytes:
+    """Render ``fig`` to PNG bytes and close it (for an ``ipywidgets.Image`` redrawn by a live slider)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()

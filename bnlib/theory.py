@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -47,6 +46,7 @@ import torch
 from torch import nn
 
 from . import influence as influence_lib
+from . import plots
 
 NORMS = ("batch", "none")
 
@@ -597,17 +597,12 @@ def draw_panels(axes: Sequence[Any], params: TheoryParams, batch_size: int, dist
 def panels_png(params: TheoryParams, batch_size: int, distance: float, dpi: int = 80) -> bytes:
     """:func:`draw_panels` at (m, a) as PNG bytes, for an ``ipywidgets.Image`` (the live sliders): no Output
     widget is involved, which nbclient can deadlock on when a notebook is executed in batch (nbclient #312)."""
-    import io
-
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.4))
     draw_panels(axes, params, batch_size, distance)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
-    return buffer.getvalue()
+    return plots.figure_png(fig, dpi)
 
 
 def slider_animation(params: TheoryParams, batch_sizes: Sequence[int], distances: Sequence[float]):
@@ -628,26 +623,6 @@ def slider_animation(params: TheoryParams, batch_sizes: Sequence[int], distances
     animation = FuncAnimation(fig, frame, frames=len(batch_sizes), blit=False)
     plt.close(fig)
     return animation
-
-
-_ICONS = {"fa fa-minus": "&minus;", "fa fa-fast-backward": "&#x21E4;", "fa fa-step-backward": "&#x25C1;",
-          "fa fa-play fa-flip-horizontal": "&#x25C0;", "fa fa-pause": "&#x2016;", "fa fa-play": "&#x25B6;",
-          "fa fa-step-forward": "&#x25B7;", "fa fa-fast-forward": "&#x21E5;", "fa fa-plus": "+"}
-
-
-def offline_jshtml(animation, dpi: int = 80) -> str:
-    """``animation.to_jshtml()`` made fully offline: matplotlib's player links Font Awesome from a CDN for its
-    button icons; that link is dropped and the icons become Unicode characters. Frames are PNGs at ``dpi``."""
-    import matplotlib.pyplot as plt
-
-    with plt.rc_context({"savefig.dpi": dpi}):
-        html = animation.to_jshtml(default_mode="once")
-    html = re.sub(r'<link rel="stylesheet"\s+href="https?://[^"]*font-awesome[^"]*">', "", html)
-    for icon, text in _ICONS.items():
-        html = html.replace(f'<i class="{icon}"></i>', text)
-    if "://" in re.sub(r"data:[^\"']*", "", html):
-        raise RuntimeError("the animation's HTML still references an outside URL; the website must stay offline")
-    return html
 
 
 # ----------------------------------------------------------------------------- verification against autograd

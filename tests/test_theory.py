@@ -5,7 +5,7 @@ import pytest
 import sympy as sp
 import torch
 
-from bnlib import config, theory
+from bnlib import config, plots, theory
 from bnlib.theory import a, beta, m, r
 
 
@@ -143,7 +143,7 @@ def test_offline_slider_has_no_outside_reference():
 
     matplotlib.use("Agg")
     _, params = config.load("smoke", extras=theory.TheoryParams)
-    html = theory.offline_jshtml(theory.slider_animation(params, [4, 64], [2.0, 2.0]), dpi=30)
+    html = plots.offline_jshtml(theory.slider_animation(params, [4, 64], [2.0, 2.0]), dpi=30)
     assert 'type="range"' in html and "font-awesome" not in html and "https://" not in html
 
 
