@@ -21,18 +21,22 @@ Attacks (:data:`ATTACKS`):
                        pooled within-example variance), which is what works with few shadows.
     rmia_online     -- RMIA (Zarifzadeh et al. 2024): Pr(x|target) / Pr(x) compared with the same ratio
                        on population points z (the test set, a member of no model); score = fraction of
-                       z that x dominates. Pr(x) = mean of the IN and OUT shadows' probabilities.
+                       z that x dominates (gamma = 1). Pr(x) = mean of the IN and OUT shadows' means.
     rmia_offline    -- RMIA with OUT shadows only: Pr(x) = ((1 + a) Pr_out(x) + (1 - a)) / 2.
 
-Two departures from the LiRA reference code, both deliberate: the "fixed variance" there is the
-standard deviation of *all* IN scores, which mixes the spread between examples into it; here it is the
-pooled within-example variance. And the online RMIA mean averages the IN and OUT means instead of all
-shadows, because in a leave-one-out balanced zoo the shadows hold one IN model fewer exactly when the
-target's answer is IN, which would leak the answer into Pr(x).
+Three departures from common practice, each checked by a test:
+    * Leave-one-out shadows are balanced per example and target (:func:`balanced_shadows`): with the
+      target left out, the remaining models hold one IN model fewer exactly when the answer is IN,
+      which biases LiRA's score against members under the null.
+    * LiRA's "fixed variance" in the reference code is the standard deviation of *all* IN scores, which
+      mixes the spread between examples into it; here it is the pooled within-example variance.
+    * TPR at a fixed FPR is read from ``roc_curve(..., drop_intermediate=False)``: the default drops
+      collinear points, sometimes the one that holds the answer.
 
 Metrics come from scikit-learn's ``roc_curve``: AUC, TPR at a fixed low FPR (the largest TPR whose
 FPR does not exceed it, so with fewer than 1/FPR negatives it is the TPR at zero false positives), and
-balanced accuracy (the best threshold's accuracy on balanced classes, as in LiRA's paper).
+balanced accuracy (the best threshold's accuracy on balanced classes, as in LiRA's paper); per target,
+averaged over targets, with intervals from a bootstrap over targets and examples (:class:`Resamples`).
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ class ChapterParams:
     PROFILES: typing.ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_bootstrap=200),
         "quick": dict(),
-        "paper": dict(query_augment="flip_shift"),
+        "paper": dict(query_augment="flip"),
     }
 
 
