@@ -28,11 +28,15 @@ from . import stats
 class ChapterParams:
     """Parameters of the memorization chapter (validated by ``config.load(..., extras=ChapterParams)``)."""
 
+    # 0.98: the highest level that BatchNorm reaches on the common quick schedule in every seed (one of the
+    # three ends at 0.988), so that only the slower norms need the longer schedule.
     fit_levels: tuple[float, ...] = field(
-        default=(0.90, 0.95, 0.99),
+        default=(0.90, 0.95, 0.98),
         metadata={"positive": True, "doc": "inlier train accuracies at which memorization is compared (<= 1)"})
     long_schedule_factor: int = field(
         default=3, metadata={"minimum": 1, "doc": "epochs multiplier for norms that do not reach the top fit level"})
+    long_schedule_for_all: bool = field(
+        default=False, metadata={"doc": "every norm on the longer schedule (matched-fit curves share one schedule)"})
     evals_per_epoch: int = field(default=1, metadata={"positive": True, "doc": "points per epoch on each curve"})
     group_layer_curves: bool = field(
         default=False, metadata={"doc": "add GroupNorm and LayerNorm memorization-vs-fit curves (runs only, no zoo)"})
@@ -41,7 +45,7 @@ class ChapterParams:
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(fit_levels=(0.5, 0.6), evals_per_epoch=2),
         "quick": dict(),
-        "paper": dict(evals_per_epoch=2, group_layer_curves=True),
+        "paper": dict(fit_levels=(0.90, 0.95, 0.99)),
     }
 
     def __post_init__(self) -> None:

@@ -166,7 +166,7 @@ def test_bad_fit_levels_are_rejected_naming_the_parameter(levels):
 
 def test_chapter_params_profiles():
     cfg, params = config.load("quick", extras=memorization.ChapterParams)
-    assert params.fit_levels == (0.90, 0.95, 0.99) and cfg.profile == "quick"
+    assert params.fit_levels == (0.90, 0.95, 0.98) and cfg.profile == "quick"
     with pytest.raises(ValueError, match="'long_schedule_factor'"):
         config.load("quick", extras=memorization.ChapterParams, long_schedule_factor=0)
 
