@@ -18,30 +18,43 @@ Without BN (and without dropout) all three equal the per-sample gradient norm. R
 model's train/eval flag are never changed by these functions.
 
 Each has a ``*_reference`` twin that is obviously right (loops of single autograd passes, or two full
-batch gradients per sample) and a fast exact path for networks that are a chain of Linear, Conv2d,
-BatchNorm, ReLU, MaxPool2d, AdaptiveAvgPool2d(1), Flatten and Identity modules (``models.MLP``,
-``SmallCNN`` and ``VGG``); other networks (e.g. the ResNet) fall back to the reference. The fast paths:
+batch gradients per sample). The fast paths are exact too and need the network to be a chain of blocks,
+each a Conv2d or Linear followed by [BatchNorm][ReLU][MaxPool2d, kernel = stride][AdaptiveAvgPool2d(1)]
+[Flatten] (``models.MLP``, ``SmallCNN`` and ``VGG``); other networks (the ResNet) use the reference.
+They work without autograd, on fields with a leading row axis (several cotangents or several
+leave-one-out batches back-propagated at once), and use the problem's structure:
 
-    eval mode       one forward and one backward pass; per-layer per-sample gradient norms without
-                    materializing gradients where that is cheaper ("ghost norm": ||g_i a_iᵀ||² =
-                    ||g_i||² ||a_i||² for a linear layer; conv layers via unfolded inputs).
+    eval mode       one forward and one backward pass, chunk by chunk of samples; per-layer per-sample
+                    gradient norms without forming per-sample gradients where that is cheaper ("ghost
+                    norm": ||g_i a_iᵀ||² = ||g_i||² ||a_i||² for a linear layer).
     in batch        ∇ℓ_i = ∂ℓ_i/∂θ|_stats + Σ_l λ_{i,l}ᵀ ∂s_l/∂θ: the samples are coupled only through the
-                    statistics s_l = (μ_l, σ_l) of each BN layer (2 C_l numbers). One backward pass with the
-                    statistics frozen gives every per-sample term; one batched backward per statistic
-                    (Σ 2 C_l of them, independent of m) gives ∂s/∂θ; λ_i (the total adjoint of the
-                    statistics for loss i) is a small triangular recursion. Used when Σ 2 C_l < m;
-                    otherwise the m losses are back-propagated together as one batch of seeds.
-    counterfactual  the m leave-one-out batches are evaluated together as groups of one batched
-                    forward/backward pass with group-wise statistics; the layers before the first BN
-                    (which do not see the statistics) are computed once.
+                    statistics s_l = (μ_l, σ_l) of each BN layer (2 C_l numbers). One backward pass with
+                    the statistics held fixed gives every per-sample term; one backward pass per statistic
+                    (Σ_l 2 C_l of them, whatever m) gives ∂s/∂θ, the first layer of each in closed form;
+                    λ_i, the total adjoint of the statistics for loss i, is a small triangular recursion.
+                    When Σ_l 2 C_l is not smaller than the number of samples asked for, the losses are
+                    back-propagated together as seeds through the coupled BN backward pass instead.
+    counterfactual  the leave-one-out batches are groups of one batched pass with one set of statistics
+                    each; the blocks before the first BN are computed once, and a first block
+                    conv → BN → [ReLU] → max-pool is never formed per group: BN is a monotone
+                    per-channel map, so pooling it is pooling z by max or min at shared positions.
+
+In every path a backward pass through [BN][ReLU][MaxPool] is one routed multiply (plus BN's coupling, a
+dense term with two coefficients per channel), and the gradient of the lowest conv layer is taken after its
+max-pooling (its input gathered at each window's maximum) rather than at full resolution.
+
+The last section holds the chapter's experiment: fixed probe batches measured along a training run
+(:func:`track_influence`), outlier/inlier ratios, matched fit and the final comparison.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -55,7 +68,6 @@ from . import models, results, stats, train
 Method = Literal["auto", "fast", "reference"]
 METHODS = ("auto", "fast", "reference")
 _BN = nn.modules.batchnorm._BatchNorm
-_SUPPORTED = (nn.Linear, nn.Conv2d, _BN, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
 # Upper bound on the elements of one seed/group-batched activation tensor (float32: 4 bytes each).
 DEFAULT_MAX_ELEMENTS = 2 ** 22
 
@@ -1106,7 +1118,8 @@ def track_influence(cfg, params: InfluenceParams, norm: str, seed: int, progress
         ``measured_is_canary`` (P, k); for each name in ``DEFINITION_NAMES`` a (E, P, k) float tensor.
     """
     key = {k: v for k, v in cfg.to_dict().items() if k not in ("profile", "norms", "seeds", "device", "n_models")}
-    entry = results.Entry("influence_track", {**key, "norm": norm, "seed": seed,
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]  # how it was measured
+    entry = results.Entry("influence_track", {**key, "norm": norm, "seed": seed, "influence_code": source,
                                               **{f"probe_{k}": v for k, v in params.__dict__.items()
                                                  if k != "fit_level"}})
     if entry.has("track"):
