@@ -40,12 +40,14 @@ class ChapterParams:
     evals_per_epoch: int = field(default=1, metadata={"positive": True, "doc": "points per epoch on each curve"})
     group_layer_curves: bool = field(
         default=False, metadata={"doc": "add GroupNorm and LayerNorm memorization-vs-fit curves (runs only, no zoo)"})
+    long_zoo: bool = field(
+        default=False, metadata={"doc": "zoos of the extended norms also on the longer schedule (FZ at high fit)"})
     top_memorized: int = field(default=10, metadata={"positive": True, "doc": "images per row of the grid"})
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(fit_levels=(0.5, 0.6), evals_per_epoch=2),
         "quick": dict(),
-        "paper": dict(fit_levels=(0.90, 0.95, 0.99)),
+        "paper": dict(fit_levels=(0.90, 0.95, 0.99), long_zoo=True),
     }
 
     def __post_init__(self) -> None:
