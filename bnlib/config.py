@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROFILE_NAMES = ("smoke", "quick", "paper")
-NORMS = ("batch", "group", "layer", "none")
+NORMS = ("batch", "group", "layer", "none", "ghost", "running")
 ARCHS = ("mlp", "small_cnn", "vgg", "resnet")
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "svhn")
 OUTLIER_KINDS = ("ood_digits", "ood_photos", "random_label", "noise")
@@ -48,7 +48,7 @@ class ExperimentConfig:
         default="ood_digits", metadata={"choices": OUTLIER_KINDS, "doc": "what the canaries are"}
     )
     n_train: int = field(default=2500, metadata={"positive": True, "doc": "in-distribution training pool"})
-    n_test: int = field(default=2000, metadata={"positive": True, "doc": "test examples"})
+    n_test: int = field(default=1000, metadata={"positive": True, "doc": "test examples"})
     n_canaries: int = field(
         default=100, metadata={"positive": True, "doc": "canaries inserted (as many again held out)"}
     )
@@ -168,9 +168,9 @@ def build(cls: type, profile: str, overrides: dict[str, Any]) -> Any:
 
 
 def _check_consistency(cfg: ExperimentConfig) -> None:
-    if cfg.batch_size == 1 and "batch" in cfg.norms:
+    if cfg.batch_size == 1 and {"batch", "ghost"} & set(cfg.norms):
         raise ValueError(
-            "Parameter 'batch_size' is 1 while 'norms' contains 'batch': BatchNorm in training mode "
+            "Parameter 'batch_size' is 1 while 'norms' contains 'batch' or 'ghost': BatchNorm in training mode "
             "normalizes each example by the statistics of its batch, which are undefined for one "
             "example (zero variance). Use batch_size >= 2, or drop 'batch' from norms."
         )

@@ -310,11 +310,14 @@ def make_outliers(kind: str, n: int, source_x: torch.Tensor, source_y: torch.Ten
     return images, torch.randint(0, num_classes, (n,), generator=generator)
 
 
-def make_experiment_data(cfg, seed: int = 0, allow_download: bool = False) -> ExperimentData:
+def make_experiment_data(cfg, seed: int = 0, allow_download: bool | None = None) -> ExperimentData:
     """Draw inliers, test points and 2K canaries (K inserted, K held out) for ``cfg`` with ``seed``.
 
     The draw depends only on (dataset, sizes, outlier_kind, seed): every norm sees the same examples.
+    ``allow_download`` defaults to ``cfg.allow_download``.
     """
+    if allow_download is None:
+        allow_download = cfg.allow_download
     generator = torch.Generator().manual_seed(10_000 + seed)
     full_x, full_y = load_dataset(cfg.dataset, "train", cfg.data_root or None, allow_download)
     test_x, test_y = load_dataset(cfg.dataset, "test", cfg.data_root or None, allow_download)

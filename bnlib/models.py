@@ -2,7 +2,11 @@
 
 norm semantics (every normalization layer sits between a linear/conv layer and its ReLU):
     batch -- ``nn.BatchNorm2d`` / ``nn.BatchNorm1d``: statistics of the current batch in training mode,
-             running statistics in eval mode. The only normalizer that couples examples of a batch.
+             running statistics in eval mode. Couples all examples of a batch.
+    ghost -- ghost batch normalization: BN statistics over virtual batches of 16 examples in training
+             (couples the examples of each virtual batch only).
+    running -- BN normalizing with its running statistics in training too (no coupling at all): the
+             mechanism ablation of the ablations chapter.
     group -- ``nn.GroupNorm`` with up to 8 groups (per-example statistics).
     layer -- LayerNorm over all of a feature map (``nn.GroupNorm(1, C)``), ``nn.LayerNorm`` in the MLP.
     none  -- identity; the preceding layer then has a bias (with a normalizer the bias is redundant).
@@ -12,15 +16,84 @@ Inputs are (B, C, H, W); outputs are logits (B, num_classes).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ARCHS, NORMS
+
+GHOST_BATCH_SIZE = 16  # examples per virtual batch of ghost batch normalization
+
+
+class _BatchNormVariant(nn.Module):
+    """Shared state of the BN variants below: per-channel scale and shift, running mean and variance,
+    eval mode exactly as BatchNorm. Deliberately not a ``_BatchNorm`` subclass, so that code exploiting
+    BN's whole-batch coupling (``bnlib.influence``'s fast paths) never mistakes a variant for BN."""
+
+    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+        self.momentum, self.eps = momentum, eps
+
+    def normalize_with_running_statistics(self, x: torch.Tensor) -> torch.Tensor:
+        # copies: autograd keeps the statistics for the backward pass, and training updates them in place
+        mean, variance = self.running_mean.clone(), self.running_var.clone()
+        return F.batch_norm(x, mean, variance, self.weight, self.bias, False, 0.0, self.eps)
+
+    @torch.no_grad()
+    def update_running_statistics(self, x: torch.Tensor) -> None:
+        dims = [0, 2, 3] if x.dim() == 4 else [0]  # x: (B, C, H, W) or (B, C)
+        self.running_mean.lerp_(x.mean(dims), self.momentum)
+        self.running_var.lerp_(x.var(dims), self.momentum)
+
+
+class GhostBatchNorm(_BatchNormVariant):
+    """Ghost batch normalization (Hoffer et al. 2017): in training, BatchNorm statistics over virtual
+    batches of ``GHOST_BATCH_SIZE`` examples inside each batch (near-equal chunks, never of one example);
+    running statistics accumulate over the virtual batches; eval mode as BatchNorm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.normalize_with_running_statistics(x)
+        parts = torch.tensor_split(x, max(1, len(x) // GHOST_BATCH_SIZE))
+        for part in parts:
+            self.update_running_statistics(part)
+        return torch.cat([F.batch_norm(part, None, None, self.weight, self.bias, True, 0.0, self.eps)
+                          for part in parts])
+
+
+class RunningBatchNorm(_BatchNormVariant):
+    """BatchNorm that normalizes with its running statistics in training as well; they start at the first
+    batch's statistics and are updated from detached batch statistics after normalizing. It keeps BN's
+    per-channel rescaling, but no example's output or gradient depends on the other examples of its batch."""
+
+    def __init__(self, channels: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__(channels, momentum, eps)
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and not self.initialized:
+            with torch.no_grad():
+                dims = [0, 2, 3] if x.dim() == 4 else [0]
+                self.running_mean.copy_(x.mean(dims))
+                self.running_var.copy_(x.var(dims))
+                self.initialized.fill_(True)
+        out = self.normalize_with_running_statistics(x)
+        if self.training:
+            self.update_running_statistics(x)
+        return out
 
 
 def norm_layer(norm: str, channels: int, spatial: bool = True) -> nn.Module:
     """The normalization layer for ``channels`` features; ``spatial`` for conv feature maps."""
     if norm == "batch":
         return nn.BatchNorm2d(channels) if spatial else nn.BatchNorm1d(channels)
+    if norm == "ghost":
+        return GhostBatchNorm(channels)
+    if norm == "running":
+        return RunningBatchNorm(channels)
     if norm == "group":
         groups = max(g for g in (8, 4, 2, 1) if channels % g == 0)
         return nn.GroupNorm(groups, channels)

@@ -9,8 +9,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-NORM_COLORS = {"batch": "#d62728", "group": "#2ca02c", "layer": "#9467bd", "none": "#1f77b4"}
-NORM_LABELS = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm", "none": "no norm"}
+NORM_COLORS = {"batch": "#d62728", "group": "#2ca02c", "layer": "#9467bd", "none": "#1f77b4",
+               "ghost": "#ff7f0e", "running": "#8c564b"}
+NORM_LABELS = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm", "none": "no norm",
+               "ghost": "ghost BN", "running": "BN, running statistics"}
 
 
 def set_style() -> None:

@@ -35,3 +35,31 @@ def test_bad_arch_and_norm_messages():
         models.build("lenet", "batch")
     with pytest.raises(ValueError, match="'norm'.*allowed"):
         models.build("mlp", "instance")
+
+
+def test_ghost_batchnorm_normalizes_each_virtual_batch():
+    torch.manual_seed(0)
+    ghost = models.GhostBatchNorm(3).train()
+    x = torch.randn(2 * models.GHOST_BATCH_SIZE, 3, 4, 4) * 2 + 1
+    out = ghost(x)
+    for part_in, part_out in zip(x.split(models.GHOST_BATCH_SIZE), out.split(models.GHOST_BATCH_SIZE), strict=True):
+        expected = torch.nn.functional.batch_norm(part_in, None, None, training=True, eps=ghost.eps)
+        assert torch.allclose(part_out, expected, atol=1e-5)
+    assert not torch.allclose(ghost.running_mean, torch.zeros(3))
+    ghost.eval()
+    shape = (1, 3, 1, 1)
+    reference = (x - ghost.running_mean.view(shape)) / torch.sqrt(ghost.running_var + ghost.eps).view(shape)
+    assert torch.allclose(ghost(x), reference, atol=1e-5)
+
+
+def test_running_batchnorm_does_not_couple_examples():
+    torch.manual_seed(0)
+    layer = models.RunningBatchNorm(3).train()
+    layer(torch.randn(8, 3))  # initializes the running statistics from a first batch
+    x = torch.randn(8, 3, requires_grad=True)
+    out = layer(x)
+    out[0].sum().backward()
+    assert torch.count_nonzero(x.grad[1:]) == 0  # example 0's output does not depend on the others
+    other = torch.cat([x[:1].detach(), torch.randn(7, 3) * 10])
+    before = layer.running_mean.clone(), layer.running_var.clone()
+    assert torch.allclose(layer(other)[0], (x[0] - before[0]) / torch.sqrt(before[1] + layer.eps), atol=1e-5)
