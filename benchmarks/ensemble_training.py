@@ -20,9 +20,9 @@ million moves its logits by about 0.3 as well (measured), so gaps of that size a
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import devices, timed
 
 from bnlib import config, data, ensemble, models, train, zoo
 
@@ -33,11 +33,6 @@ def _initial_models(spec: tuple, count: int, device: torch.device) -> list[torch
         torch.manual_seed(1000 + k)
         networks.append(models.build(*spec).to(device))
     return networks
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def run_sequential(networks, x, y, keep, settings) -> torch.Tensor:
@@ -72,12 +67,7 @@ def benchmark(device: torch.device, count: int, epochs: int) -> None:
             f"ensemble {other} (not chosen)": lambda nets: run_ensemble(nets, pool_x, pool_y, keep, settings, other)}
     timings, outputs = {}, {}
     for name, run in runs.items():
-        networks = _initial_models(spec, count, device)
-        _synchronize(device)
-        start = time.perf_counter()
-        outputs[name] = run(networks)
-        _synchronize(device)
-        timings[name] = time.perf_counter() - start
+        timings[name], outputs[name] = timed(device, run, _initial_models(spec, count, device))
         baseline = "sequential loop"
         gap = (outputs[name] - outputs[baseline]).abs().max().item()
         print(f"  {name:30s} {timings[name]:7.2f} s   x{timings[baseline] / timings[name]:5.2f} vs sequential loop"
@@ -90,12 +80,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="epochs per model (default 2)")
     parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; unavailable ones are skipped")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    for name in args.devices.split(","):
-        if name == "cuda" and not torch.cuda.is_available():
-            print("\ncuda: not available on this machine, skipped")
-            continue
-        benchmark(torch.device(name), args.models, args.epochs)
+    for device in devices(args.devices):
+        benchmark(device, args.models, args.epochs)
 
 
 if __name__ == "__main__":

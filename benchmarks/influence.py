@@ -14,9 +14,9 @@ seeds) to show which one the cost model picked.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import devices, timed
 
 from bnlib import influence, models
 
@@ -25,19 +25,6 @@ DEFINITIONS = {
     "2 in batch": (influence.in_batch_grad_norms, influence.in_batch_grad_norms_reference),
     "3 counterfactual": (influence.counterfactual_influence, influence.counterfactual_influence_reference),
 }
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(device: torch.device, function, *args, **kwargs) -> tuple[float, torch.Tensor]:
-    _synchronize(device)
-    start = time.perf_counter()
-    result = function(*args, **kwargs)
-    _synchronize(device)
-    return time.perf_counter() - start, result
 
 
 def _network(width: int, device: torch.device) -> torch.nn.Module:
@@ -62,9 +49,9 @@ def benchmark(device: torch.device, width: int, batch: int, repeats: int) -> Non
     for name, (fast, naive) in DEFINITIONS.items():
         best_fast, best_naive = float("inf"), float("inf")
         for _ in range(repeats):
-            seconds, result = _timed(device, naive, model, x, y)
+            seconds, result = timed(device, naive, model, x, y)
             best_naive = min(best_naive, seconds)
-            seconds, fast_result = _timed(device, fast, model, x, y, method="fast")
+            seconds, fast_result = timed(device, fast, model, x, y, method="fast")
             best_fast = min(best_fast, seconds)
         gap = float(((fast_result - result).abs() / result.abs().max()).max())
         print(f"  {name:18s} {best_naive:8.3f}s {best_fast:8.3f}s {best_naive / best_fast:6.2f}x   {gap:.1e}")
@@ -72,9 +59,9 @@ def benchmark(device: torch.device, width: int, batch: int, repeats: int) -> Non
     with torch.no_grad():
         logits = influence._forward(chain, x, "batch")
         limit = influence.DEFAULT_MAX_ELEMENTS
-        structured = min(_timed(device, influence._in_batch_structured, chain, logits, y, limit)[0]
+        structured = min(timed(device, influence._in_batch_structured, chain, logits, y, limit)[0]
                          for _ in range(repeats))
-        per_loss = min(_timed(device, influence._in_batch_per_loss, chain, logits, y, range(batch), limit)[0]
+        per_loss = min(timed(device, influence._in_batch_per_loss, chain, logits, y, range(batch), limit)[0]
                        for _ in range(repeats))
         chosen = "statistics" if influence._structured_is_cheaper(chain, batch) else "losses"
     print(f"  definition 2 strategies: statistics as seeds {structured:.3f}s, losses as seeds {per_loss:.3f}s "
@@ -88,12 +75,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timings per side, best kept (default 2)")
     parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; unavailable ones are skipped")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    for name in args.devices.split(","):
-        if name == "cuda" and not torch.cuda.is_available():
-            print("\ncuda: not available on this machine, skipped")
-            continue
-        benchmark(torch.device(name), args.width, args.batch, args.repeats)
+    for device in devices(args.devices):
+        benchmark(device, args.width, args.batch, args.repeats)
 
 
 if __name__ == "__main__":
