@@ -51,8 +51,9 @@ class ChapterParams:
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(batch_sizes=(16, 32), epoch_factors=(1, 2), variant_norms=("batch", "ghost", "running", "none"),
                       learning_rates=(0.05, 0.1), archs=("mlp", "small_cnn"), fit_level=0.5, probe_batches=2),
-        "quick": dict(),
-        "paper": dict(batch_sizes=(8, 32, 128, 512), archs=ARCHS, sweep_seeds=5, probe_batches=16),
+        "quick": dict(variant_norms=("batch", "ghost", "running", "group", "none"), learning_rates=(0.05, 0.1)),
+        "paper": dict(batch_sizes=(8, 32, 128, 512), learning_rates=(0.02, 0.05, 0.1), archs=ARCHS, sweep_seeds=5,
+                      probe_batches=16),
     }
 
     def __post_init__(self) -> None:
@@ -89,11 +90,16 @@ def _probe_batches(experiment: data_lib.ExperimentData, batch_size: int, count: 
     return batches
 
 
+INFLUENCE_INLIERS = 8  # inliers per probe batch whose influence is computed (each costs a leave-one-out batch)
+
+
 def influence_ratio(model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Geometric mean over probe batches of I(canary) / median I(inliers), I = counterfactual influence."""
+    """Geometric mean over probe batches of I(canary) / median I(inliers), I = counterfactual influence in
+    the whole batch, computed for the canary (last) and the first ``INFLUENCE_INLIERS`` inliers (random)."""
     ratios = []
     for x, y in batches:
-        values = influence.counterfactual_influence(model, x, y)
+        indices = [*range(min(INFLUENCE_INLIERS, len(x) - 1)), len(x) - 1]
+        values = influence.counterfactual_influence(model, x, y, indices=indices)
         ratios.append(float(values[-1] / values[:-1].median().clamp_min(1e-30)))
     return float(np.exp(np.mean(np.log(ratios))))
 
@@ -124,7 +130,7 @@ def measure_point(cfg, norm: str, seed: int, params: ChapterParams, progress: bo
     """
     point_cfg = replace(cfg, **overrides)
     key = {**point_cfg.result_key("n_models"), "norm": norm, "seed": seed, "fit_level": params.fit_level,
-           "probe_batches": params.probe_batches}
+           "probe_batches": params.probe_batches, "influence_inliers": INFLUENCE_INLIERS}
 
     def compute() -> dict[str, float]:
         run = runs.train_run(point_cfg, norm, seed, progress=progress)
