@@ -161,7 +161,8 @@ SWEEPS = ("batch_size", "norm", "length", "lr", "arch", "defence")
 
 
 def sweep(cfg, params: ChapterParams, name: str, progress: bool = True) -> list[dict[str, Any]]:
-    """Run one sweep; one row per (setting, norm, seed) with the setting, norm, seed and measurements.
+    """Run one sweep; one row per (setting, norm, seed) with the setting, norm, seed, the measurements of
+    :func:`measure_point` and ``log10_influence_ratio_{init,trained}``.
 
     Sweeps: ``batch_size`` (BN vs none over ``params.batch_sizes``), ``norm`` (every ``variant_norms``),
     ``length`` (BN vs none, epochs x ``epoch_factors``), ``lr`` (BN vs none over ``learning_rates``),
@@ -193,8 +194,11 @@ def sweep(cfg, params: ChapterParams, name: str, progress: bool = True) -> list[
 
     for label, norm, overrides in tqdm(plan, desc=f"sweep {name}", disable=not progress):
         for seed in seeds:
-            rows.append({"setting": label, "norm": norm, "seed": seed,
-                         **measure_point(cfg, norm, seed, params, **overrides)})
+            point = measure_point(cfg, norm, seed, params, **overrides)
+            # influence ratios span orders of magnitude (well-fit inliers have tiny gradients): average logs
+            logs = {f"log10_{k}": float(np.log10(point[k]))
+                    for k in ("influence_ratio_init", "influence_ratio_trained")}
+            rows.append({"setting": label, "norm": norm, "seed": seed, **point, **logs})
     return rows
 
 
