@@ -81,7 +81,7 @@ def _probe_batches(experiment: data_lib.ExperimentData, batch_size: int, count: 
     generator = torch.Generator().manual_seed(30_000 + seed)
     inliers = torch.nonzero(~experiment.is_canary).squeeze(1)
     canaries = torch.nonzero(experiment.is_canary).squeeze(1)
-    x = data_lib.normalize(experiment.train_x, experiment.train_x[inliers])
+    x = experiment.standardize(experiment.train_x)
     batches = []
     for k in range(count):
         chosen = inliers[torch.randperm(len(inliers), generator=generator)[:batch_size - 1]]

@@ -270,6 +270,10 @@ class ExperimentData:
     outlier_kind: str
     class_names: tuple[str, ...] = ()
 
+    def standardize(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` standardized per channel with the training inliers' statistics (what every model sees)."""
+        return normalize(images, self.train_x[~self.is_canary])
+
     @property
     def canary_x(self) -> torch.Tensor:
         return self.train_x[self.is_canary]

@@ -1125,7 +1125,7 @@ def track_influence(cfg, params: InfluenceParams, norm: str, seed: int, progress
     if entry.has("track"):
         return entry.load("track")
     experiment = data_lib.make_experiment_data(cfg, seed=seed)
-    train_x = data_lib.normalize(experiment.train_x, experiment.train_x[~experiment.is_canary])
+    train_x = experiment.standardize(experiment.train_x)
     members, measured, measured_is_canary = probe_layout(experiment.is_canary, cfg.batch_size, params, seed)
     device = train.resolve_device(cfg.device)
     probe_x, probe_y = train_x[members].to(device), experiment.train_y[members].to(device)

@@ -43,10 +43,13 @@ class _BatchNormVariant(nn.Module):
         return F.batch_norm(x, mean, variance, self.weight, self.bias, False, 0.0, self.eps)
 
     @torch.no_grad()
-    def update_running_statistics(self, x: torch.Tensor) -> None:
+    def update_running_statistics(self, x: torch.Tensor, momentum: float | None = None) -> None:
+        """Move the running statistics towards the batch's by ``momentum`` (default ``self.momentum``;
+        1.0 replaces them)."""
+        momentum = self.momentum if momentum is None else momentum
         dims = [0, 2, 3] if x.dim() == 4 else [0]  # x: (B, C, H, W) or (B, C)
-        self.running_mean.lerp_(x.mean(dims), self.momentum)
-        self.running_var.lerp_(x.var(dims), self.momentum)
+        self.running_mean.lerp_(x.mean(dims), momentum)
+        self.running_var.lerp_(x.var(dims), momentum)
 
 
 class GhostBatchNorm(_BatchNormVariant):
@@ -75,11 +78,8 @@ class RunningBatchNorm(_BatchNormVariant):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and not self.initialized:
-            with torch.no_grad():
-                dims = [0, 2, 3] if x.dim() == 4 else [0]
-                self.running_mean.copy_(x.mean(dims))
-                self.running_var.copy_(x.var(dims))
-                self.initialized.fill_(True)
+            self.update_running_statistics(x, momentum=1.0)
+            self.initialized.fill_(True)
         out = self.normalize_with_running_statistics(x)
         if self.training:
             self.update_running_statistics(x)

@@ -66,15 +66,14 @@ def train_run(cfg, norm: str, seed: int, evals_per_epoch: int = 1, progress: boo
     if entry.has("run"):
         return Run(**entry.load("run"))
     experiment = data_lib.make_experiment_data(cfg, seed=seed)
-    reference = experiment.train_x[~experiment.is_canary]
-    train_x = data_lib.normalize(experiment.train_x, reference)
+    train_x = experiment.standardize(experiment.train_x)
     inlier = torch.nonzero(~experiment.is_canary).squeeze(1)
     fit_index = inlier[torch.randperm(len(inlier), generator=torch.Generator().manual_seed(seed))[:FIT_EVAL_SIZE]]
     sets = {
         "inliers": (train_x[fit_index], experiment.train_y[fit_index]),
         "canaries_in": (train_x[experiment.is_canary], experiment.train_y[experiment.is_canary]),
-        "canaries_out": (data_lib.normalize(experiment.heldout_canary_x, reference), experiment.heldout_canary_y),
-        "test": (data_lib.normalize(experiment.test_x, reference), experiment.test_y),
+        "canaries_out": (experiment.standardize(experiment.heldout_canary_x), experiment.heldout_canary_y),
+        "test": (experiment.standardize(experiment.test_x), experiment.test_y),
     }
     device = train.resolve_device(cfg.device)
     torch.manual_seed(seed)

@@ -84,9 +84,7 @@ def zoo_config(cfg, norm: str) -> dict:
 def zoo_inputs(cfg) -> tuple[data_lib.ExperimentData, torch.Tensor, torch.Tensor]:
     """The data draw of a zoo and its normalized pool (N, C, H, W) and test inputs (n_test, C, H, W)."""
     experiment = data_lib.make_experiment_data(cfg, seed=cfg.seeds[0])
-    reference = experiment.train_x[~experiment.is_canary]
-    pool_x, test_x = (data_lib.normalize(images, reference) for images in (experiment.pool_x, experiment.test_x))
-    return experiment, pool_x, test_x
+    return experiment, experiment.standardize(experiment.pool_x), experiment.standardize(experiment.test_x)
 
 
 def train_zoo(cfg, norm: str, progress: bool = True) -> Zoo:
