@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timings per side, best kept (default 2)")
     parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; unavailable ones are skipped")
     args = parser.parse_args()
+    # both sides run with the allocator setting the fast paths apply (see its docstring)
+    print(f"glibc malloc tuned for reuse of large blocks: {influence.tune_allocator()}")
     for device in devices(args.devices):
         benchmark(device, args.width, args.batch, args.repeats)
 

@@ -101,6 +101,28 @@ def test_custom_chain_with_conv_bias_stride_frozen_parameters_and_plain_batchnor
     _assert_close(fast(model, x, y, method="fast"), reference(model, x, y))
 
 
+@pytest.mark.parametrize("definition", DEFINITIONS)
+def test_ties_in_max_pooling_and_3x3_windows_and_negative_scales(definition):
+    """Constant image regions give equal values across a pooling window (ties: the first maximum in row-major
+    order takes the gradient, as in PyTorch), on 2x2 and 3x3 windows, odd sizes, BN scales of both signs, and
+    channels the ReLU zeroes in whole windows."""
+    torch.manual_seed(9)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(3),
+        nn.Conv2d(4, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(5 * 2 * 2, 5),
+    ).double()
+    _randomize_batchnorm(model, torch.Generator().manual_seed(9), negative=True)
+    generator = torch.Generator().manual_seed(10)
+    x = torch.randn(6, 1, 13, 13, generator=generator, dtype=torch.float64)
+    x[:, :, :7] = 0.25  # a constant band: every window there is a tie
+    x[0] = -1.0
+    y = torch.randint(0, 5, (6,), generator=generator)
+    fast, reference = DEFINITIONS[definition]
+    _assert_close(fast(model, x, y, method="fast"), reference(model, x, y))
+    _assert_close(fast(model, x, y, method="fast", max_elements=500), reference(model, x, y))
+
+
 def test_linear_unit_with_batchnorm_as_in_the_theory_chapter():
     torch.manual_seed(7)
     model = nn.Sequential(nn.Linear(2, 1, bias=False), nn.BatchNorm1d(1, affine=False), nn.Linear(1, 3)).double()
