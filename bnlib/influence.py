@@ -356,10 +356,9 @@ def _layer_forward(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
 def _run_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | None,
                  lowest: bool = False) -> torch.Tensor:
     run.saved = {"input_shape": torch.tensor(z.shape)}
-    if lowest and mode == "groups" and z.shape[0] == 1 and run.pool is not None and run.bn is not None and not (
+    if run.pool is not None and run.bn is not None and z.ndim == 5 and not (
             run.bn.affine and bool((run.bn.weight == 0).any())):
-        h = _pooled_stem_forward(run, z, weights)
-        return _run_suffix_forward(run, h)
+        return _run_suffix_forward(run, _pooled_batchnorm_forward(run, z, mode, weights))
     h = _batchnorm_forward(run, z, mode, weights) if run.bn is not None else z
     if run.relu:
         h = h.relu_() if h is not z else F.relu(h)
@@ -368,6 +367,79 @@ def _run_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | 
     if run.pool is not None:
         h = _maxpool_forward(run, h)
     return _run_suffix_forward(run, h)
+
+
+def _statistics(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | None) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    """BN's (mean, 1/σ) (R, C) of z (K, n, C, *spatial): the running ones, the batch's (R = 1) or one set per
+    group (R = G, ``weights`` (G, n) in {0, 1}). Per-sample moments about the batch mean are taken once per z
+    (cached in ``run.shared`` when z is shared by the groups) and combined per group by a matrix product."""
+    bn, channels = run.bn, z.shape[2]
+    if mode == "running":
+        return bn.running_mean.view(1, channels), torch.rsqrt(bn.running_var + bn.eps).view(1, channels)
+    weights = torch.ones(1, z.shape[1], dtype=z.dtype, device=z.device) if weights is None else weights
+    positions = math.prod(z.shape[3:])
+    count = weights.sum(1) * positions  # (G,) values per channel
+    moments = run.shared.get("moments")
+    if moments is None or moments[0] is not z:
+        shift = _channel_sums(z).sum(1) / (z.shape[1] * positions)  # (K, C) batch mean: a stable origin
+        centered = z - _per_channel(shift, z)
+        moments = (z, shift, _channel_sums(centered), _channel_sums(centered * centered))  # (K, n, C) each
+        if z.shape[0] == 1:
+            run.shared["moments"] = moments
+    _, shift, first, second = moments
+    if z.shape[0] == 1:
+        delta, square = weights @ first[0] / count[:, None], weights @ second[0] / count[:, None]
+    else:
+        delta = torch.einsum("gn,gnc->gc", weights, first) / count[:, None]
+        square = torch.einsum("gn,gnc->gc", weights, second) / count[:, None]
+    run.saved.update(weights=weights, count=count)
+    return shift + delta, torch.rsqrt((square - delta * delta).clamp_min(0) + bn.eps)
+
+
+def _pooled_batchnorm_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | None) -> torch.Tensor:
+    """BN, [ReLU] and max-pooling of z (K, n, C, H, W) without forming BN's output at full resolution.
+
+    BN is the per-channel map a z + b with a = γ/σ, monotone, so pooling commutes with it: pool(relu(a z + b))
+    = relu(a ext(z) + b) with ext the window's max of z where a > 0 and its min where a < 0, taken at the same
+    position (ties too: the first in row-major order; where ReLU zeroes a whole window the position does not
+    matter, its gradient is zero). z is pooled once, whatever the number of groups (cached in ``run.shared``
+    when the groups share it). Saves z, the statistics, the codes of the maxima and the tests of
+    :func:`_statistics_tests`; BN's normalized x̂ at full resolution only on demand (:func:`_xhat`).
+    """
+    bn, channels = run.bn, z.shape[2]
+    mean, inv_std = _statistics(run, z, mode, weights)
+    gamma = bn.weight.view(1, channels) if bn.affine else torch.ones_like(inv_std[:1])
+    pooled = run.shared.get("pooled")
+    if pooled is None or pooled[0] is not z:
+        rising = gamma[0] > 0
+        if bool(rising.all()):
+            extreme = _maxpool_forward(run, z)
+        else:
+            sign = _per_channel(torch.where(rising, 1.0, -1.0).to(z.dtype).unsqueeze(0), z)
+            extreme = _maxpool_forward(run, z * sign) * sign
+        pooled = (z, extreme, run.saved["codes"])
+        if z.shape[0] == 1:
+            run.shared["pooled"] = pooled
+    _, extreme, codes = pooled
+    xhat_at = (extreme - _per_channel(mean, extreme)) * _per_channel(inv_std, extreme)
+    out = xhat_at * _per_channel(gamma, xhat_at)
+    out = out + _per_channel(bn.bias.view(1, channels), out) if bn.affine else out
+    keep = torch.ones_like(out)
+    if run.relu:
+        out = out.relu_()
+        keep = (out > 0).to(out.dtype)
+    run.saved.update(z=z, mean=mean, inv_std=inv_std, scale=gamma * inv_std, codes=codes, pooled=out,
+                     tests=(keep, keep * xhat_at))
+    return out
+
+
+def _xhat(run: _Run) -> torch.Tensor:
+    """BN's normalized input x̂ = (z − μ)/σ at full resolution (K', n, C, ...), computed on first use."""
+    if "xhat" not in run.saved:
+        z = run.saved["z"]
+        run.saved["xhat"] = (z - _per_channel(run.saved["mean"], z)) * _per_channel(run.saved["inv_std"], z)
+    return run.saved["xhat"]
 
 
 def _run_suffix_forward(run: _Run, h: torch.Tensor) -> torch.Tensor:
@@ -383,20 +455,8 @@ def _run_suffix_forward(run: _Run, h: torch.Tensor) -> torch.Tensor:
 def _batchnorm_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | None) -> torch.Tensor:
     """BN of z (K, n, C, *spatial); saves x̂ and the scale γ/σ (R, C) (∂y/∂z with statistics fixed)."""
     bn, channels = run.bn, z.shape[2]
-    if mode == "running":
-        mean, inv_std = bn.running_mean.view(1, channels), torch.rsqrt(bn.running_var + bn.eps).view(1, channels)
-        xhat = torch.addcmul(_per_channel(-mean * inv_std, z), z, _per_channel(inv_std, z))
-    else:
-        weights = torch.ones(1, z.shape[1], dtype=z.dtype, device=z.device) if weights is None else weights
-        count = weights.sum(1) * math.prod(z.shape[3:])  # (G,) values per channel
-        sums = _channel_sums(z)  # (K, n, C)
-        mean = (torch.einsum("gn,nc->gc", weights, sums[0]) if z.shape[0] == 1 else
-                torch.einsum("gn,gnc->gc", weights, sums)) / count[:, None]
-        xhat = z - _per_channel(mean, z)  # centered, scaled in place below
-        squares = _channel_sums(xhat * xhat)
-        inv_std = torch.rsqrt(torch.einsum("gn,gnc->gc", weights, squares) / count[:, None] + bn.eps)
-        xhat.mul_(_per_channel(inv_std, xhat))
-        run.saved.update(weights=weights, count=count)
+    mean, inv_std = _statistics(run, z, mode, weights)
+    xhat = torch.addcmul(_per_channel(-mean * inv_std, z), z, _per_channel(inv_std, z))
     gamma = bn.weight.view(1, channels) if bn.affine else torch.ones_like(inv_std[:1])
     run.saved.update(xhat=xhat, scale=gamma * inv_std, z=z, mean=mean, inv_std=inv_std)
     if not bn.affine:
@@ -453,48 +513,6 @@ def _first_max(candidates: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
         best = torch.where(better, candidate, best)
         index = better.to(torch.uint8) * j if j == 1 else torch.where(better, j, index)
     return best, index
-
-
-def _pooled_stem_forward(run: _Run, z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """BN (one set of statistics per group), [ReLU] and max-pooling of a z (1, n, C, H, W) shared by the groups,
-    without forming a (G, n, C, H, W) tensor: group g's BN is the per-channel map a_g z + b_g with a_g = γ/σ_g
-    of the sign of γ, and pooling commutes with monotone maps: pool(relu(a z + b)) = relu(a ext(z) + b) with
-    ext the window's max (γ > 0) or min (γ < 0), taken at the same position. Saves what the backward pass of
-    the lowest block needs (see :func:`_pooled_conv_rows`)."""
-    bn, channels, positions = run.bn, z.shape[2], math.prod(z.shape[3:])
-    if run.shared.get("z") is not z:  # the group-independent part, once per batch
-        probe = _Run(pool=run.pool)
-        highest, lowest = _maxpool_forward(probe, z), -_maxpool_forward(_Run(pool=run.pool), -z)
-        rising = (bn.weight > 0 if bn.affine else torch.ones(channels, dtype=torch.bool, device=z.device)).view(
-            1, 1, channels, 1, 1)
-        shift = _channel_sums(z).sum((0, 1)) / (z.shape[1] * positions)  # batch mean: a stable origin
-        centered = z - _per_channel(shift.unsqueeze(0), z)
-        run.shared = {"z": z, "extreme": torch.where(rising, highest, lowest), "shift": shift,
-                      "codes": torch.where(rising, probe.saved["codes"], _maxpool_codes(-z, run.pool)),
-                      "first": _channel_sums(centered)[0],  # (n, C) Σ_pos (z − shift)
-                      "second": _channel_sums(centered * centered)[0]}
-    shared = run.shared
-    count = weights.sum(1) * positions  # (G,)
-    delta = weights @ shared["first"] / count[:, None]  # (G, C): group mean − shift
-    inv_std = torch.rsqrt(weights @ shared["second"] / count[:, None] - delta ** 2 + bn.eps)
-    mean = shared["shift"] + delta
-    gamma = bn.weight.view(1, channels) if bn.affine else torch.ones_like(inv_std[:1])
-    xhat_at = (shared["extreme"] - _per_channel(mean, shared["extreme"])) * _per_channel(inv_std, shared["extreme"])
-    pooled = xhat_at * _per_channel(gamma, xhat_at)
-    pooled = pooled + _per_channel(bn.bias.view(1, channels), pooled) if bn.affine else pooled
-    keep = torch.ones_like(pooled)
-    if run.relu:
-        pooled = pooled.relu_()
-        keep = (pooled > 0).to(pooled.dtype)
-    run.saved.update(z=z, mean=mean, inv_std=inv_std, scale=gamma * inv_std, weights=weights, count=count,
-                     codes=shared["codes"], pooled=pooled, tests=(keep, keep * xhat_at))
-    return pooled
-
-
-def _maxpool_codes(h: torch.Tensor, k: int) -> torch.Tensor:
-    probe = _Run(pool=k)
-    _maxpool_forward(probe, h)
-    return probe.saved["codes"]
 
 
 # ----------------------------------------------------------------------------- backward pass of a run
@@ -581,6 +599,18 @@ def _coupling(run: _Run, sums: torch.Tensor, samples: slice) -> tuple[torch.Tens
     return -scale * share * totals[..., :channels], -scale * share * totals[..., channels:]
 
 
+def _affine_in_xhat(run: _Run, offset: torch.Tensor, slope: torch.Tensor, samples: slice) -> torch.Tensor:
+    """offset + slope · x̂ at full resolution, offset and slope (S, n_c, C) per row, sample and channel; from z
+    and the statistics when x̂ was not formed: (offset − slope μ/σ) + (slope/σ) z."""
+    if "xhat" in run.saved:
+        xhat = _slice(run.saved["xhat"], samples)
+        return torch.addcmul(_per_channel(offset, xhat), xhat, _per_channel(slope, xhat))
+    z = _slice(run.saved["z"], samples)
+    slope = slope * run.saved["inv_std"].unsqueeze(1)  # (R, 1, C) broadcast against (S, n_c, C)
+    offset = offset - slope * run.saved["mean"].unsqueeze(1)
+    return torch.addcmul(_per_channel(offset, z), z, _per_channel(slope, z))
+
+
 def _run_backward(run: _Run, dy: torch.Tensor, coupled: bool, samples: slice = slice(None)) -> tuple[
         torch.Tensor, torch.Tensor | None]:
     """Field at the run's input (its layer's output) from dy (S, n_c, ...) at its output.
@@ -597,7 +627,7 @@ def _run_backward(run: _Run, dy: torch.Tensor, coupled: bool, samples: slice = s
     shape = (*dy.shape[:2], *run.saved["input_shape"].tolist()[2:])
     if coupled and run.bn is not None:
         offset, slope = _coupling(run, sums, samples)
-        dz = torch.addcmul(_per_channel(offset, dy), _slice(run.saved["xhat"], samples), _per_channel(slope, dy))
+        dz = _affine_in_xhat(run, offset, slope, samples)
         return _route_add(run, dy, routes, dz), sums
     if run.pool is None:
         return (dy * routes[0] if routes else dy), sums
@@ -845,7 +875,7 @@ def _statistics_seed(chain: _Chain, bn_block: int, seeds: slice, samples: slice)
          the field (S, n_c, ...) at the layer's input, for ``samples``).
     """
     layer, run = chain.blocks[bn_block]
-    xhat, x = run.saved["xhat"][0, samples], chain.inputs[bn_block][0, samples]  # (n_c, C, ...), (n_c, ...)
+    xhat, x = _xhat(run)[0, samples], chain.inputs[bn_block][0, samples]  # (n_c, C, ...), (n_c, ...)
     count, channels = float(run.saved["count"][0]), xhat.shape[1]
     means = torch.arange(min(seeds.start, channels), min(seeds.stop, channels), device=x.device)
     stds = torch.arange(max(seeds.start, channels), max(seeds.stop, channels), device=x.device) - channels
@@ -909,7 +939,7 @@ def _in_batch_structured(chain: _Chain, logits: torch.Tensor, y: torch.Tensor, m
     rows: dict[int, dict[int, torch.Tensor]] = {}  # BN block -> {block: (2C, P_b)}: ∂s/∂θ, other statistics fixed
     coupling: dict[int, dict[int, torch.Tensor]] = {}  # BN block -> {lower BN block: (2C, 2C')}: ∂s/∂s'
     for bn in bn_blocks:
-        statistics = 2 * chain.blocks[bn][1].saved["xhat"].shape[2]
+        statistics = 2 * chain.blocks[bn][1].saved["scale"].shape[-1]
         size = max(chain.sizes[:bn + 1])
         parts = _chunks(n, max_elements // size)
         rows[bn] = {b: own_rows[b].new_zeros(statistics, own_rows[b].shape[1]) for b in range(bn + 1)}
@@ -953,7 +983,7 @@ def _in_batch_per_loss(chain: _Chain, logits: torch.Tensor, y: torch.Tensor, ind
 def _structured_is_cheaper(chain: _Chain, losses: int) -> bool:
     """Compare the activation volume the two batched backward passes of definition 2 sweep."""
     per_loss = losses * sum(chain.sizes)
-    structured = sum(2 * chain.blocks[bn][1].saved["xhat"].shape[2] * sum(chain.sizes[:bn]) for bn in chain.bn_blocks)
+    structured = sum(2 * chain.blocks[bn][1].saved["scale"].shape[-1] * sum(chain.sizes[:bn]) for bn in chain.bn_blocks)
     return structured < per_loss
 
 
@@ -1003,7 +1033,7 @@ def _check_single_example_statistics(chain: _Chain, x: torch.Tensor, samples: in
     with torch.no_grad():
         _forward(chain, x[:2], "running")
     for bn in chain.bn_blocks:
-        if chain.blocks[bn][1].saved["xhat"].ndim == 3:
+        if len(chain.blocks[bn][1].saved["input_shape"]) == 3:
             raise ValueError(f"A BatchNorm layer normalizes each channel over {samples} example(s) with no spatial "
                              "extent: one value per channel has no variance, and PyTorch refuses it in training "
                              "mode. Use a larger batch.")
