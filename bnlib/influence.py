@@ -404,7 +404,7 @@ def _pooled_batchnorm_forward(run: _Run, z: torch.Tensor, mode: str, weights: to
     = relu(a ext(z) + b) with ext the window's max of z where a > 0 and its min where a < 0, taken at the same
     position (ties too: the first in row-major order; where ReLU zeroes a whole window the position does not
     matter, its gradient is zero). z is pooled once, whatever the number of groups (cached in ``run.shared``
-    when the groups share it). Saves z, the statistics, the codes of the maxima and the tests of
+    when the groups share it). Saves z, the statistics, the positions of the maxima and the tests of
     :func:`_statistics_tests`; BN's normalized x̂ at full resolution only on demand (:func:`_xhat`).
     """
     bn, channels = run.bn, z.shape[2]
@@ -418,10 +418,10 @@ def _pooled_batchnorm_forward(run: _Run, z: torch.Tensor, mode: str, weights: to
         else:
             sign = _per_channel(torch.where(rising, 1.0, -1.0).to(z.dtype).unsqueeze(0), z)
             extreme = _maxpool_forward(run, z * sign) * sign
-        pooled = (z, extreme, run.saved["codes"])
+        pooled = (z, extreme, run.saved["index"])
         if z.shape[0] == 1:
             run.shared["pooled"] = pooled
-    _, extreme, codes = pooled
+    _, extreme, index = pooled
     xhat_at = (extreme - _per_channel(mean, extreme)) * _per_channel(inv_std, extreme)
     out = xhat_at * _per_channel(gamma, xhat_at)
     out = out + _per_channel(bn.bias.view(1, channels), out) if bn.affine else out
@@ -429,7 +429,7 @@ def _pooled_batchnorm_forward(run: _Run, z: torch.Tensor, mode: str, weights: to
     if run.relu:
         out = out.relu_()
         keep = (out > 0).to(out.dtype)
-    run.saved.update(z=z, mean=mean, inv_std=inv_std, scale=gamma * inv_std, codes=codes, pooled=out,
+    run.saved.update(z=z, mean=mean, inv_std=inv_std, scale=gamma * inv_std, index=index, pooled=out,
                      tests=(keep, keep * xhat_at))
     return out
 
@@ -464,73 +464,44 @@ def _batchnorm_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Ten
     return torch.addcmul(_per_channel(bn.bias.view(1, channels), xhat), xhat, _per_channel(gamma, xhat))
 
 
-def _windows(t: torch.Tensor, k: int) -> torch.Tensor:
-    """(..., H, W) -> view (..., H//k, k, W//k, k) of the part that non-overlapping k x k windows cover."""
-    out_h, out_w = t.shape[-2] // k, t.shape[-1] // k
-    return t[..., :out_h * k, :out_w * k].unflatten(-1, (out_w, k)).unflatten(-3, (out_h, k))
-
-
 def _maxpool_forward(run: _Run, h: torch.Tensor) -> torch.Tensor:
-    """Max over k x k windows, and the position of each window's first maximum in row-major order (``codes``,
-    uint8: row * k + column, as aten's max_pool2d picks it). aten's kernel on a channels-last tensor is an order
-    of magnitude faster on the CPU than on NCHW, so 4-D-able fields are pooled channels-last."""
-    k = run.pool
-    if h.ndim == 5 and h.shape[-2] >= k and h.shape[-1] >= k:
-        rows = _rows(h)
-        rows = rows if rows.is_contiguous(memory_format=torch.channels_last) else rows.contiguous(
-            memory_format=torch.channels_last)
-        best, index = F.max_pool2d(rows, k, k, 0, 1, False, True)
-        codes = _window_codes(index, k, h.shape[-1])
-        best, codes = best.unflatten(0, h.shape[:2]), codes.unflatten(0, h.shape[:2])
-        run.saved.update(codes=codes, pooled=best)
-        return best
-    out_h, out_w = h.shape[-2] // k, h.shape[-1] // k
-    segments = h[..., :out_h * k, :out_w * k].unflatten(-1, (out_w, k))  # (..., out_h*k, out_w, k)
-    best, column = _first_max([segments[..., j] for j in range(k)])
-    rows = best.unflatten(-2, (out_h, k))  # (..., out_h, k, out_w)
-    best, row = _first_max([rows[..., i, :] for i in range(k)])
-    column = column.unflatten(-2, (out_h, k)).gather(-2, row.long().unsqueeze(-2)).squeeze(-2)
-    run.saved.update(codes=row * k + column, pooled=best)
+    """Max over k x k windows of h (K, n, C, H, W); saves the position of each window's first maximum in
+    row-major order as aten's flat index into H x W (``index``, int64). aten's kernel on a channels-last
+    tensor is an order of magnitude faster on the CPU than on NCHW, so the field is pooled channels-last."""
+    k, rows = run.pool, _rows(h)
+    if not rows.is_contiguous(memory_format=torch.channels_last):
+        rows = rows.contiguous(memory_format=torch.channels_last)
+    best, index = F.max_pool2d(rows, k, k, 0, 1, False, True)
+    best, index = best.unflatten(0, h.shape[:2]), index.unflatten(0, h.shape[:2])
+    run.saved.update(index=index, pooled=best)
     return best
 
 
-def _window_codes(index: torch.Tensor, k: int, width: int) -> torch.Tensor:
-    """aten's flat H*W index of each window's maximum -> its position in the window, row * k + column (uint8),
-    without integer division (slow on the CPU): the window's own corner is subtracted, leaving r * width + c."""
-    out_h, out_w = index.shape[-2:]
-    corner = (torch.arange(out_h, device=index.device) * (k * width)).unsqueeze(1) + torch.arange(
-        out_w, device=index.device) * k
-    offset = index - corner
-    rows = sum((offset >= r * width).to(offset.dtype) for r in range(1, k)) if k > 1 else 0
-    return (offset - rows * (width - k)).to(torch.uint8)
+def _channels_last_zeros(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """Zeros of ``shape`` (K, n, C, H, W) laid out channels-last, as the fields the convolutions consume."""
+    return like.new_zeros(*shape[:2], *shape[3:], shape[2]).permute(0, 1, 4, 2, 3)
 
 
-def _first_max(candidates: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Elementwise max of the candidates and the index (uint8) of the first one that attains it."""
-    best, index = candidates[0], torch.zeros(candidates[0].shape, dtype=torch.uint8, device=candidates[0].device)
-    for j, candidate in enumerate(candidates[1:], start=1):
-        better = candidate > best
-        best = torch.where(better, candidate, best)
-        index = better.to(torch.uint8) * j if j == 1 else torch.where(better, j, index)
-    return best, index
+def _scatter_at_maxima(run: _Run, dz: torch.Tensor, values: torch.Tensor, samples: slice) -> torch.Tensor:
+    """dz (S', n_c, C, H, W) += values (.., n_c, C, oh, ow) at each window's maximum, in place."""
+    index = _slice(run.saved["index"], samples)
+    rows = max(dz.shape[0], values.shape[0], index.shape[0])
+    shape = (rows, *values.shape[1:3], values.shape[-2] * values.shape[-1])
+    dz.flatten(-2).scatter_add_(-1, index.flatten(-2).expand(shape), values.flatten(-2).expand(shape))
+    return dz
 
-
-# ----------------------------------------------------------------------------- backward pass of a run
 
 def _slice(t: torch.Tensor, samples: slice) -> torch.Tensor:
     return t[:, samples]
 
 
 def _routes(run: _Run) -> list[torch.Tensor]:
-    """Per window position (pooling) or one tensor (no pooling): the factor that carries a field at the run's
-    output (after pooling) to its input with the BN statistics held fixed: scale · ReLU mask · [is max]."""
+    """The factor that carries a field at the run's output (after pooling) to its input with the BN statistics
+    held fixed: scale · ReLU mask (at each window's maximum when the run pools); [] for the identity."""
     if "routes" not in run.saved:
         scale = run.saved.get("scale")
         if run.pool is not None:
-            codes = run.saved["codes"]
-            keep = (run.saved["pooled"] > 0).to(run.saved["pooled"].dtype) if run.relu else 1.0
-            factor = keep * _per_channel(scale, codes) if scale is not None else keep
-            routes = [(codes == p).to(run.saved["pooled"].dtype) * factor for p in range(run.pool ** 2)]
+            routes = [_route_total(run)]
         else:
             mask = run.saved.get("mask")
             if scale is None:
@@ -543,7 +514,7 @@ def _routes(run: _Run) -> list[torch.Tensor]:
 
 
 def _route_total(run: _Run) -> torch.Tensor:
-    """Σ of :func:`_routes` over window positions: scale · ReLU mask at each window's maximum."""
+    """scale · ReLU mask at each window's maximum (pooling runs)."""
     if "route_total" not in run.saved:
         keep = run.saved["tests"][0] if "tests" in run.saved else (
             (run.saved["pooled"] > 0).to(run.saved["pooled"].dtype) if run.relu else 1.0)
@@ -559,10 +530,12 @@ def _statistics_tests(run: _Run) -> tuple[torch.Tensor | float, torch.Tensor]:
     if "tests" not in run.saved:
         xhat = run.saved["xhat"]
         if run.pool is not None:
-            codes, k = run.saved["codes"], run.pool
-            keep = (run.saved["pooled"] > 0).to(xhat.dtype) if run.relu else torch.ones_like(run.saved["pooled"])
-            windows = _windows(xhat, k)
-            at_max = sum((codes == p).to(xhat.dtype) * windows[..., p // k, :, p % k] for p in range(k * k))
+            pooled, index = run.saved["pooled"], run.saved["index"]
+            keep = (pooled > 0).to(xhat.dtype) if run.relu else torch.ones_like(pooled)
+            rows = max(xhat.shape[0], index.shape[0])
+            flat = index.flatten(-2).expand(rows, *index.shape[1:3], -1)
+            at_max = xhat.flatten(-2).expand(rows, *xhat.shape[1:3], -1).gather(-1, flat).view(
+                rows, *pooled.shape[1:])
             run.saved["tests"] = (keep, keep * at_max)
         else:
             mask = run.saved.get("mask")
@@ -624,32 +597,17 @@ def _run_backward(run: _Run, dy: torch.Tensor, coupled: bool, samples: slice = s
     dy = _unshape(run, dy)
     sums = _bn_sums(run, dy, samples)
     routes = [_slice(r, samples) for r in _routes(run)]
-    shape = (*dy.shape[:2], *run.saved["input_shape"].tolist()[2:])
     if coupled and run.bn is not None:
         offset, slope = _coupling(run, sums, samples)
         dz = _affine_in_xhat(run, offset, slope, samples)
-        return _route_add(run, dy, routes, dz), sums
+        if run.pool is not None:
+            return _scatter_at_maxima(run, dz, dy * routes[0], samples), sums
+        return (dz.addcmul_(dy, routes[0]) if routes else dz.add_(dy)), sums
     if run.pool is None:
         return (dy * routes[0] if routes else dy), sums
-    dz = dy.new_empty(shape) if _windows_cover(shape, run.pool) else dy.new_zeros(shape)
-    windows = _windows(dz, run.pool)
-    for p, route in enumerate(routes):
-        torch.mul(dy, route, out=windows[..., p // run.pool, :, p % run.pool])
-    return dz, sums
-
-
-def _windows_cover(shape: Sequence[int], k: int) -> bool:
-    return shape[-2] % k == 0 and shape[-1] % k == 0
-
-
-def _route_add(run: _Run, dy: torch.Tensor, routes: list[torch.Tensor], dz: torch.Tensor) -> torch.Tensor:
-    """dz += the routed field (in place)."""
-    if run.pool is None:
-        return dz.addcmul_(dy, routes[0]) if routes else dz.add_(dy)
-    windows = _windows(dz, run.pool)
-    for p, route in enumerate(routes):
-        windows[..., p // run.pool, :, p % run.pool].addcmul_(dy, route)
-    return dz
+    routed = dy * routes[0]
+    shape = (routed.shape[0], *routed.shape[1:3], *run.saved["input_shape"].tolist()[3:])
+    return _scatter_at_maxima(run, _channels_last_zeros(shape, routed), routed, samples), sums
 
 
 def _pooled_conv_rows(layer: nn.Conv2d, run: _Run, inputs: torch.Tensor, dy: torch.Tensor,
@@ -664,20 +622,19 @@ def _pooled_conv_rows(layer: nn.Conv2d, run: _Run, inputs: torch.Tensor, dy: tor
     Returns:
         (S, P) gradients summed over the samples of each row.
     """
-    k, names = run.pool, _param_names(layer)
-    codes = run.saved["codes"]  # (1, n, C, oh, ow)
+    names = _param_names(layer)
+    index = run.saved["index"]  # (1, n, C, oh, ow)
     cache = run.shared.setdefault("rows", {})
-    if cache.get("codes") is not codes:
+    if cache.get("index") is not index:
         # u at each window's maximum (stored as (C, n, oh*ow, Q)); for BN's dense term Σ_pos u (n, Q) and
         # Σ_pos z u (n, C, Q)
         unfolded = F.unfold(inputs[0], layer.weight.shape[2:], layer.dilation, layer.padding, layer.stride)
-        windows = _windows(unfolded.unflatten(-1, run.saved["input_shape"].tolist()[-2:]), k)
-        windows = windows.permute(0, 1, 2, 4, 3, 5).flatten(-2)  # (n, Q, oh, ow, k*k)
-        channels, queries = codes.shape[2], windows.shape[1]
-        index = codes[0].long().unsqueeze(2).unsqueeze(-1).expand(-1, -1, queries, -1, -1, 1)
-        gathered = windows.unsqueeze(1).expand(-1, channels, -1, -1, -1, -1).gather(-1, index)
+        n, channels, queries = unfolded.shape[0], index.shape[2], unfolded.shape[1]
+        flat = index[0].flatten(-2)  # (n, C, X)
+        gathered = unfolded.transpose(1, 2).unsqueeze(1).expand(-1, channels, -1, -1).gather(
+            2, flat.unsqueeze(-1).expand(-1, -1, -1, queries))  # (n, C, X, Q)
         cache.clear()
-        cache.update(codes=codes, gathered=gathered.flatten(-3).permute(1, 0, 3, 2).contiguous())  # (C, n, x, Q)
+        cache.update(index=index, gathered=gathered.transpose(0, 1).contiguous())  # (C, n, X, Q)
         if "z" in run.saved:
             z = run.saved["z"][0].flatten(2)  # (n, C, L)
             cache.update(one=unfolded.sum(-1), along=z @ unfolded.transpose(1, 2), z_sums=z.sum(-1))
@@ -698,6 +655,7 @@ def _pooled_conv_rows(layer: nn.Conv2d, run: _Run, inputs: torch.Tensor, dy: tor
         bias = bias + ((offset - slope * mean) * positions + slope * z_sums).sum(1)
     parts = {"weight": weight, "bias": bias}
     return torch.cat([parts[name].reshape(rows, -1) for name in names], 1)
+
 
 
 # ----------------------------------------------------------------------------- layers: backward and gradients
@@ -801,7 +759,7 @@ def _descend(chain: _Chain, field: torch.Tensor, top: int, coupled: bool, sample
         if from_layer_output and b == top:
             dz, sums = field, None
             value = _layer_value(layer, x, dz, kind)
-        elif b == 0 and kind == "rows" and run.pool is not None and run.saved["codes"].shape[0] == 1 and isinstance(
+        elif b == 0 and kind == "rows" and run.pool is not None and run.saved["index"].shape[0] == 1 and isinstance(
                 layer, nn.Conv2d) and _param_names(layer):
             dy = _unshape(run, field)
             sums = _bn_sums(run, dy, samples)
