@@ -947,6 +947,16 @@ def _structured_is_cheaper(chain: _Chain, losses: int) -> bool:
 
 # ----------------------------------------------------------------------------- definition 3, fast
 
+def _group_size(chain: _Chain, first: int) -> int:
+    """Largest per-sample activation size that each leave-one-out group forms: blocks above the first BN block;
+    the first one forms only its pooled output per group when its input is shared and it pools (the shared
+    z is pooled once and the lowest conv's gradient is taken after pooling)."""
+    run = chain.blocks[first][1]
+    pooled = first == 0 and "index" in run.saved and run.saved["index"].shape[0] == 1
+    own = math.prod(run.saved["pooled"].shape[2:]) if pooled else chain.sizes[first]
+    return max([own, *chain.sizes[first + 1:]])
+
+
 def _counterfactual_groups(chain: _Chain, x: torch.Tensor, y: torch.Tensor, indices: Sequence[int],
                            max_elements: int) -> torch.Tensor:
     """Definition 3 with the leave-one-out batches as groups of one batched pass (group-wise statistics); the
@@ -957,7 +967,7 @@ def _counterfactual_groups(chain: _Chain, x: torch.Tensor, y: torch.Tensor, indi
     logits = _forward(chain, x, "groups", everyone, start=first, z=z)
     full = {b: value for b, value, _ in _descend(chain, _loss_field(logits, y), top, True)}
     total = torch.zeros(len(indices), dtype=x.dtype, device=x.device)
-    for part in _chunks(len(indices), max_elements // (n * max(chain.sizes[first:]))):
+    for part in _chunks(len(indices), max_elements // (n * _group_size(chain, first))):
         chosen = torch.as_tensor(list(indices[part]), device=x.device)
         weights = torch.ones(len(chosen), n, dtype=x.dtype, device=x.device)
         weights[torch.arange(len(chosen)), chosen] = 0.0
