@@ -486,8 +486,10 @@ def _scatter_at_maxima(run: _Run, dz: torch.Tensor, values: torch.Tensor, sample
     """dz (S', n_c, C, H, W) += values (.., n_c, C, oh, ow) at each window's maximum, in place."""
     index = _slice(run.saved["index"], samples)
     rows = max(dz.shape[0], values.shape[0], index.shape[0])
-    shape = (rows, *values.shape[1:3], values.shape[-2] * values.shape[-1])
-    dz.flatten(-2).scatter_add_(-1, index.flatten(-2).expand(shape), values.flatten(-2).expand(shape))
+    # as (rows, n, positions, C): contiguous for channels-last tensors, which scatter fastest that way
+    shape = (rows, values.shape[1], values.shape[-2] * values.shape[-1], values.shape[2])
+    dz.movedim(2, -1).flatten(2, 3).scatter_add_(2, index.movedim(2, -1).flatten(2, 3).expand(shape),
+                                                 values.movedim(2, -1).flatten(2, 3).expand(shape))
     return dz
 
 
@@ -626,7 +628,8 @@ def _pooled_conv_rows(layer: nn.Conv2d, run: _Run, inputs: torch.Tensor, dy: tor
     index = run.saved["index"]  # (1, n, C, oh, ow)
     cache = run.shared.setdefault("rows", {})
     if cache.get("index") is not index:
-        # u at each window's maximum (stored as (C, n, oh*ow, Q)); for BN's dense term Σ_pos u (n, Q) and
+        # u at each window's maximum (stored as (C, Q, n, oh*ow): a matrix product reads it fastest as the
+        # transposed operand); for BN's dense term Σ_pos u (n, Q) and
         # Σ_pos z u (n, C, Q)
         unfolded = F.unfold(inputs[0], layer.weight.shape[2:], layer.dilation, layer.padding, layer.stride)
         n, channels, queries = unfolded.shape[0], index.shape[2], unfolded.shape[1]
@@ -634,14 +637,15 @@ def _pooled_conv_rows(layer: nn.Conv2d, run: _Run, inputs: torch.Tensor, dy: tor
         gathered = unfolded.transpose(1, 2).unsqueeze(1).expand(-1, channels, -1, -1).gather(
             2, flat.unsqueeze(-1).expand(-1, -1, -1, queries))  # (n, C, X, Q)
         cache.clear()
-        cache.update(index=index, gathered=gathered.transpose(0, 1).contiguous())  # (C, n, X, Q)
+        cache.update(index=index, gathered=gathered.permute(1, 3, 0, 2).contiguous())  # (C, Q, n, X)
         if "z" in run.saved:
             z = run.saved["z"][0].flatten(2)  # (n, C, L)
             cache.update(one=unfolded.sum(-1), along=z @ unfolded.transpose(1, 2), z_sums=z.sum(-1))
-    gathered = cache["gathered"][:, samples]
+    gathered = cache["gathered"][:, :, samples]
     routed = (dy * _route_total(run)[:, samples]).flatten(3)  # (S, n_c, C, oh*ow): the field at the maxima
     rows = routed.shape[0]
-    weight = (routed.permute(2, 0, 1, 3).reshape(routed.shape[2], rows, -1) @ gathered.flatten(1, 2)).transpose(0, 1)
+    weight = (routed.permute(2, 0, 1, 3).reshape(routed.shape[2], rows, -1) @ gathered.flatten(2).transpose(1, 2)
+              ).transpose(0, 1)
     bias = routed.sum((1, 3))
     if coupled and run.bn is not None:
         # Σ_pos (offset + slope x̂) u with x̂ = (z − μ)/σ: moments of u and z u, per row's statistics
