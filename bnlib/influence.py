@@ -363,7 +363,7 @@ def _run_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | 
     if run.relu:
         h = h.relu_() if h is not z else F.relu(h)
         if run.pool is None:
-            run.saved["mask"] = (h > 0).to(h.dtype)
+            run.saved["mask"] = h.sign()  # 1 where ReLU passed, 0 else (faster than a comparison and a cast)
     if run.pool is not None:
         h = _maxpool_forward(run, h)
     return _run_suffix_forward(run, h)
@@ -422,14 +422,15 @@ def _pooled_batchnorm_forward(run: _Run, z: torch.Tensor, mode: str, weights: to
         if z.shape[0] == 1:
             run.shared["pooled"] = pooled
     _, extreme, index = pooled
-    xhat_at = (extreme - _per_channel(mean, extreme)) * _per_channel(inv_std, extreme)
-    out = xhat_at * _per_channel(gamma, xhat_at)
-    out = out + _per_channel(bn.bias.view(1, channels), out) if bn.affine else out
+    scale = gamma * inv_std  # (R, C)
+    shift = (bn.bias.view(1, channels) if bn.affine else 0.0) - mean * scale
+    out = torch.addcmul(_per_channel(shift, extreme), extreme, _per_channel(scale, extreme))  # BN at the maxima
+    xhat_at = torch.addcmul(_per_channel(-mean * inv_std, extreme), extreme, _per_channel(inv_std, extreme))
     keep = torch.ones_like(out)
     if run.relu:
         out = out.relu_()
-        keep = (out > 0).to(out.dtype)
-    run.saved.update(z=z, mean=mean, inv_std=inv_std, scale=gamma * inv_std, index=index, pooled=out,
+        keep = out.sign()
+    run.saved.update(z=z, mean=mean, inv_std=inv_std, scale=scale, index=index, pooled=out,
                      tests=(keep, keep * xhat_at))
     return out
 
@@ -519,7 +520,7 @@ def _route_total(run: _Run) -> torch.Tensor:
     """scale · ReLU mask at each window's maximum (pooling runs)."""
     if "route_total" not in run.saved:
         keep = run.saved["tests"][0] if "tests" in run.saved else (
-            (run.saved["pooled"] > 0).to(run.saved["pooled"].dtype) if run.relu else 1.0)
+            run.saved["pooled"].sign() if run.relu else 1.0)
         scale = run.saved.get("scale")
         run.saved["route_total"] = keep * _per_channel(scale, run.saved["pooled"]) if scale is not None else (
             keep * torch.ones_like(run.saved["pooled"]))
@@ -533,7 +534,7 @@ def _statistics_tests(run: _Run) -> tuple[torch.Tensor | float, torch.Tensor]:
         xhat = run.saved["xhat"]
         if run.pool is not None:
             pooled, index = run.saved["pooled"], run.saved["index"]
-            keep = (pooled > 0).to(xhat.dtype) if run.relu else torch.ones_like(pooled)
+            keep = pooled.sign() if run.relu else torch.ones_like(pooled)
             rows = max(xhat.shape[0], index.shape[0])
             flat = index.flatten(-2).expand(rows, *index.shape[1:3], -1)
             at_max = xhat.flatten(-2).expand(rows, *xhat.shape[1:3], -1).gather(-1, flat).view(
