@@ -706,12 +706,27 @@ def _conv_weight_rows(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor) -> tor
         seeds_as_channels = dz.transpose(0, 1).reshape(samples, rows * channels, *dz.shape[3:])
         return torch.nn.grad.conv2d_weight(x[0], (rows * channels, *shape[1:]), seeds_as_channels, conv.stride,
                                            conv.padding, conv.dilation).view(rows, *shape)
-    if samples == 1:  # one sample per row: the rows become the groups of one grouped convolution
-        return torch.nn.grad.conv2d_weight(x[:, 0].reshape(1, -1, *x.shape[3:]), (rows * channels, *shape[1:]),
-                                           dz[:, 0].reshape(1, -1, *dz.shape[3:]), conv.stride, conv.padding,
-                                           conv.dilation, groups=rows).view(rows, *shape)
+    if samples == 1:  # one sample per row
+        return _per_sample_conv_weights(conv, x[:, 0], dz[:, 0])
     return torch.stack([torch.nn.grad.conv2d_weight(x[r], shape, dz[r], conv.stride, conv.padding, conv.dilation)
                         for r in range(rows)])
+
+
+def _per_sample_conv_weights(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+    """(n, C_out, C_in, kh, kw) per-sample weight gradients from x (n, C_in, H, W) and dz (n, C_out, oh, ow): one
+    batched product of dz with the input unfolded channels-last (a strided view of the padded input, copied
+    once), which reads the channels-last fields without conversion; measured faster on the CPU than aten's
+    unfold (NCHW) or a convolution with one group per sample."""
+    n, c_in = x.shape[:2]
+    c_out, kh, kw = conv.weight.shape[0], *conv.weight.shape[2:]
+    (ph, pw), (sh, sw), (dh, dw) = conv.padding, conv.stride, conv.dilation
+    padded = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # (n, Hp, Wp, C_in)
+    out_h, out_w = dz.shape[-2:]
+    sn, sy, sx, sc = padded.stride()
+    unfolded = padded.as_strided((n, out_h, out_w, kh, kw, c_in), (sn, sy * sh, sx * sw, sy * dh, sx * dw, sc))
+    unfolded = unfolded.reshape(n, out_h * out_w, kh * kw * c_in)
+    field = dz.permute(0, 2, 3, 1).reshape(n, out_h * out_w, c_out)
+    return torch.bmm(field.transpose(1, 2), unfolded).view(n, c_out, kh, kw, c_in).permute(0, 1, 4, 2, 3)
 
 
 def _layer_squared_norms(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
@@ -722,12 +737,20 @@ def _layer_squared_norms(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor) ->
         g2 = (dz[0] ** 2).sum(-1)
         return g2 * (x[0] ** 2).sum(-1) * ("weight" in names) + g2 * ("bias" in names)
     kernel, positions = math.prod(layer.weight.shape[1:]), math.prod(dz.shape[3:])
-    if positions * (kernel + dz.shape[2]) < kernel * dz.shape[2]:  # Gram matrices over output positions
+    # Gram matrices over output positions: L²(Q + C) multiply-adds against LCQ, but batched products of small
+    # Gram matrices run several times slower per operation than the per-sample product (measured)
+    if 4 * positions * (kernel + dz.shape[2]) < kernel * dz.shape[2]:
         unfolded = F.unfold(x[0], layer.weight.shape[2:], layer.dilation, layer.padding, layer.stride)
         g = dz[0].flatten(2)  # (n, C_out, L)
         weight = ((g.transpose(1, 2) @ g) * (unfolded.transpose(1, 2) @ unfolded)).sum((1, 2))
         return weight * ("weight" in names) + (g.sum(-1) ** 2).sum(-1) * ("bias" in names)
-    return (_layer_rows(layer, x.transpose(0, 1), dz.transpose(0, 1)) ** 2).sum(1)
+    total = dz.new_zeros(dz.shape[1])
+    if "weight" in names:
+        weights = _per_sample_conv_weights(layer, x[0], dz[0])
+        total += (weights * weights).sum((1, 2, 3, 4))
+    if "bias" in names:
+        total += (_channel_sums(dz) ** 2)[0].sum(-1)
+    return total
 
 
 def _bn_rows(run: _Run, sums: torch.Tensor | None) -> torch.Tensor | None:
