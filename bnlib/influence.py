@@ -712,7 +712,7 @@ def _conv_weight_rows(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor) -> tor
                         for r in range(rows)])
 
 
-def _per_sample_conv_weights(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+def _per_sample_conv_weights(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor, raw: bool = False) -> torch.Tensor:
     """(n, C_out, C_in, kh, kw) per-sample weight gradients from x (n, C_in, H, W) and dz (n, C_out, oh, ow): one
     batched product of dz with the input unfolded channels-last (a strided view of the padded input, copied
     once), which reads the channels-last fields without conversion; measured faster on the CPU than aten's
@@ -726,7 +726,8 @@ def _per_sample_conv_weights(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor)
     unfolded = padded.as_strided((n, out_h, out_w, kh, kw, c_in), (sn, sy * sh, sx * sw, sy * dh, sx * dw, sc))
     unfolded = unfolded.reshape(n, out_h * out_w, kh * kw * c_in)
     field = dz.permute(0, 2, 3, 1).reshape(n, out_h * out_w, c_out)
-    return torch.bmm(field.transpose(1, 2), unfolded).view(n, c_out, kh, kw, c_in).permute(0, 1, 4, 2, 3)
+    weights = torch.bmm(field.transpose(1, 2), unfolded)  # (n, C_out, kh * kw * C_in): returned so when ``raw``
+    return weights if raw else weights.view(n, c_out, kh, kw, c_in).permute(0, 1, 4, 2, 3)
 
 
 def _layer_squared_norms(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
@@ -746,8 +747,8 @@ def _layer_squared_norms(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor) ->
         return weight * ("weight" in names) + (g.sum(-1) ** 2).sum(-1) * ("bias" in names)
     total = dz.new_zeros(dz.shape[1])
     if "weight" in names:
-        weights = _per_sample_conv_weights(layer, x[0], dz[0])
-        total += (weights * weights).sum((1, 2, 3, 4))
+        weights = _per_sample_conv_weights(layer, x[0], dz[0], raw=True)
+        total += (weights * weights).sum((1, 2))
     if "bias" in names:
         total += (_channel_sums(dz) ** 2)[0].sum(-1)
     return total
