@@ -681,7 +681,7 @@ def _param_names(module: nn.Module) -> list[str]:
     return [name for name, p in module.named_parameters(recurse=False) if p.requires_grad]
 
 
-def _layer_rows(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+def _layer_rows(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
     """Gradient of the layer's trainable parameters for each row, summed over its samples: (S, P_layer).
 
     x (R, n, ...) is the layer's input with R = 1 (shared by the rows) or S; dz (S, n, ...) the field at its
@@ -693,23 +693,44 @@ def _layer_rows(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor) -> torch.Te
         grads["weight"] = dz.transpose(1, 2) @ x  # (S, out, in)
         grads["bias"] = dz.sum(1)
     else:
-        grads["weight"] = _conv_weight_rows(layer, x, dz)
+        grads["weight"] = _conv_weight_rows(layer, x, dz, cache)
         grads["bias"] = dz.sum((1, 3, 4))
     return torch.cat([grads[name].reshape(rows, -1) for name in _param_names(layer)], 1)
 
 
-def _conv_weight_rows(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
-    """(S, C_out, C_in, kh, kw) weight gradients of x (R, n, C_in, H, W) and dz (S, n, C_out, oh, ow)."""
+def _conv_weight_rows(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+    """(S, C_out, C_in, kh, kw) weight gradients of x (R, n, C_in, H, W) and dz (S, n, C_out, oh, ow).
+
+    ``cache``: where the unfolded input shared by the rows (R = 1) is kept across calls on the same x."""
     rows, samples, channels = dz.shape[:3]
     shape = conv.weight.shape
-    if x.shape[0] == 1:  # input shared by the rows: the rows become output channels of one call
-        seeds_as_channels = dz.transpose(0, 1).reshape(samples, rows * channels, *dz.shape[3:])
-        return torch.nn.grad.conv2d_weight(x[0], (rows * channels, *shape[1:]), seeds_as_channels, conv.stride,
-                                           conv.padding, conv.dilation).view(rows, *shape)
+    if x.shape[0] == 1:  # input shared by the rows: one product of each row's field with the unfolded input
+        key = (x.data_ptr(), tuple(x.shape), x.stride())
+        if cache is None or cache.get("key") != key:
+            unfolded = _unfold_channels_last(conv, x[0], dz.shape[-2:]).flatten(0, 1)  # (n L, kh kw C_in)
+            if cache is not None:
+                cache.update(key=key, x=x, unfolded=unfolded)  # x kept: its address cannot be reused meanwhile
+        else:
+            unfolded = cache["unfolded"]
+        field = dz.movedim(2, -1).reshape(rows, -1, channels)  # (S, n L, C_out): a view of channels-last fields
+        weights = torch.matmul(field.transpose(1, 2), unfolded)  # (S, C_out, kh kw C_in)
+        return weights.view(rows, channels, *shape[2:], shape[1]).permute(0, 1, 4, 2, 3)
     if samples == 1:  # one sample per row
         return _per_sample_conv_weights(conv, x[:, 0], dz[:, 0])
     return torch.stack([torch.nn.grad.conv2d_weight(x[r], shape, dz[r], conv.stride, conv.padding, conv.dilation)
                         for r in range(rows)])
+
+
+def _unfold_channels_last(conv: nn.Conv2d, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The conv's input patches (n, oh * ow, kh * kw * C_in), channels innermost: a strided view of the padded
+    input taken channels-last, copied once."""
+    n, c_in = x.shape[:2]
+    kh, kw = conv.weight.shape[2:]
+    (ph, pw), (sh, sw), (dh, dw) = conv.padding, conv.stride, conv.dilation
+    padded = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # (n, Hp, Wp, C_in)
+    sn, sy, sx, sc = padded.stride()
+    patches = padded.as_strided((n, *size, kh, kw, c_in), (sn, sy * sh, sx * sw, sy * dh, sx * dw, sc))
+    return patches.reshape(n, size[0] * size[1], kh * kw * c_in)
 
 
 def _per_sample_conv_weights(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor, raw: bool = False) -> torch.Tensor:
@@ -719,12 +740,8 @@ def _per_sample_conv_weights(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor,
     unfold (NCHW) or a convolution with one group per sample."""
     n, c_in = x.shape[:2]
     c_out, kh, kw = conv.weight.shape[0], *conv.weight.shape[2:]
-    (ph, pw), (sh, sw), (dh, dw) = conv.padding, conv.stride, conv.dilation
-    padded = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # (n, Hp, Wp, C_in)
     out_h, out_w = dz.shape[-2:]
-    sn, sy, sx, sc = padded.stride()
-    unfolded = padded.as_strided((n, out_h, out_w, kh, kw, c_in), (sn, sy * sh, sx * sw, sy * dh, sx * dw, sc))
-    unfolded = unfolded.reshape(n, out_h * out_w, kh * kw * c_in)
+    unfolded = _unfold_channels_last(conv, x, (out_h, out_w))
     field = dz.permute(0, 2, 3, 1).reshape(n, out_h * out_w, c_out)
     weights = torch.bmm(field.transpose(1, 2), unfolded)  # (n, C_out, kh * kw * C_in): returned so when ``raw``
     return weights if raw else weights.view(n, c_out, kh, kw, c_in).permute(0, 1, 4, 2, 3)
@@ -787,7 +804,7 @@ def _descend(chain: _Chain, field: torch.Tensor, top: int, coupled: bool, sample
         x = chain.inputs[b][:, samples]
         if from_layer_output and b == top:
             dz, sums = field, None
-            value = _layer_value(layer, x, dz, kind)
+            value = _layer_value(layer, x, dz, kind, run.shared.setdefault("unfolded", {}))
         elif b == 0 and kind == "rows" and run.pool is not None and run.saved["index"].shape[0] == 1 and isinstance(
                 layer, nn.Conv2d) and _param_names(layer):
             dy = _unshape(run, field)
@@ -795,19 +812,20 @@ def _descend(chain: _Chain, field: torch.Tensor, top: int, coupled: bool, sample
             value = _pooled_conv_rows(layer, run, chain.inputs[0], dy, sums, coupled, samples)
         else:
             dz, sums = _run_backward(run, field, coupled, samples)
-            value = _layer_value(layer, x, dz, kind)
+            value = _layer_value(layer, x, dz, kind, run.shared.setdefault("unfolded", {}))
         yield b, _with_bn_gradient(run, value, sums, kind), sums
         if b > 0:
             field = _layer_backward(layer, x, dz)
 
 
-def _layer_value(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor, kind: str) -> torch.Tensor:
+def _layer_value(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor, kind: str, cache: dict | None = None
+                 ) -> torch.Tensor:
     """The layer's part of :func:`_descend`'s gradient."""
     if not _param_names(layer):
         return dz.new_zeros(dz.shape[1]) if kind == "norms" else dz.new_zeros(
             dz.shape[0] if kind == "rows" else dz.shape[1], 0)
     if kind == "rows":
-        return _layer_rows(layer, x, dz)
+        return _layer_rows(layer, x, dz, cache)
     if kind == "samples":
         return _layer_rows(layer, x.transpose(0, 1), dz.transpose(0, 1))
     return _layer_squared_norms(layer, x, dz)
@@ -853,13 +871,15 @@ def _largest_activation(chain: _Chain, x: torch.Tensor) -> int:
 
 # ----------------------------------------------------------------------------- definition 2, fast
 
-def _statistics_seed(chain: _Chain, bn_block: int, seeds: slice, samples: slice) -> tuple[torch.Tensor, torch.Tensor]:
+def _statistics_seed(chain: _Chain, bn_block: int, seeds: slice, samples: slice,
+                     cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The statistics r in ``seeds`` of block ``bn_block``'s BN (r < C: μ_r, else σ_{r−C}) taken through the
     block's layer in closed form: ∂μ_c/∂z = 1/N and ∂σ_c/∂z = x̂/N on output channel c only.
 
     Returns:
         (rows (S, P_block) of ∂s/∂θ for the block (zero for its own BN parameters), summed over ``samples``;
-         the field (S, n_c, ...) at the layer's input, for ``samples``).
+         the field (S, n_c, ...) at the layer's input, for ``samples``). The rows of every statistic are
+        formed on the first call for a part of the samples and kept in ``cache``.
     """
     layer, run = chain.blocks[bn_block]
     xhat, x = _xhat(run)[0, samples], chain.inputs[bn_block][0, samples]  # (n_c, C, ...), (n_c, ...)
@@ -867,27 +887,30 @@ def _statistics_seed(chain: _Chain, bn_block: int, seeds: slice, samples: slice)
     means = torch.arange(min(seeds.start, channels), min(seeds.stop, channels), device=x.device)
     stds = torch.arange(max(seeds.start, channels), max(seeds.stop, channels), device=x.device) - channels
     d_mean, d_std = torch.ones_like(xhat[:, :1]) / count, xhat / count  # ∂μ/∂z (n_c, 1, ...), ∂σ/∂z (n_c, C, ...)
-    if isinstance(layer, nn.Conv2d):
-        mean_w = torch.nn.grad.conv2d_weight(x, (1, *layer.weight.shape[1:]), d_mean, layer.stride, layer.padding,
-                                             layer.dilation).flatten(1)
-        std_w = torch.nn.grad.conv2d_weight(x, layer.weight.shape, d_std, layer.stride, layer.padding,
-                                            layer.dilation).flatten(1)
-    else:
-        mean_w, std_w = d_mean.flatten(1).T @ x, d_std.flatten(1).T @ x
-    weight_rows, bias_rows = [mean_w.expand(channels, -1), std_w], [
-        _channel_sums(d_mean.unsqueeze(0))[0].sum(0).expand(channels), _channel_sums(d_std.unsqueeze(0))[0].sum(0)]
-    blocks = []
-    for kind, chosen in enumerate((means, stds)):
-        parts = {"weight": torch.zeros(len(chosen), channels, weight_rows[kind].shape[1], dtype=x.dtype,
-                                       device=x.device),
-                 "bias": torch.zeros(len(chosen), channels, dtype=x.dtype, device=x.device)}
-        parts["weight"][torch.arange(len(chosen)), chosen] = weight_rows[kind][chosen]
-        parts["bias"][torch.arange(len(chosen)), chosen] = bias_rows[kind][chosen]
-        blocks.append(torch.cat([parts[name].flatten(1) for name in _param_names(layer)], 1))
-    rows = torch.cat(blocks)
-    bn_size = len(_param_names(run.bn)) * channels
-    rows = torch.cat([rows, rows.new_zeros(len(rows), bn_size)], 1)
-    return rows, _statistics_seed_field(layer, x, d_mean, d_std, means, stds)
+    key = (samples.start, samples.stop)
+    if cache.get("key") != key:
+        if isinstance(layer, nn.Conv2d):
+            mean_w = torch.nn.grad.conv2d_weight(x, (1, *layer.weight.shape[1:]), d_mean, layer.stride,
+                                                 layer.padding, layer.dilation).flatten(1)
+            std_w = torch.nn.grad.conv2d_weight(x, layer.weight.shape, d_std, layer.stride, layer.padding,
+                                                layer.dilation).flatten(1)
+        else:
+            mean_w, std_w = d_mean.flatten(1).T @ x, d_std.flatten(1).T @ x
+        weight_rows, bias_rows = [mean_w.expand(channels, -1), std_w], [
+            _channel_sums(d_mean.unsqueeze(0))[0].sum(0).expand(channels),
+            _channel_sums(d_std.unsqueeze(0))[0].sum(0)]
+        blocks, every = [], torch.arange(channels, device=x.device)
+        for kind in range(2):  # statistic r of channel c touches output channel c's weights and bias only
+            parts = {"weight": x.new_zeros(channels, channels, weight_rows[kind].shape[1]),
+                     "bias": x.new_zeros(channels, channels)}
+            parts["weight"][every, every] = weight_rows[kind]
+            parts["bias"][every, every] = bias_rows[kind]
+            blocks.append(torch.cat([parts[name].flatten(1) for name in _param_names(layer)], 1))
+        rows = torch.cat(blocks)
+        bn_size = len(_param_names(run.bn)) * channels
+        cache.clear()
+        cache.update(key=key, rows=torch.cat([rows, rows.new_zeros(len(rows), bn_size)], 1))
+    return cache["rows"][seeds], _statistics_seed_field(layer, x, d_mean, d_std, means, stds)
 
 
 def _statistics_seed_field(layer: nn.Module, x: torch.Tensor, d_mean: torch.Tensor, d_std: torch.Tensor,
@@ -904,9 +927,22 @@ def _statistics_seed_field(layer: nn.Module, x: torch.Tensor, d_mean: torch.Tens
         if k == 0:
             continue
         seed = seed.expand(-1, k, *seed.shape[2:]) if seed.shape[1] == 1 and len(seed) == 1 else seed[:, chosen]
+        if layer.stride == (1, 1) and layer.dilation == (1, 1) and all(
+                2 * p <= size - 1 for p, size in zip(layer.padding, weight.shape[2:])):
+            # stride 1: the transposed convolution is a convolution with the flipped kernel and padding
+            # k − 1 − p; per seed one input channel, so its unfolded patches times that channel's kernel
+            kh, kw = weight.shape[2:]
+            patches = F.unfold(seed, (kh, kw), padding=(kh - 1 - layer.padding[0], kw - 1 - layer.padding[1]))
+            patches = patches.view(len(seed), k, kh * kw, -1).permute(1, 0, 3, 2).flatten(1, 2)  # (k, m L, kh kw)
+            kernels = weight[chosen].flip(-2, -1).flatten(2).transpose(1, 2)  # (k, kh kw, C_in)
+            field = torch.bmm(patches, kernels).view(k, len(seed), *x.shape[2:], x.shape[1]).permute(0, 1, 4, 2, 3)
+            fields.append(field.expand(k, n, *x.shape[1:]))
+            continue
         # one output channel per seed: a transposed convolution with groups = seeds
-        grouped = torch.nn.grad.conv2d_input((len(seed), k * x.shape[1], *x.shape[2:]), weight[chosen], seed,
-                                             layer.stride, layer.padding, layer.dilation, groups=k)
+        extra = [x.shape[2 + i] - ((seed.shape[2 + i] - 1) * layer.stride[i] - 2 * layer.padding[i]
+                                   + layer.dilation[i] * (weight.shape[2 + i] - 1) + 1) for i in range(2)]
+        grouped = F.conv_transpose2d(seed, weight[chosen], None, layer.stride, layer.padding, extra, k,
+                                     layer.dilation)
         fields.append(grouped.view(len(seed), k, *x.shape[1:]).transpose(0, 1).expand(k, n, *x.shape[1:]))
     return torch.cat(fields)
 
@@ -927,13 +963,14 @@ def _in_batch_structured(chain: _Chain, logits: torch.Tensor, y: torch.Tensor, m
     coupling: dict[int, dict[int, torch.Tensor]] = {}  # BN block -> {lower BN block: (2C, 2C')}: ∂s/∂s'
     for bn in bn_blocks:
         statistics = 2 * chain.blocks[bn][1].saved["scale"].shape[-1]
-        size = max(chain.sizes[:bn + 1])
+        size = max(_descent_size(chain, bn - 1), math.prod(chain.inputs[bn].shape[2:]))
         parts = _chunks(n, max_elements // size)
+        closed_form: dict = {}
         rows[bn] = {b: own_rows[b].new_zeros(statistics, own_rows[b].shape[1]) for b in range(bn + 1)}
         coupling[bn] = {b: rows[bn][b].new_zeros(statistics, len(direct[b][0][0])) for b in bn_blocks if b < bn}
         for seeds in _chunks(statistics, max_elements // (size * (parts[0].stop - parts[0].start))):
             for part in parts:
-                first, field = _statistics_seed(chain, bn, seeds, part)
+                first, field = _statistics_seed(chain, bn, seeds, part, closed_form)
                 rows[bn][bn][seeds] += first
                 if bn == 0:
                     continue
@@ -968,13 +1005,37 @@ def _in_batch_per_loss(chain: _Chain, logits: torch.Tensor, y: torch.Tensor, ind
 
 
 def _structured_is_cheaper(chain: _Chain, losses: int) -> bool:
-    """Compare the activation volume the two batched backward passes of definition 2 sweep."""
-    per_loss = losses * sum(chain.sizes)
-    structured = sum(2 * chain.blocks[bn][1].saved["scale"].shape[-1] * sum(chain.sizes[:bn]) for bn in chain.bn_blocks)
+    """Compare the multiply-adds of the two batched backward passes of definition 2: one seed per loss through
+    every block, against one seed per BN statistic through the blocks below its BN."""
+    descent = [_backward_cost(chain, b) for b in range(len(chain.blocks))]
+    per_loss = losses * sum(descent)
+    structured = sum(2 * chain.blocks[bn][1].saved["scale"].shape[-1] * sum(descent[:bn]) for bn in chain.bn_blocks)
     return structured < per_loss
 
 
+def _backward_cost(chain: _Chain, b: int) -> int:
+    """Multiply-adds per sample and seed of back-propagating through block b: its layer's weight gradient and,
+    above block 0, its input field (each the size of the layer's forward pass); the lowest block's gradient is
+    taken after pooling (k² times fewer positions)."""
+    layer, run = chain.blocks[b]
+    positions = math.prod(run.saved["input_shape"].tolist()[3:])
+    forward = layer.weight.numel() * positions
+    if b == 0:
+        return forward // (run.pool ** 2 if "index" in run.saved else 1)
+    return 2 * forward
+
+
 # ----------------------------------------------------------------------------- definition 3, fast
+
+def _descent_size(chain: _Chain, top: int) -> int:
+    """Largest per-sample size of the fields a descent from block ``top`` to block 0 forms (0 when top < 0): the
+    lowest block forms only its pooled output when it pools (its conv's gradient is taken after pooling)."""
+    if top < 0:
+        return 0
+    run = chain.blocks[0][1]
+    lowest = math.prod(run.saved["pooled"].shape[2:]) if "index" in run.saved else chain.sizes[0]
+    return max([lowest, *chain.sizes[1:top + 1]])
+
 
 def _group_size(chain: _Chain, first: int) -> int:
     """Largest per-sample activation size that each leave-one-out group forms: blocks above the first BN block;
