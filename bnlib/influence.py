@@ -743,8 +743,11 @@ def _per_sample_conv_weights(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor,
     out_h, out_w = dz.shape[-2:]
     unfolded = _unfold_channels_last(conv, x, (out_h, out_w))
     field = dz.permute(0, 2, 3, 1).reshape(n, out_h * out_w, c_out)
-    weights = torch.bmm(field.transpose(1, 2), unfolded)  # (n, C_out, kh * kw * C_in): returned so when ``raw``
-    return weights if raw else weights.view(n, c_out, kh, kw, c_in).permute(0, 1, 4, 2, 3)
+    if unfolded.shape[-1] < c_out:  # the orientation with the smaller output dimension last runs faster
+        weights = torch.bmm(unfolded.transpose(1, 2), field).transpose(1, 2)
+    else:
+        weights = torch.bmm(field.transpose(1, 2), unfolded)  # (n, C_out, kh * kw * C_in): returned so if ``raw``
+    return weights if raw else weights.reshape(n, c_out, kh, kw, c_in).permute(0, 1, 4, 2, 3)
 
 
 def _layer_squared_norms(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
