@@ -613,6 +613,27 @@ def _run_backward(run: _Run, dy: torch.Tensor, coupled: bool, samples: slice = s
     return _scatter_at_maxima(run, _channels_last_zeros(shape, routed), routed, samples), sums
 
 
+def _lowest_gathered(layer: nn.Conv2d, run: _Run, inputs: torch.Tensor) -> dict:
+    """For the lowest conv of a pooling run, whose input (1, n, ...) is shared: its unfolded input u at each
+    window's maximum (``gathered``, stored (C, Q, n, oh*ow): a matrix product reads it fastest as the transposed
+    operand); for BN's dense term Σ_pos u (``one``, (n, Q)) and Σ_pos z u (``along``, (n, C, Q)). Cached in the
+    run while its forward pass stands."""
+    index = run.saved["index"]  # (1, n, C, oh, ow)
+    cache = run.shared.setdefault("rows", {})
+    if cache.get("index") is not index:
+        unfolded = F.unfold(inputs[0], layer.weight.shape[2:], layer.dilation, layer.padding, layer.stride)
+        channels, queries = index.shape[2], unfolded.shape[1]
+        flat = index[0].flatten(-2)  # (n, C, X)
+        gathered = unfolded.transpose(1, 2).unsqueeze(1).expand(-1, channels, -1, -1).gather(
+            2, flat.unsqueeze(-1).expand(-1, -1, -1, queries))  # (n, C, X, Q)
+        cache.clear()
+        cache.update(index=index, gathered=gathered.permute(1, 3, 0, 2).contiguous())  # (C, Q, n, X)
+        if "z" in run.saved:
+            z = run.saved["z"][0].flatten(2)  # (n, C, L)
+            cache.update(one=unfolded.sum(-1), along=z @ unfolded.transpose(1, 2), z_sums=z.sum(-1))
+    return cache
+
+
 def _pooled_conv_rows(layer: nn.Conv2d, run: _Run, inputs: torch.Tensor, dy: torch.Tensor,
                       sums: torch.Tensor | None, coupled: bool, samples: slice) -> torch.Tensor:
     """Gradient of a Conv2d whose run max-pools, computed after pooling: the weight gradient is
@@ -626,22 +647,7 @@ def _pooled_conv_rows(layer: nn.Conv2d, run: _Run, inputs: torch.Tensor, dy: tor
         (S, P) gradients summed over the samples of each row.
     """
     names = _param_names(layer)
-    index = run.saved["index"]  # (1, n, C, oh, ow)
-    cache = run.shared.setdefault("rows", {})
-    if cache.get("index") is not index:
-        # u at each window's maximum (stored as (C, Q, n, oh*ow): a matrix product reads it fastest as the
-        # transposed operand); for BN's dense term Σ_pos u (n, Q) and
-        # Σ_pos z u (n, C, Q)
-        unfolded = F.unfold(inputs[0], layer.weight.shape[2:], layer.dilation, layer.padding, layer.stride)
-        n, channels, queries = unfolded.shape[0], index.shape[2], unfolded.shape[1]
-        flat = index[0].flatten(-2)  # (n, C, X)
-        gathered = unfolded.transpose(1, 2).unsqueeze(1).expand(-1, channels, -1, -1).gather(
-            2, flat.unsqueeze(-1).expand(-1, -1, -1, queries))  # (n, C, X, Q)
-        cache.clear()
-        cache.update(index=index, gathered=gathered.permute(1, 3, 0, 2).contiguous())  # (C, Q, n, X)
-        if "z" in run.saved:
-            z = run.saved["z"][0].flatten(2)  # (n, C, L)
-            cache.update(one=unfolded.sum(-1), along=z @ unfolded.transpose(1, 2), z_sums=z.sum(-1))
+    cache = _lowest_gathered(layer, run, inputs)
     gathered = cache["gathered"][:, :, samples]
     routed = (dy * _route_total(run)[:, samples]).flatten(3)  # (S, n_c, C, oh*ow): the field at the maxima
     rows = routed.shape[0]
@@ -947,7 +953,85 @@ def _statistics_seed_field(layer: nn.Module, x: torch.Tensor, d_mean: torch.Tens
         grouped = F.conv_transpose2d(seed, weight[chosen], None, layer.stride, layer.padding, extra, k,
                                      layer.dilation)
         fields.append(grouped.view(len(seed), k, *x.shape[1:]).transpose(0, 1).expand(k, n, *x.shape[1:]))
-    return torch.cat(fields)
+    return fields[0] if len(fields) == 1 else torch.cat(fields)
+
+
+def _mean_shortcut_applies(chain: _Chain, bn: int) -> bool:
+    """Whether the means of block ``bn``'s BN can take :func:`_mean_statistics_rows`: the block below it is a
+    convolution whose run max-pools (without averaging) over a forward pass shared by every seed."""
+    if bn < 1:
+        return False
+    layer, run = chain.blocks[bn - 1]
+    return (isinstance(layer, nn.Conv2d) and run.pool is not None and not run.average and "index" in run.saved
+            and run.saved["index"].shape[0] == 1)
+
+
+def _phase_positions(index: torch.Tensor, k: int, width: int) -> torch.Tensor:
+    """aten's flat H*W index of each window's maximum (.., oh, ow) -> its offset r * width + c in the window."""
+    out_h, out_w = index.shape[-2:]
+    corner = (torch.arange(out_h, device=index.device) * (k * width)).unsqueeze(1) + torch.arange(
+        out_w, device=index.device) * k
+    return index - corner
+
+
+def _mean_statistics_rows(chain: _Chain, bn: int, field: torch.Tensor, max_elements: int) -> tuple[
+        dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """∂μ_c/∂θ for the blocks below BN block ``bn``, for every channel c at once. The field of μ_c at the
+    block's input is the same for every sample (``field`` (C, ...): the layer's transposed kernel applied to
+    1/N), so the gradient of the block just below, Σ_j Σ_pos field · route_j · u_j, is field · R with
+    R = Σ_j route_j u_j at the maxima: the block's routed input summed over the samples once (per window
+    position p, from the samples whose maximum sits at p), instead of one convolution-sized product per
+    statistic. The blocks further down take the usual descent.
+
+    Returns ({block: rows (C, P_b)}, {BN block: sums (C, 2C_b)}) as the per-statistic descent would.
+    """
+    below = bn - 1
+    conv, run = chain.blocks[below]
+    n = run.saved["index"].shape[1]
+    dy = _unshape(run, field.unsqueeze(1))[:, 0]  # (C, C1, oh, ow) at the pooled output of the block below
+    statistics, channels = dy.shape[:2]
+    flat = dy.flatten(2)  # (C, C1, X)
+    route = _route_total(run)[0].flatten(2)  # (n, C1, X)
+    rows: dict[int, torch.Tensor] = {}
+    sums: dict[int, torch.Tensor] = {}
+    values, names = {}, _param_names(conv)
+    if "weight" in names:
+        k, (height, width) = run.pool, run.saved["input_shape"].tolist()[-2:]
+        out_h, out_w = run.saved["index"].shape[-2:]
+        unfolded = _unfold_channels_last(conv, chain.inputs[below][0], (height, width)).view(n, height, width, -1)
+        offset = _phase_positions(run.saved["index"][0], k, width).flatten(2)  # (n, C1, X)
+        total = None
+        for r in range(k):
+            for c in range(k):
+                at = torch.where(offset == r * width + c, route, 0.0)  # (n, C1, X)
+                inputs = unfolded[:, r:r + k * out_h:k, c:c + k * out_w:k].reshape(n, out_h * out_w, -1)
+                term = torch.bmm(at.permute(2, 1, 0), inputs.transpose(0, 1))  # (X, C1, kh kw C_in)
+                total = term if total is None else total.add_(term)
+        weight = torch.bmm(flat.transpose(0, 1), total.transpose(0, 1)).transpose(0, 1)  # (C, C1, kh kw C_in)
+        weight = weight.view(statistics, channels, *conv.weight.shape[2:], conv.weight.shape[1])
+        values["weight"] = weight.permute(0, 1, 4, 2, 3).reshape(statistics, -1)
+    if "bias" in names:
+        values["bias"] = torch.einsum("scx,cx->sc", flat, route.sum(0))
+    value = torch.cat([values[name] for name in names], 1) if names else flat.new_zeros(statistics, 0)
+    if run.bn is not None:
+        ones, along = (t[0] if torch.is_tensor(t) else t for t in _statistics_tests(run))
+        summed = [(t.sum(0) if torch.is_tensor(t) else n * t) for t in (ones, along)]
+        sums[below] = torch.cat([_channel_sums(dy.unsqueeze(0) * summed[0])[0],
+                                 _channel_sums(dy.unsqueeze(0) * summed[1])[0]], -1)
+    rows[below] = _with_bn_gradient(run, value, sums[below].unsqueeze(1) if run.bn is not None else None, "rows")
+    if below == 0:
+        return rows, sums
+    size = max(_descent_size(chain, below - 1), math.prod(run.saved["input_shape"].tolist()[2:]))
+    for part in _chunks(statistics, max(1, max_elements // (n * size))):
+        routed = dy[part].unsqueeze(1) * _route_total(run)  # (S, n, C1, oh, ow)
+        shape = (len(routed), n, channels, *run.saved["input_shape"].tolist()[3:])
+        dz = _scatter_at_maxima(run, _channels_last_zeros(shape, routed), routed, slice(None))
+        lower = _layer_backward(conv, chain.inputs[below], dz)
+        for b, value, block_sums in _descend(chain, lower, below - 1, False):
+            rows.setdefault(b, value.new_zeros(statistics, value.shape[1]))[part] += value
+            if block_sums is not None:
+                sums.setdefault(b, block_sums.new_zeros(statistics, block_sums.shape[-1]))[part] += block_sums.sum(1)
+    return rows, sums
 
 
 def _in_batch_structured(chain: _Chain, logits: torch.Tensor, y: torch.Tensor, max_elements: int) -> torch.Tensor:
@@ -971,7 +1055,22 @@ def _in_batch_structured(chain: _Chain, logits: torch.Tensor, y: torch.Tensor, m
         closed_form: dict = {}
         rows[bn] = {b: own_rows[b].new_zeros(statistics, own_rows[b].shape[1]) for b in range(bn + 1)}
         coupling[bn] = {b: rows[bn][b].new_zeros(statistics, len(direct[b][0][0])) for b in bn_blocks if b < bn}
-        for seeds in _chunks(statistics, max_elements // (size * (parts[0].stop - parts[0].start))):
+        remaining = range(statistics)
+        if _mean_shortcut_applies(chain, bn):  # the means: one pass for all of them
+            channels = statistics // 2
+            first, field = _statistics_seed(chain, bn, slice(0, channels), parts[0], closed_form)
+            if len(parts) > 1:  # the closed-form rows sum over every part
+                first = sum((_statistics_seed(chain, bn, slice(0, channels), part, closed_form)[0]
+                             for part in parts[1:]), first)
+            rows[bn][bn][:channels] += first
+            shortcut_rows, shortcut_sums = _mean_statistics_rows(chain, bn, field[:, 0], max_elements)
+            for b, value in shortcut_rows.items():
+                rows[bn][b][:channels] += value
+            for b, value in shortcut_sums.items():
+                coupling[bn][b][:channels] += _statistics_adjoint(chain.blocks[b][1], value)
+            remaining = range(channels, statistics)
+        for seeds in _chunks(len(remaining), max_elements // (size * (parts[0].stop - parts[0].start))):
+            seeds = slice(remaining.start + seeds.start, remaining.start + seeds.stop)
             for part in parts:
                 first, field = _statistics_seed(chain, bn, seeds, part, closed_form)
                 rows[bn][bn][seeds] += first
