@@ -919,35 +919,42 @@ def _statistics_seed(chain: _Chain, bn_block: int, seeds: slice, samples: slice,
         bn_size = len(_param_names(run.bn)) * channels
         cache.clear()
         cache.update(key=key, rows=torch.cat([rows, rows.new_zeros(len(rows), bn_size)], 1))
-    return cache["rows"][seeds], _statistics_seed_field(layer, x, d_mean, d_std, means, stds)
+    return cache["rows"][seeds], _statistics_seed_field(layer, x, d_mean, d_std, means, stds, cache)
 
 
 def _statistics_seed_field(layer: nn.Module, x: torch.Tensor, d_mean: torch.Tensor, d_std: torch.Tensor,
-                           means: torch.Tensor, stds: torch.Tensor) -> torch.Tensor:
-    """Seeds ∂μ_c/∂z, ∂σ_c/∂z (channel c only) back through the layer: (len(means) + len(stds), n_c, ...)."""
+                           means: torch.Tensor, stds: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+    """Seeds ∂μ_c/∂z, ∂σ_c/∂z (channel c only) back through the layer: (len(means) + len(stds), n_c, ...).
+    ``cache`` keeps the unfolded seeds of every channel between calls on the same samples."""
     n, weight = len(x), layer.weight
     if isinstance(layer, nn.Linear):
         mean_field = (weight[means] * d_mean[0, 0]).unsqueeze(1).expand(-1, n, -1)
         std_field = d_std[:, stds].T.unsqueeze(-1) * weight[stds].unsqueeze(1)
         return torch.cat([mean_field, std_field])
     fields = []
-    for chosen, seed in ((means, d_mean[:1]), (stds, d_std)):
+    for kind, (chosen, seed) in enumerate(((means, d_mean[:1]), (stds, d_std))):
         k = len(chosen)
         if k == 0:
             continue
-        seed = seed.expand(-1, k, *seed.shape[2:]) if seed.shape[1] == 1 and len(seed) == 1 else seed[:, chosen]
         if layer.stride == (1, 1) and layer.dilation == (1, 1) and all(
                 2 * p <= size - 1 for p, size in zip(layer.padding, weight.shape[2:])):
             # stride 1: the transposed convolution is a convolution with the flipped kernel and padding
             # k − 1 − p; per seed one input channel, so its unfolded patches times that channel's kernel
             kh, kw = weight.shape[2:]
-            patches = F.unfold(seed, (kh, kw), padding=(kh - 1 - layer.padding[0], kw - 1 - layer.padding[1]))
-            patches = patches.view(len(seed), k, kh * kw, -1).permute(1, 0, 3, 2).flatten(1, 2)  # (k, m L, kh kw)
+            cache = {} if cache is None else cache
+            if ("patches", kind) not in cache:  # (channels, m L, kh kw): every channel's seed unfolded once
+                unfolded = F.unfold(seed, (kh, kw), padding=(kh - 1 - layer.padding[0], kw - 1 - layer.padding[1]))
+                cache["patches", kind] = unfolded.view(len(seed), seed.shape[1], kh * kw, -1).permute(
+                    1, 0, 3, 2).flatten(1, 2).contiguous()
+            patches = cache["patches", kind]
+            patches = patches.expand(k, *patches.shape[1:]) if len(patches) == 1 else patches[chosen]
+            seed = seed[:1, :1] if kind == 0 else seed
             kernels = weight[chosen].flip(-2, -1).flatten(2).transpose(1, 2)  # (k, kh kw, C_in)
             field = torch.bmm(patches, kernels).view(k, len(seed), *x.shape[2:], x.shape[1]).permute(0, 1, 4, 2, 3)
             fields.append(field.expand(k, n, *x.shape[1:]))
             continue
         # one output channel per seed: a transposed convolution with groups = seeds
+        seed = seed.expand(-1, k, *seed.shape[2:]) if seed.shape[1] == 1 and len(seed) == 1 else seed[:, chosen]
         extra = [x.shape[2 + i] - ((seed.shape[2 + i] - 1) * layer.stride[i] - 2 * layer.padding[i]
                                    + layer.dilation[i] * (weight.shape[2 + i] - 1) + 1) for i in range(2)]
         grouped = F.conv_transpose2d(seed, weight[chosen], None, layer.stride, layer.padding, extra, k,
