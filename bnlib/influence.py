@@ -613,8 +613,22 @@ def _run_backward(run: _Run, dy: torch.Tensor, coupled: bool, samples: slice = s
     return _scatter_at_maxima(run, _channels_last_zeros(shape, routed), routed, samples), sums
 
 
-def _lowest_gathered(layer: nn.Conv2d, run: _Run, inputs: torch.Tensor) -> dict:
-    """For the lowest conv of a pooling run, whose input (1, n, ...) is shared: its unfolded input u at each
+# The largest unfolded-input-at-the-maxima (elements) a pooling conv keeps for its gradients (128 MiB in float32)
+GATHER_LIMIT = 2 ** 25
+
+
+def _gathered_fits(layer: nn.Module, run: _Run) -> bool:
+    """Whether the conv of a pooling run takes its gradient after pooling (:func:`_pooled_conv_rows`): its input
+    must be shared by the rows (one forward pass) and its input gathered at the maxima within GATHER_LIMIT."""
+    if not (isinstance(layer, nn.Conv2d) and run.pool is not None and _param_names(layer)
+            and run.saved.get("index") is not None and run.saved["index"].shape[0] == 1):
+        return False
+    index = run.saved["index"]
+    return math.prod(index.shape[1:]) * math.prod(layer.weight.shape[1:]) <= GATHER_LIMIT
+
+
+def _gathered_inputs(layer: nn.Conv2d, run: _Run, inputs: torch.Tensor) -> dict:
+    """For the conv of a pooling run whose input (1, n, ...) is shared: its unfolded input u at each
     window's maximum (``gathered``, stored (C, Q, n, oh*ow): a matrix product reads it fastest as the transposed
     operand); for BN's dense term Σ_pos u (``one``, (n, Q)) and Σ_pos z u (``along``, (n, C, Q)). Cached in the
     run while its forward pass stands."""
@@ -647,7 +661,7 @@ def _pooled_conv_rows(layer: nn.Conv2d, run: _Run, inputs: torch.Tensor, dy: tor
         (S, P) gradients summed over the samples of each row.
     """
     names = _param_names(layer)
-    cache = _lowest_gathered(layer, run, inputs)
+    cache = _gathered_inputs(layer, run, inputs)
     gathered = cache["gathered"][:, :, samples]
     routed = (dy * _route_total(run)[:, samples]).flatten(3)  # (S, n_c, C, oh*ow): the field at the maxima
     rows = routed.shape[0]
@@ -814,8 +828,9 @@ def _descend(chain: _Chain, field: torch.Tensor, top: int, coupled: bool, sample
         if from_layer_output and b == top:
             dz, sums = field, None
             value = _layer_value(layer, x, dz, kind, run.shared.setdefault("unfolded", {}))
-        elif b == 0 and kind == "rows" and run.pool is not None and run.saved["index"].shape[0] == 1 and isinstance(
-                layer, nn.Conv2d) and _param_names(layer):
+        elif b == 0 and kind == "rows" and _gathered_fits(layer, run):
+            # (above block 0 the gathered input, k² times the layer's output, is read once per chunk of rows and
+            # costs more memory traffic than the dense product saves: measured)
             dy = _unshape(run, field)
             sums = _bn_sums(run, dy, samples)
             value = _pooled_conv_rows(layer, run, chain.inputs[0], dy, sums, coupled, samples)
