@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,7 +329,7 @@ def _forward(chain: _Chain, x: torch.Tensor, mode: str, weights: torch.Tensor | 
         layer, run = chain.blocks[b]
         if z is None or b > start:
             chain.inputs[b] = h
-            z = _layer_forward(layer, h)
+            z = _layer_forward(layer, h, run.shared.setdefault("unfolded", {}))
         chain.sizes[b] = max(math.prod(chain.inputs[b].shape[2:]), math.prod(z.shape[2:]))
         h = _run_forward(run, z, mode, weights, lowest=b == 0)
     if stop < len(chain.blocks):
@@ -336,13 +337,17 @@ def _forward(chain: _Chain, x: torch.Tensor, mode: str, weights: torch.Tensor | 
     return h
 
 
-def _layer_forward(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+def _layer_forward(layer: nn.Module, h: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
     if isinstance(layer, nn.Linear):
         return F.linear(h, layer.weight, layer.bias)
     if h.device.type == "cpu" and math.prod(layer.weight.shape[1:]) <= 16:
         # a few input values per output (e.g. a 3x3 conv of a grey image): one matrix product of the unfolded
         # input is several times faster than the CPU's convolution kernel here
         unfolded = F.unfold(_rows(h), layer.weight.shape[2:], layer.dilation, layer.padding, layer.stride)
+        if cache is not None and h.shape[0] == 1 and (h.shape[2] == 1 or layer.weight.shape[2:] == (1, 1)):
+            # the patches (n, L, Q) in the channels-last order the per-sample gradients use: kept for them
+            # (h is kept with them, so its memory cannot be reused by another input while the key stands)
+            cache["patches"] = ((h.data_ptr(), tuple(h.shape), h.stride()), unfolded.transpose(1, 2), h)
         # (K*n, L, C_out): the output channels-last, as the CPU's convolution kernels produce and prefer
         out = unfolded.transpose(1, 2) @ layer.weight.flatten(1).T
         out = out if layer.bias is None else out + layer.bias
@@ -753,7 +758,8 @@ def _unfold_channels_last(conv: nn.Conv2d, x: torch.Tensor, size: Sequence[int])
     return patches.reshape(n, size[0] * size[1], kh * kw * c_in)
 
 
-def _per_sample_conv_weights(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor, raw: bool = False) -> torch.Tensor:
+def _per_sample_conv_weights(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor, raw: bool = False,
+                             unfolded: torch.Tensor | None = None) -> torch.Tensor:
     """(n, C_out, C_in, kh, kw) per-sample weight gradients from x (n, C_in, H, W) and dz (n, C_out, oh, ow): one
     batched product of dz with the input unfolded channels-last (a strided view of the padded input, copied
     once), which reads the channels-last fields without conversion; measured faster on the CPU than aten's
@@ -761,7 +767,7 @@ def _per_sample_conv_weights(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor,
     n, c_in = x.shape[:2]
     c_out, kh, kw = conv.weight.shape[0], *conv.weight.shape[2:]
     out_h, out_w = dz.shape[-2:]
-    unfolded = _unfold_channels_last(conv, x, (out_h, out_w))
+    unfolded = _unfold_channels_last(conv, x, (out_h, out_w)) if unfolded is None else unfolded
     field = dz.permute(0, 2, 3, 1).reshape(n, out_h * out_w, c_out)
     if unfolded.shape[-1] < c_out:  # the orientation with the smaller output dimension last runs faster
         weights = torch.bmm(unfolded.transpose(1, 2), field).transpose(1, 2)
@@ -770,7 +776,8 @@ def _per_sample_conv_weights(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor,
     return weights if raw else weights.reshape(n, c_out, kh, kw, c_in).permute(0, 1, 4, 2, 3)
 
 
-def _layer_squared_norms(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+def _layer_squared_norms(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor, cache: dict | None = None
+                         ) -> torch.Tensor:
     """||per-sample gradient||² (n,) of a layer from x (1, n, ...) and dz (1, n, ...), without materializing
     the gradients where that is cheaper ("ghost norm")."""
     names = _param_names(layer)
@@ -787,7 +794,9 @@ def _layer_squared_norms(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor) ->
         return weight * ("weight" in names) + (g.sum(-1) ** 2).sum(-1) * ("bias" in names)
     total = dz.new_zeros(dz.shape[1])
     if "weight" in names:
-        weights = _per_sample_conv_weights(layer, x[0], dz[0], raw=True)
+        patches = (cache or {}).get("patches")
+        known = patches[1] if patches and patches[0] == (x.data_ptr(), tuple(x.shape), x.stride()) else None
+        weights = _per_sample_conv_weights(layer, x[0], dz[0], raw=True, unfolded=known)
         total += (weights * weights).sum((1, 2))
     if "bias" in names:
         total += (_channel_sums(dz) ** 2)[0].sum(-1)
@@ -852,7 +861,7 @@ def _layer_value(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor, kind: str,
         return _layer_rows(layer, x, dz, cache)
     if kind == "samples":
         return _layer_rows(layer, x.transpose(0, 1), dz.transpose(0, 1))
-    return _layer_squared_norms(layer, x, dz)
+    return _layer_squared_norms(layer, x, dz, cache)
 
 
 def _with_bn_gradient(run: _Run, value: torch.Tensor, sums: torch.Tensor | None, kind: str) -> torch.Tensor:
@@ -1193,11 +1202,28 @@ def _counterfactual_groups(chain: _Chain, x: torch.Tensor, y: torch.Tensor, indi
 
 # ----------------------------------------------------------------------------- public API
 
+_CHAINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _chain_modules_cached(model: nn.Module, x: torch.Tensor) -> list[nn.Module] | None:
+    """:func:`chain_modules`, remembered per model while its leaf modules and the input's feature shape stay
+    the same (the probe forward pass with hooks costs about a millisecond per call otherwise)."""
+    leaves = tuple(m for m in model.modules() if next(m.children(), None) is None)
+    key = (tuple(x.shape[1:]), x.device, x.dtype)
+    known = _CHAINS.get(model)
+    if known is not None and known[0] == key and len(known[1]) == len(leaves) and all(
+            a is b for a, b in zip(known[1], leaves)):
+        return known[2]
+    modules = chain_modules(model, x)
+    _CHAINS[model] = (key, leaves, modules)
+    return modules
+
+
 def _prepare(model: nn.Module, x: torch.Tensor, method: str) -> _Chain | None:
     """The chain for the fast path, None for the reference; 'fast' on an unsupported model raises."""
     if method == "reference":
         return None
-    modules = chain_modules(model, x)
+    modules = _chain_modules_cached(model, x)
     chain = _Chain.parse(modules) if modules is not None else None
     if chain is None and method == "fast":
         raise ValueError("Parameter 'method' is 'fast' but the model is not a chain of Conv2d/Linear layers each "
