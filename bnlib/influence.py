@@ -389,7 +389,9 @@ def _statistics(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | N
     if moments is None or moments[0] is not z:
         shift = _channel_sums(z).sum(1) / (z.shape[1] * positions)  # (K, C) batch mean: a stable origin
         centered = z - _per_channel(shift, z)
-        moments = (z, shift, _channel_sums(centered), _channel_sums(centered * centered))  # (K, n, C) each
+        first = _channel_sums(centered)  # (the centered values themselves without spatial axes: not squared in place)
+        second = _channel_sums(centered.square_()) if z.ndim > 3 else centered * centered
+        moments = (z, shift, first, second)  # (K, n, C) each
         if z.shape[0] == 1:
             run.shared["moments"] = moments
     _, shift, first, second = moments
@@ -431,10 +433,11 @@ def _pooled_batchnorm_forward(run: _Run, z: torch.Tensor, mode: str, weights: to
     shift = (bn.bias.view(1, channels) if bn.affine else 0.0) - mean * scale
     out = torch.addcmul(_per_channel(shift, extreme), extreme, _per_channel(scale, extreme))  # BN at the maxima
     xhat_at = torch.addcmul(_per_channel(-mean * inv_std, extreme), extreme, _per_channel(inv_std, extreme))
-    keep = torch.ones_like(out)
     if run.relu:
         out = out.relu_()
         keep = out.sign()
+    else:
+        keep = torch.ones_like(out)
     run.saved.update(z=z, mean=mean, inv_std=inv_std, scale=scale, index=index, pooled=out,
                      tests=(keep, keep * xhat_at))
     return out
@@ -712,15 +715,14 @@ def _layer_rows(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor, cache: dict
     x (R, n, ...) is the layer's input with R = 1 (shared by the rows) or S; dz (S, n, ...) the field at its
     output. One sample per row (n = 1) gives per-sample gradients.
     """
+    rows, names = dz.shape[0], _param_names(layer)
     grads: dict[str, torch.Tensor] = {}
-    rows = dz.shape[0]
-    if isinstance(layer, nn.Linear):
-        grads["weight"] = dz.transpose(1, 2) @ x  # (S, out, in)
-        grads["bias"] = dz.sum(1)
-    else:
-        grads["weight"] = _conv_weight_rows(layer, x, dz, cache)
-        grads["bias"] = dz.sum((1, 3, 4))
-    return torch.cat([grads[name].reshape(rows, -1) for name in _param_names(layer)], 1)
+    if "weight" in names:
+        grads["weight"] = dz.transpose(1, 2) @ x if isinstance(layer, nn.Linear) else _conv_weight_rows(
+            layer, x, dz, cache)  # (S, out, in...)
+    if "bias" in names:
+        grads["bias"] = dz.sum(1) if isinstance(layer, nn.Linear) else _channel_sums(dz).sum(1)
+    return torch.cat([grads[name].reshape(rows, -1) for name in names], 1)
 
 
 def _conv_weight_rows(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
