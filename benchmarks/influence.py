@@ -5,9 +5,10 @@
 
 For each device: the quick profile's small CNN (BatchNorm, width 16 unless --width), random weights and
 running statistics, a batch of Fashion-MNIST-shaped inputs. Each definition is timed naive and fast on the
-same inputs, alternately (``--repeats`` times, best of each), so both sides see the same machine load; the
-script prints both times, their ratio (> 1: the fast path is faster) and the largest relative difference
-of the results. For definition 2 it also times the two fast strategies (statistics as seeds vs losses as
+same inputs, alternately (at least ``--repeats`` times and ``--min-seconds`` per side, best of each), so both
+sides see the same machine load; the script prints both times, their ratio (> 1: the fast path is faster)
+and the largest relative difference of the results. Both sides run with the allocator setting the fast
+paths apply (``influence.tune_allocator``). For definition 2 it also times the two fast strategies (statistics as seeds vs losses as
 seeds) to show which one the cost model picked.
 """
 
@@ -39,22 +40,26 @@ def _network(width: int, device: torch.device) -> torch.nn.Module:
     return model
 
 
-def benchmark(device: torch.device, width: int, batch: int, repeats: int) -> None:
+def benchmark(device: torch.device, width: int, batch: int, repeats: int, min_seconds: float) -> None:
     model = _network(width, device)
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 1, 28, 28, generator=generator).to(device)
     y = torch.randint(0, 10, (batch,), generator=generator).to(device)
-    print(f"\n{device.type}: small CNN width {width} (BatchNorm), batch {batch}, {repeats} repeats (best of each)")
-    print(f"  {'definition':18s} {'naive':>9s} {'fast':>9s} {'ratio':>7s}   max relative difference")
+    print(f"\n{device.type}: small CNN width {width} (BatchNorm), batch {batch}; naive and fast alternately, at "
+          f"least {repeats} times each and {min_seconds:g} s per side, best of each")
+    print(f"  {'definition':18s} {'naive':>9s} {'fast':>9s} {'ratio':>7s}  {'runs':>9s}   max relative difference")
     for name, (fast, naive) in DEFINITIONS.items():
-        best_fast, best_naive = float("inf"), float("inf")
-        for _ in range(repeats):
+        fast(model, x, y, method="fast")  # warm-up: first-call allocations and the chain layout
+        best_fast, best_naive, spent, runs = float("inf"), float("inf"), [0.0, 0.0], 0
+        while runs < repeats or min(spent) < min_seconds:
             seconds, result = timed(device, naive, model, x, y)
-            best_naive = min(best_naive, seconds)
+            best_naive, spent[0] = min(best_naive, seconds), spent[0] + seconds
             seconds, fast_result = timed(device, fast, model, x, y, method="fast")
-            best_fast = min(best_fast, seconds)
+            best_fast, spent[1] = min(best_fast, seconds), spent[1] + seconds
+            runs += 1
         gap = float(((fast_result - result).abs() / result.abs().max()).max())
-        print(f"  {name:18s} {best_naive:8.3f}s {best_fast:8.3f}s {best_naive / best_fast:6.2f}x   {gap:.1e}")
+        print(f"  {name:18s} {best_naive:8.3f}s {best_fast:8.3f}s {best_naive / best_fast:6.2f}x  {runs:4d} each"
+              f"   {gap:.1e}")
     chain = influence._prepare(model, x, "fast")
     with torch.no_grad():
         logits = influence._forward(chain, x, "batch")
@@ -72,13 +77,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=16, help="channels of the first conv layer (default 16)")
     parser.add_argument("--batch", type=int, default=128, help="batch size m (default 128)")
-    parser.add_argument("--repeats", type=int, default=2, help="timings per side, best kept (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="least timings per side, best kept (default 3)")
+    parser.add_argument("--min-seconds", type=float, default=2.0,
+                        help="keep timing until each side has run this long (default 2; short timings are noisy)")
     parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; unavailable ones are skipped")
     args = parser.parse_args()
     # both sides run with the allocator setting the fast paths apply (see its docstring)
     print(f"glibc malloc tuned for reuse of large blocks: {influence.tune_allocator()}")
     for device in devices(args.devices):
-        benchmark(device, args.width, args.batch, args.repeats)
+        benchmark(device, args.width, args.batch, args.repeats, args.min_seconds)
 
 
 if __name__ == "__main__":

@@ -69,18 +69,83 @@ def test_small_chunks_and_negative_scales_change_nothing(definition):
     _assert_close(fast(model, x, y, method="fast", max_elements=600), reference(model, x, y))
 
 
-def test_both_strategies_of_definition_two_are_exact():
-    """Statistics as seeds (∂s/∂θ through Σ 2C_l backward passes) and losses as seeds (m passes)."""
-    model = _model("small_cnn", "batch", 16)
-    x, y = _batch(6, 16)
-    expected = influence.in_batch_grad_norms_reference(model, x, y)
+def _both_strategies(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_elements: int = 2 ** 12) -> tuple[
+        torch.Tensor, torch.Tensor]:
     chain = influence._prepare(model, x, "fast")
     with torch.no_grad():
         logits = influence._forward(chain, x, "batch")
-        structured = influence._in_batch_structured(chain, logits, y, 2 ** 12)
-        per_loss = influence._in_batch_per_loss(chain, logits, y, range(len(y)), 2 ** 12)
+        structured = influence._in_batch_structured(chain, logits, y, max_elements)
+        per_loss = influence._in_batch_per_loss(chain, logits, y, range(len(y)), max_elements)
+    return structured, per_loss
+
+
+@pytest.mark.parametrize("size,m,seed,negative,max_elements", [
+    (16, 6, 0, False, 2 ** 12), (19, 7, 3, True, 2 ** 12), (16, 9, 5, True, 300),
+])
+def test_both_strategies_of_definition_two_are_exact(size, m, seed, negative, max_elements):
+    """Statistics as seeds (∂s/∂θ through Σ 2C_l backward passes, the means of the second and third BN layers
+    through one pass of the block below) and losses as seeds (m passes); odd sizes, BN scales of both signs,
+    ties in the pooling windows, and memory bounds small enough to chunk seeds and samples."""
+    model = _model("small_cnn", "batch", size, seed=seed, negative=negative)
+    x, y = _batch(m, size, seed=seed + 1)
+    x[:, :, : size // 3] = 0.3  # constant rows: ties
+    expected = influence.in_batch_grad_norms_reference(model, x, y)
+    structured, per_loss = _both_strategies(model, x, y, max_elements)
     _assert_close(structured, expected)
     _assert_close(per_loss, expected)
+
+
+def test_statistics_strategy_on_chains_without_the_pooled_shortcuts():
+    """A strided conv without pooling (seed fields by grouped transposed convolution), a non-affine BN1d and an
+    MLP: the statistics-as-seeds strategy takes the general descent there."""
+    torch.manual_seed(5)
+    chain_model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, bias=True), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 6, bias=False), nn.BatchNorm1d(6, affine=False), nn.ReLU(), nn.Linear(6, 5),
+    ).double()
+    _randomize_batchnorm(chain_model, torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 2, 11, 11, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 5, (5,), generator=generator)
+    for model, inputs in ((chain_model, x), (_model("mlp", "batch", 8), _batch(6, 8)[0])):
+        labels = y if inputs is x else _batch(6, 8)[1]
+        expected = influence.in_batch_grad_norms_reference(model, inputs, labels)
+        for result in _both_strategies(model, inputs, labels):
+            _assert_close(result, expected)
+
+
+def test_gathered_input_over_the_limit_takes_the_dense_path(monkeypatch):
+    """Above GATHER_LIMIT the lowest conv's gradient is taken at full resolution; the results are the same."""
+    model = _model("small_cnn", "batch", 16, seed=2, negative=True)
+    x, y = _batch(6, 16, seed=3)
+    expected = [reference(model, x, y) for _, reference in DEFINITIONS.values()]
+    monkeypatch.setattr(influence, "GATHER_LIMIT", 0)
+    for (fast, _), reference in zip(DEFINITIONS.values(), expected):
+        _assert_close(fast(model, x, y, method="fast"), reference)
+    _assert_close(_both_strategies(model, x, y)[0], expected[1])
+
+
+def test_the_remembered_chain_follows_changes_of_the_model():
+    """The chain layout is remembered per model; replacing a module re-probes it."""
+    model = _model("small_cnn", "batch", 16)
+    x, y = _batch(4, 16)
+    first = influence.eval_mode_grad_norms(model, x, y, method="fast")
+    _assert_close(influence.eval_mode_grad_norms(model, x, y, method="fast"), first)
+    model.features[0][2] = nn.Identity()  # the first ReLU removed: another chain, other values
+    changed = influence.eval_mode_grad_norms(model, x, y, method="fast")
+    _assert_close(changed, influence.eval_mode_grad_norms_reference(model, x, y))
+    assert float((changed - first).abs().max()) > 1e-6
+    model.features[1] = nn.AvgPool2d(2)  # not supported by the fast path: refused, not served from memory
+    with pytest.raises(ValueError, match="not a chain"):
+        influence.eval_mode_grad_norms(model, x, y, method="fast")
+    model.features[1] = nn.MaxPool2d(2)
+    _assert_close(influence.eval_mode_grad_norms(model, x, y, method="fast"), changed)
+
+
+def test_allocator_tuning_is_idempotent_and_reports_itself():
+    first = influence.tune_allocator()
+    assert isinstance(first, bool) and influence.tune_allocator() == first
 
 
 @pytest.mark.parametrize("definition", DEFINITIONS)
