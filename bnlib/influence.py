@@ -329,7 +329,7 @@ def _forward(chain: _Chain, x: torch.Tensor, mode: str, weights: torch.Tensor | 
         layer, run = chain.blocks[b]
         if z is None or b > start:
             chain.inputs[b] = h
-            z = _layer_forward(layer, h, run.shared.setdefault("unfolded", {}))
+            z = _layer_forward(layer, h, run.shared.setdefault("patches", {}))
         chain.sizes[b] = max(math.prod(chain.inputs[b].shape[2:]), math.prod(z.shape[2:]))
         h = _run_forward(run, z, mode, weights, lowest=b == 0)
     if stop < len(chain.blocks):
@@ -709,7 +709,7 @@ def _param_names(module: nn.Module) -> list[str]:
     return [name for name, p in module.named_parameters(recurse=False) if p.requires_grad]
 
 
-def _layer_rows(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+def _layer_rows(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
     """Gradient of the layer's trainable parameters for each row, summed over its samples: (S, P_layer).
 
     x (R, n, ...) is the layer's input with R = 1 (shared by the rows) or S; dz (S, n, ...) the field at its
@@ -719,29 +719,26 @@ def _layer_rows(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor, cache: dict
     grads: dict[str, torch.Tensor] = {}
     if "weight" in names:
         grads["weight"] = dz.transpose(1, 2) @ x if isinstance(layer, nn.Linear) else _conv_weight_rows(
-            layer, x, dz, cache)  # (S, out, in...)
+            layer, x, dz)  # (S, out, in...)
     if "bias" in names:
         grads["bias"] = dz.sum(1) if isinstance(layer, nn.Linear) else _channel_sums(dz).sum(1)
     return torch.cat([grads[name].reshape(rows, -1) for name in names], 1)
 
 
-def _conv_weight_rows(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-    """(S, C_out, C_in, kh, kw) weight gradients of x (R, n, C_in, H, W) and dz (S, n, C_out, oh, ow).
-
-    ``cache``: where the unfolded input shared by the rows (R = 1) is kept across calls on the same x."""
+def _conv_weight_rows(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+    """(S, C_out, C_in, kh, kw) weight gradients of x (R, n, C_in, H, W) and dz (S, n, C_out, oh, ow)."""
     rows, samples, channels = dz.shape[:3]
     shape = conv.weight.shape
-    if x.shape[0] == 1:  # input shared by the rows: one product of each row's field with the unfolded input
-        key = (x.data_ptr(), tuple(x.shape), x.stride())
-        if cache is None or cache.get("key") != key:
-            unfolded = _unfold_channels_last(conv, x[0], dz.shape[-2:]).flatten(0, 1)  # (n L, kh kw C_in)
-            if cache is not None:
-                cache.update(key=key, x=x, unfolded=unfolded)  # x kept: its address cannot be reused meanwhile
-        else:
-            unfolded = cache["unfolded"]
-        field = dz.movedim(2, -1).reshape(rows, -1, channels)  # (S, n L, C_out): a view of channels-last fields
-        weights = torch.matmul(field.transpose(1, 2), unfolded)  # (S, C_out, kh kw C_in)
-        return weights.view(rows, channels, *shape[2:], shape[1]).permute(0, 1, 4, 2, 3)
+    if x.shape[0] == 1:  # input shared by the rows: the rows become output channels of one call
+        # the field copied to (n, oh, ow, S, C_out), i.e. (n, S C_out, oh, ow) channels-last like x: the CPU's
+        # convolution kernel then runs without converting either operand (measured 1.3-1.7x faster than one
+        # product per row with the unfolded input, and than the kernel on an NCHW copy)
+        inputs = x[0] if x[0].is_contiguous(memory_format=torch.channels_last) else x[0].contiguous(
+            memory_format=torch.channels_last)
+        field = dz.permute(1, 3, 4, 0, 2).contiguous().view(samples, *dz.shape[3:], rows * channels).permute(
+            0, 3, 1, 2)
+        return torch.nn.grad.conv2d_weight(inputs, (rows * channels, *shape[1:]), field, conv.stride, conv.padding,
+                                           conv.dilation).view(rows, *shape)
     if samples == 1:  # one sample per row
         return _per_sample_conv_weights(conv, x[:, 0], dz[:, 0])
     return torch.stack([torch.nn.grad.conv2d_weight(x[r], shape, dz[r], conv.stride, conv.padding, conv.dilation)
@@ -838,7 +835,7 @@ def _descend(chain: _Chain, field: torch.Tensor, top: int, coupled: bool, sample
         x = chain.inputs[b][:, samples]
         if from_layer_output and b == top:
             dz, sums = field, None
-            value = _layer_value(layer, x, dz, kind, run.shared.setdefault("unfolded", {}))
+            value = _layer_value(layer, x, dz, kind, run.shared.setdefault("patches", {}))
         elif b == 0 and kind == "rows" and _gathered_fits(layer, run):
             # (above block 0 the gathered input, k² times the layer's output, is read once per chunk of rows and
             # costs more memory traffic than the dense product saves: measured)
@@ -847,7 +844,7 @@ def _descend(chain: _Chain, field: torch.Tensor, top: int, coupled: bool, sample
             value = _pooled_conv_rows(layer, run, chain.inputs[0], dy, sums, coupled, samples)
         else:
             dz, sums = _run_backward(run, field, coupled, samples)
-            value = _layer_value(layer, x, dz, kind, run.shared.setdefault("unfolded", {}))
+            value = _layer_value(layer, x, dz, kind, run.shared.setdefault("patches", {}))
         yield b, _with_bn_gradient(run, value, sums, kind), sums
         if b > 0:
             field = _layer_backward(layer, x, dz)
@@ -855,12 +852,12 @@ def _descend(chain: _Chain, field: torch.Tensor, top: int, coupled: bool, sample
 
 def _layer_value(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor, kind: str, cache: dict | None = None
                  ) -> torch.Tensor:
-    """The layer's part of :func:`_descend`'s gradient."""
+    """The layer's part of :func:`_descend`'s gradient; ``cache`` holds the forward pass's patches (norms)."""
     if not _param_names(layer):
         return dz.new_zeros(dz.shape[1]) if kind == "norms" else dz.new_zeros(
             dz.shape[0] if kind == "rows" else dz.shape[1], 0)
     if kind == "rows":
-        return _layer_rows(layer, x, dz, cache)
+        return _layer_rows(layer, x, dz)
     if kind == "samples":
         return _layer_rows(layer, x.transpose(0, 1), dz.transpose(0, 1))
     return _layer_squared_norms(layer, x, dz, cache)
