@@ -910,7 +910,7 @@ def _statistics_seed(chain: _Chain, bn_block: int, seeds: slice, samples: slice,
 
     Returns:
         (rows (S, P_block) of ∂s/∂θ for the block (zero for its own BN parameters), summed over ``samples``;
-         the field (S, n_c, ...) at the layer's input, for ``samples``). The rows of every statistic are
+         the field (S, n_c, ...) at the layer's input, for ``samples``; None for block 0). The rows of every statistic are
         formed on the first call for a part of the samples and kept in ``cache``.
     """
     layer, run = chain.blocks[bn_block]
@@ -942,6 +942,8 @@ def _statistics_seed(chain: _Chain, bn_block: int, seeds: slice, samples: slice,
         bn_size = len(_param_names(run.bn)) * channels
         cache.clear()
         cache.update(key=key, rows=torch.cat([rows, rows.new_zeros(len(rows), bn_size)], 1))
+    if bn_block == 0:  # nothing below the lowest block: no field to descend with
+        return cache["rows"][seeds], None
     return cache["rows"][seeds], _statistics_seed_field(layer, x, d_mean, d_std, means, stds, cache)
 
 
