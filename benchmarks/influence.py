@@ -8,8 +8,8 @@ running statistics, a batch of Fashion-MNIST-shaped inputs. Each definition is t
 same inputs, alternately (at least ``--repeats`` times and ``--min-seconds`` per side, best of each), so both
 sides see the same machine load; the script prints both times, their ratio (> 1: the fast path is faster)
 and the largest relative difference of the results. Both sides run with the allocator setting the fast
-paths apply (``influence.tune_allocator``). For definition 2 it also times the two fast strategies (statistics as seeds vs losses as
-seeds) to show which one the cost model picked.
+paths apply (``influence.tune_allocator``). For definition 2 it also times the two fast strategies
+(statistics as seeds vs losses as seeds) to show which one the cost model picked.
 """
 
 from __future__ import annotations

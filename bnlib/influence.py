@@ -25,23 +25,28 @@ They work without autograd, on fields with a leading row axis (several cotangent
 leave-one-out batches back-propagated at once), and use the problem's structure:
 
     eval mode       one forward and one backward pass, chunk by chunk of samples; per-layer per-sample
-                    gradient norms without forming per-sample gradients where that is cheaper ("ghost
-                    norm": ||g_i a_iᵀ||² = ||g_i||² ||a_i||² for a linear layer).
+                    gradient norms from one batched product per layer (for a linear layer the "ghost norm"
+                    ||g_i a_iᵀ||² = ||g_i||² ||a_i||²; Gram matrices where they are 4x cheaper).
     in batch        ∇ℓ_i = ∂ℓ_i/∂θ|_stats + Σ_l λ_{i,l}ᵀ ∂s_l/∂θ: the samples are coupled only through the
                     statistics s_l = (μ_l, σ_l) of each BN layer (2 C_l numbers). One backward pass with
                     the statistics held fixed gives every per-sample term; one backward pass per statistic
-                    (Σ_l 2 C_l of them, whatever m) gives ∂s/∂θ, the first layer of each in closed form;
-                    λ_i, the total adjoint of the statistics for loss i, is a small triangular recursion.
-                    When Σ_l 2 C_l is not smaller than the number of samples asked for, the losses are
-                    back-propagated together as seeds through the coupled BN backward pass instead.
+                    (Σ_l 2 C_l of them, whatever m) gives ∂s/∂θ, the first layer of each in closed form, and
+                    the means of a layer, whose seed is the same for every sample, take one pass for all of
+                    them through the block below (:func:`_mean_statistics_rows`); λ_i, the total adjoint of
+                    the statistics for loss i, is a small triangular recursion. When that costs more
+                    multiply-adds than back-propagating the losses asked for together as seeds through the
+                    coupled BN backward pass, the latter is used instead (:func:`_structured_is_cheaper`).
     counterfactual  the leave-one-out batches are groups of one batched pass with one set of statistics
-                    each; the blocks before the first BN are computed once, and a first block
-                    conv → BN → [ReLU] → max-pool is never formed per group: BN is a monotone
-                    per-channel map, so pooling it is pooling z by max or min at shared positions.
+                    each; the blocks before the first BN are computed once, and the first BN block's input
+                    is pooled once for every group.
 
-In every path a backward pass through [BN][ReLU][MaxPool] is one routed multiply (plus BN's coupling, a
-dense term with two coefficients per channel), and the gradient of the lowest conv layer is taken after its
-max-pooling (its input gathered at each window's maximum) rather than at full resolution.
+BN is a monotone map per channel, so max-pooling commutes with it: a block conv → BN → [ReLU] → max-pool
+pools z (by max, or min where γ < 0) and normalizes the pooled values only (:func:`_pooled_batchnorm_forward`);
+aten's pooling runs channels-last, and its indices route the backward pass by one scatter (plus BN's
+coupling, a dense term with two coefficients per channel). The gradient of the lowest conv layer is taken
+after its max-pooling (its input gathered at each window's maximum) rather than at full resolution. Large
+temporaries are kept in glibc's heap rather than paged in afresh (:func:`tune_allocator`).
+``benchmarks/influence.py`` times each definition against its reference.
 
 The last section holds the chapter's experiment: fixed probe batches measured along a training run
 (:func:`track_influence`), outlier/inlier ratios, matched fit and the final comparison.
@@ -910,8 +915,8 @@ def _statistics_seed(chain: _Chain, bn_block: int, seeds: slice, samples: slice,
 
     Returns:
         (rows (S, P_block) of ∂s/∂θ for the block (zero for its own BN parameters), summed over ``samples``;
-         the field (S, n_c, ...) at the layer's input, for ``samples``; None for block 0). The rows of every statistic are
-        formed on the first call for a part of the samples and kept in ``cache``.
+         the field (S, n_c, ...) at the layer's input, for ``samples``; None for block 0). The rows of every
+        statistic are formed on the first call for a part of the samples and kept in ``cache``.
     """
     layer, run = chain.blocks[bn_block]
     xhat, x = _xhat(run)[0, samples], chain.inputs[bn_block][0, samples]  # (n_c, C, ...), (n_c, ...)
@@ -962,7 +967,7 @@ def _statistics_seed_field(layer: nn.Module, x: torch.Tensor, d_mean: torch.Tens
         if k == 0:
             continue
         if layer.stride == (1, 1) and layer.dilation == (1, 1) and all(
-                2 * p <= size - 1 for p, size in zip(layer.padding, weight.shape[2:])):
+                2 * p <= size - 1 for p, size in zip(layer.padding, weight.shape[2:], strict=True)):
             # stride 1: the transposed convolution is a convolution with the flipped kernel and padding
             # k − 1 − p; per seed one input channel, so its unfolded patches times that channel's kernel
             kh, kw = weight.shape[2:]
@@ -1213,7 +1218,7 @@ def _chain_modules_cached(model: nn.Module, x: torch.Tensor) -> list[nn.Module] 
     key = (tuple(x.shape[1:]), x.device, x.dtype)
     known = _CHAINS.get(model)
     if known is not None and known[0] == key and len(known[1]) == len(leaves) and all(
-            a is b for a, b in zip(known[1], leaves)):
+            a is b for a, b in zip(known[1], leaves, strict=True)):
         return known[2]
     modules = chain_modules(model, x)
     _CHAINS[model] = (key, leaves, modules)

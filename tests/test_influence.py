@@ -121,7 +121,7 @@ def test_gathered_input_over_the_limit_takes_the_dense_path(monkeypatch):
     x, y = _batch(6, 16, seed=3)
     expected = [reference(model, x, y) for _, reference in DEFINITIONS.values()]
     monkeypatch.setattr(influence, "GATHER_LIMIT", 0)
-    for (fast, _), reference in zip(DEFINITIONS.values(), expected):
+    for (fast, _), reference in zip(DEFINITIONS.values(), expected, strict=True):
         _assert_close(fast(model, x, y, method="fast"), reference)
     _assert_close(_both_strategies(model, x, y)[0], expected[1])
 
