@@ -392,9 +392,10 @@ def _statistics(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | N
     count = weights.sum(1) * positions  # (G,) values per channel
     moments = run.shared.get("moments")
     if moments is None or moments[0] is not z:
-        shift = _channel_sums(z).sum(1) / (z.shape[1] * positions)  # (K, C) batch mean: a stable origin
+        sums = _channel_sums(z)  # (K, n, C)
+        shift = sums.sum(1) / (z.shape[1] * positions)  # (K, C) batch mean: a stable origin for the squares
+        first = sums - positions * shift.unsqueeze(1)  # Σ_pos (z − shift)
         centered = z - _per_channel(shift, z)
-        first = _channel_sums(centered)  # (the centered values themselves without spatial axes: not squared in place)
         second = _channel_sums(centered.square_()) if z.ndim > 3 else centered * centered
         moments = (z, shift, first, second)  # (K, n, C) each
         if z.shape[0] == 1:
