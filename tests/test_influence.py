@@ -69,6 +69,20 @@ def test_small_chunks_and_negative_scales_change_nothing(definition):
     _assert_close(fast(model, x, y, method="fast", max_elements=600), reference(model, x, y))
 
 
+def _custom_chain() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A conv bias before BN, a strided conv without pooling, a non-affine BN1d; and a batch for it."""
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, bias=True), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * 3 * 3, 6, bias=False), nn.BatchNorm1d(6, affine=False), nn.ReLU(), nn.Linear(6, 5),
+    ).double()
+    _randomize_batchnorm(model, torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 2, 11, 11, generator=generator, dtype=torch.float64)
+    return model, x, torch.randint(0, 5, (5,), generator=generator)
+
+
 def _both_strategies(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_elements: int = 2 ** 12) -> tuple[
         torch.Tensor, torch.Tensor]:
     chain = influence._prepare(model, x, "fast")
@@ -98,16 +112,7 @@ def test_both_strategies_of_definition_two_are_exact(size, m, seed, negative, ma
 def test_statistics_strategy_on_chains_without_the_pooled_shortcuts():
     """A strided conv without pooling (seed fields by grouped transposed convolution), a non-affine BN1d and an
     MLP: the statistics-as-seeds strategy takes the general descent there."""
-    torch.manual_seed(5)
-    chain_model = nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1, bias=True), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-        nn.Linear(4 * 3 * 3, 6, bias=False), nn.BatchNorm1d(6, affine=False), nn.ReLU(), nn.Linear(6, 5),
-    ).double()
-    _randomize_batchnorm(chain_model, torch.Generator().manual_seed(5))
-    generator = torch.Generator().manual_seed(6)
-    x = torch.randn(5, 2, 11, 11, generator=generator, dtype=torch.float64)
-    y = torch.randint(0, 5, (5,), generator=generator)
+    chain_model, x, y = _custom_chain()
     for model, inputs in ((chain_model, x), (_model("mlp", "batch", 8), _batch(6, 8)[0])):
         labels = y if inputs is x else _batch(6, 8)[1]
         expected = influence.in_batch_grad_norms_reference(model, inputs, labels)
@@ -151,17 +156,8 @@ def test_allocator_tuning_is_idempotent_and_reports_itself():
 @pytest.mark.parametrize("definition", DEFINITIONS)
 def test_custom_chain_with_conv_bias_stride_frozen_parameters_and_plain_batchnorm(definition):
     """A conv bias before BN, a strided conv without pooling, a non-affine BN1d, one frozen weight."""
-    torch.manual_seed(5)
-    model = nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1, bias=True), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-        nn.Linear(4 * 3 * 3, 6, bias=False), nn.BatchNorm1d(6, affine=False), nn.ReLU(), nn.Linear(6, 5),
-    ).double()
-    _randomize_batchnorm(model, torch.Generator().manual_seed(5))
+    model, x, y = _custom_chain()
     model[4].weight.requires_grad_(False)
-    generator = torch.Generator().manual_seed(6)
-    x = torch.randn(5, 2, 11, 11, generator=generator, dtype=torch.float64)
-    y = torch.randint(0, 5, (5,), generator=generator)
     fast, reference = DEFINITIONS[definition]
     _assert_close(fast(model, x, y, method="fast"), reference(model, x, y))
 
