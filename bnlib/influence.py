@@ -80,31 +80,8 @@ DEFAULT_MAX_ELEMENTS = 2 ** 22
 
 # ----------------------------------------------------------------------------- shared helpers
 
-_ALLOCATOR = {"tuned": None}
-
-
-def tune_allocator() -> bool:
-    """Let glibc's malloc reuse freed blocks of up to 32 MiB instead of returning them to the system.
-
-    The batched passes allocate activation-sized temporaries (a few MiB each). glibc serves blocks above its
-    mmap threshold with fresh pages from the kernel on every allocation, and faulting those pages in costs more
-    than the arithmetic on them (on the project's 2-core CPU a ReLU of a 6 MiB tensor took 1.4 ms that way and
-    0.12 ms with this setting). This raises the threshold to 32 MiB (glibc's maximum) and the trim threshold to
-    1 GiB, once per process; the fast paths call it, and so does ``benchmarks/influence.py`` before timing
-    either side. Process-wide and harmless to correctness; the cost is that up to 1 GiB of freed heap may stay
-    mapped. Returns whether it took effect (False off glibc).
-    """
-    if _ALLOCATOR["tuned"] is None:
-        _ALLOCATOR["tuned"] = False
-        try:
-            import ctypes
-            libc = ctypes.CDLL("libc.so.6")
-            m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
-            _ALLOCATOR["tuned"] = bool(libc.mallopt(m_mmap_threshold, 32 * 2 ** 20)) and bool(
-                libc.mallopt(m_trim_threshold, 2 ** 30))
-        except (OSError, AttributeError):
-            pass
-    return _ALLOCATOR["tuned"]
+# glibc's heap keeps the batched passes' temporaries (see train.tune_allocator); the fast paths call it
+tune_allocator = train.tune_allocator
 
 
 def _trainable(model: nn.Module) -> list[nn.Parameter]:

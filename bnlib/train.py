@@ -21,6 +21,34 @@ from tqdm.auto import tqdm
 BNMode = Literal["eval", "train"]
 
 
+_ALLOCATOR = {"tuned": None}
+
+
+def tune_allocator() -> bool:
+    """Let glibc's malloc reuse freed blocks of up to 32 MiB instead of returning them to the system.
+
+    Training steps and the batched influence passes allocate activation-sized temporaries (a few MiB each).
+    glibc serves blocks above its mmap threshold with fresh pages from the kernel on every allocation, and
+    faulting those pages in costs more than the arithmetic on them (on the project's 2-core CPU a ReLU of a
+    6 MiB tensor took 1.4 ms that way and 0.12 ms with this setting; a quick-profile training run is about 10%
+    faster). This raises the threshold to 32 MiB (glibc's maximum) and the trim threshold to 1 GiB, once per
+    process; :func:`fit` on the CPU and the fast influence paths call it, and so does
+    ``benchmarks/influence.py`` before timing either side. Process-wide, and numerics are untouched; the cost
+    is that up to 1 GiB of freed heap may stay mapped. Returns whether it took effect (False off glibc).
+    """
+    if _ALLOCATOR["tuned"] is None:
+        _ALLOCATOR["tuned"] = False
+        try:
+            import ctypes
+            libc = ctypes.CDLL("libc.so.6")
+            m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+            _ALLOCATOR["tuned"] = bool(libc.mallopt(m_mmap_threshold, 32 * 2 ** 20)) and bool(
+                libc.mallopt(m_trim_threshold, 2 ** 30))
+        except (OSError, AttributeError):
+            pass
+    return _ALLOCATOR["tuned"]
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; an explicit choice that is unavailable is an error."""
     if device == "auto":
@@ -133,6 +161,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batc
         The :class:`History` of evaluations.
     """
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        tune_allocator()
     y = y.to(device)
     autocast, x = accelerate(model, x.to(device))
     steps_per_epoch = len(x) // batch_size
