@@ -184,6 +184,20 @@ def test_ties_in_max_pooling_and_3x3_windows_and_negative_scales(definition):
     _assert_close(fast(model, x, y, method="fast", max_elements=500), reference(model, x, y))
 
 
+@pytest.mark.parametrize("definition", DEFINITIONS)
+def test_a_zero_bn_scale_takes_the_unfused_path(definition):
+    """With γ = 0 in some channel BN is not monotone there; such a block normalizes before pooling."""
+    model = _model("small_cnn", "batch", 16, seed=4, negative=True)
+    model.features[0][1].weight.data[1] = 0.0
+    x, y = _batch(5, 16, seed=6)
+    fast, reference = DEFINITIONS[definition]
+    expected = reference(model, x, y)
+    _assert_close(fast(model, x, y, method="fast"), expected)
+    if definition == "in_batch":
+        for result in _both_strategies(model, x, y):
+            _assert_close(result, expected)
+
+
 def test_linear_unit_with_batchnorm_as_in_the_theory_chapter():
     torch.manual_seed(7)
     model = nn.Sequential(nn.Linear(2, 1, bias=False), nn.BatchNorm1d(1, affine=False), nn.Linear(1, 3)).double()
