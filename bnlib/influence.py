@@ -313,7 +313,7 @@ def _forward(chain: _Chain, x: torch.Tensor, mode: str, weights: torch.Tensor | 
             chain.inputs[b] = h
             z = _layer_forward(layer, h, run.shared.setdefault("patches", {}))
         chain.sizes[b] = max(math.prod(chain.inputs[b].shape[2:]), math.prod(z.shape[2:]))
-        h = _run_forward(run, z, mode, weights, lowest=b == 0)
+        h = _run_forward(run, z, mode, weights)
     if stop < len(chain.blocks):
         chain.inputs[stop] = h
     return h
@@ -340,8 +340,7 @@ def _layer_forward(layer: nn.Module, h: torch.Tensor, cache: dict | None = None)
                     layer.dilation).unflatten(0, h.shape[:2])
 
 
-def _run_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | None,
-                 lowest: bool = False) -> torch.Tensor:
+def _run_forward(run: _Run, z: torch.Tensor, mode: str, weights: torch.Tensor | None) -> torch.Tensor:
     run.saved = {"input_shape": torch.tensor(z.shape)}
     if run.pool is not None and run.bn is not None and z.ndim == 5 and not (
             run.bn.affine and bool((run.bn.weight == 0).any())):
@@ -469,9 +468,12 @@ def _maxpool_forward(run: _Run, h: torch.Tensor) -> torch.Tensor:
     return best
 
 
-def _channels_last_zeros(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-    """Zeros of ``shape`` (K, n, C, H, W) laid out channels-last, as the fields the convolutions consume."""
-    return like.new_zeros(*shape[:2], *shape[3:], shape[2]).permute(0, 1, 4, 2, 3)
+def _unpool(run: _Run, routed: torch.Tensor, samples: slice) -> torch.Tensor:
+    """The field at the pooling run's input (S, n_c, C, H, W), laid out channels-last as the convolutions consume
+    it: ``routed`` (S, n_c, C, oh, ow) at each window's maximum, zero elsewhere."""
+    shape = (routed.shape[0], *routed.shape[1:3], *run.saved["input_shape"].tolist()[3:])
+    zeros = routed.new_zeros(*shape[:2], *shape[3:], shape[2]).permute(0, 1, 4, 2, 3)
+    return _scatter_at_maxima(run, zeros, routed, samples)
 
 
 def _scatter_at_maxima(run: _Run, dz: torch.Tensor, values: torch.Tensor, samples: slice) -> torch.Tensor:
@@ -599,9 +601,7 @@ def _run_backward(run: _Run, dy: torch.Tensor, coupled: bool, samples: slice = s
         return (dz.addcmul_(dy, routes[0]) if routes else dz.add_(dy)), sums
     if run.pool is None:
         return (dy * routes[0] if routes else dy), sums
-    routed = dy * routes[0]
-    shape = (routed.shape[0], *routed.shape[1:3], *run.saved["input_shape"].tolist()[3:])
-    return _scatter_at_maxima(run, _channels_last_zeros(shape, routed), routed, samples), sums
+    return _unpool(run, dy * routes[0], samples), sums
 
 
 # The largest unfolded-input-at-the-maxima (elements) a pooling conv keeps for its gradients (128 MiB in float32)
@@ -1038,9 +1038,7 @@ def _mean_statistics_rows(chain: _Chain, bn: int, field: torch.Tensor, max_eleme
         return rows, sums
     size = max(_descent_size(chain, below - 1), math.prod(run.saved["input_shape"].tolist()[2:]))
     for part in _chunks(statistics, max(1, max_elements // (n * size))):
-        routed = dy[part].unsqueeze(1) * _route_total(run)  # (S, n, C1, oh, ow)
-        shape = (len(routed), n, channels, *run.saved["input_shape"].tolist()[3:])
-        dz = _scatter_at_maxima(run, _channels_last_zeros(shape, routed), routed, slice(None))
+        dz = _unpool(run, dy[part].unsqueeze(1) * _route_total(run), slice(None))  # (S, n, C1, H, W)
         lower = _layer_backward(conv, chain.inputs[below], dz)
         for b, value, block_sums in _descend(chain, lower, below - 1, False):
             rows.setdefault(b, value.new_zeros(statistics, value.shape[1]))[part] += value
