@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Make sure Fashion-MNIST is on disk (Debian's dataset-fashion-mnist package), installing it when root.
+# BNLIB_DATA (the folder bnlib.data reads datasets from, see README) set: the user brings the files.
 set -euo pipefail
 target=/usr/share/datasets/fashion-mnist
-if [ -f "$target/train-images-idx3-ubyte.gz" ] || [ -n "${BNLIB_DATA_ROOT:-}" ]; then
+if [ -f "$target/train-images-idx3-ubyte.gz" ] || [ -n "${BNLIB_DATA:-}" ]; then
   exit 0
 fi
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then

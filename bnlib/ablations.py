@@ -152,7 +152,7 @@ def measure_point(cfg, norm: str, seed: int, params: ChapterParams, progress: bo
             "influence_ratio_trained": influence_ratio(trained.eval(), batches),
         }
 
-    return results.cached("ablation_point", key, compute)
+    return results.cached("ablation_point", key, compute, code=results.code_of("ablations"))
 
 
 # ----------------------------------------------------------------------------- sweeps

@@ -183,6 +183,10 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
         raise ValueError(f"Parameter 'seeds' has repeated values: {cfg.seeds!r}; allowed: distinct integers >= 0.")
     if len(set(cfg.norms)) != len(cfg.norms):
         raise ValueError(f"Parameter 'norms' has repeated values: {cfg.norms!r}.")
+    if cfg.data_root:
+        from . import data  # torch is imported only when a data_root is to be checked
+
+        data.check_data_root(cfg.dataset, cfg.data_root, cfg.allow_download)
     if cfg.n_models < 2:
         raise ValueError(
             f"Parameter 'n_models' must be >= 2 (each example is IN for half of the models); got {cfg.n_models}."

@@ -118,14 +118,43 @@ def _load_svhn(candidates: list[Path], split: str):
 
 
 def _candidate_folders(name: str, data_root: str | os.PathLike | None) -> list[Path]:
-    roots = [Path(data_root)] if data_root else []
-    roots.append(DEFAULT_DATA_HOME)
+    """Where ``name`` is looked for: inside ``data_root`` alone when one is given (a folder the user names
+    is never silently replaced by another), else ``$BNLIB_DATA`` and the standard places."""
+    roots = [Path(data_root)] if data_root else [DEFAULT_DATA_HOME]
     sub = {"fashion_mnist": ["FashionMNIST/raw", "fashion-mnist", "fashion_mnist"],
            "mnist": ["MNIST/raw", "mnist"], "cifar10": [""], "svhn": ["", "svhn"]}[name]
     folders = [root / s if s else root for root in roots for s in [""] + sub]
-    if name == "fashion_mnist":
+    if name == "fashion_mnist" and not data_root:
         folders.append(DEBIAN_FASHION_MNIST)
     return list(dict.fromkeys(folders))
+
+
+def _files_present(name: str, folder: Path, split: str) -> bool:
+    """Whether ``folder`` holds the files of ``name``'s ``split`` (names only; nothing is read)."""
+    if name in ("fashion_mnist", "mnist"):
+        return _find_idx_pair(folder, split) is not None
+    if name == "cifar10":
+        names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        return all((folder / "cifar-10-batches-py" / n).exists() for n in names)
+    return (folder / f"{split}_32x32.mat").exists()
+
+
+def check_data_root(name: str, data_root: str | os.PathLike | None, allow_download: bool = False) -> None:
+    """Fail fast, before any work, when a given ``data_root`` does not exist or holds none of the dataset's
+    files (both splits); with ``allow_download`` a missing folder or missing files are fetched later."""
+    if not data_root or allow_download:
+        return
+    root = Path(data_root)
+    if not root.is_dir():
+        raise ValueError(f"Parameter 'data_root' got {str(data_root)!r}: no such folder. Allowed: a folder that "
+                         f"holds the {name!r} files, or '' for the standard places.")
+    folders = _candidate_folders(name, root)
+    missing = [split for split in ("train", "test") if not any(_files_present(name, f, split) for f in folders)]
+    if missing:
+        looked = ", ".join(str(f) for f in folders if f.is_dir())
+        raise ValueError(f"Parameter 'data_root' got {str(data_root)!r}, which holds no {name!r} files for the "
+                         f"{' and '.join(missing)} split(s) (looked in {looked}). Allowed: a folder with the "
+                         f"dataset's files, '' for the standard places, or allow_download=true when online.")
 
 
 _READERS = {"fashion_mnist": _load_idx_dataset, "mnist": _load_idx_dataset,
@@ -152,7 +181,8 @@ def load_dataset(name: str, split: str = "train", data_root: str | None = None,
     Args:
         name: one of ``DATASET_SHAPES``.
         split: ``train`` or ``test``.
-        data_root: a folder to search first ('' or None: only the standard places).
+        data_root: the folder to search (with its usual subfolders); '' or None: ``$BNLIB_DATA`` and the
+            standard places (Debian's Fashion-MNIST).
         allow_download: if the files are missing, fetch them with torchvision into ``data_root`` (or
             ``$BNLIB_DATA``). Off by default: the book builds offline.
 

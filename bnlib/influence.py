@@ -55,12 +55,10 @@ The last section holds the chapter's experiment: fixed probe batches measured al
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -1392,10 +1390,9 @@ def track_influence(cfg, params: InfluenceParams, norm: str, seed: int, progress
         ``measured_is_canary`` (P, k); for each name in ``DEFINITION_NAMES`` a (E, P, k) float tensor.
     """
     key = {k: v for k, v in cfg.to_dict().items() if k not in ("profile", "norms", "seeds", "device", "n_models")}
-    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]  # how it was measured
-    entry = results.Entry("influence_track", {**key, "norm": norm, "seed": seed, "influence_code": source,
+    entry = results.Entry("influence_track", {**key, "norm": norm, "seed": seed,
                                               **{f"probe_{k}": v for k, v in params.__dict__.items()
-                                                 if k != "fit_level"}})
+                                                 if k != "fit_level"}}, code=results.code_of("influence"))
     if entry.has("track"):
         return entry.load("track")
     experiment = data_lib.make_experiment_data(cfg, seed=seed)

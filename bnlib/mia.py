@@ -41,10 +41,8 @@ averaged over targets, with intervals from a bootstrap over targets and examples
 
 from __future__ import annotations
 
-import hashlib
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -671,7 +669,7 @@ def _to_arrays(value: Any) -> Any:
 
 def cached_measure(zoo: zoo_lib.Zoo, cfg, params: ChapterParams) -> dict[str, Any]:
     """:func:`measure`, cached in the zoo's entry under a key of the parameters and this module's code."""
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    code = results.code_hash(results.code_of("mia"))
     key = results.config_hash({"attack": params.attack, "augment": params.query_augment,
                                "n_bootstrap": params.n_bootstrap, "code": code})
     return _to_arrays(zoo.entry.get_or_compute(f"mia_{key}", lambda: _to_tensors(measure(zoo, cfg, params))))

@@ -2,7 +2,7 @@
 
 Layout (under ``cache_root()``, default ``_build/cache``, or ``$BNLIB_CACHE``)::
 
-    <kind>/<hash>/config.json        the configuration and package version that produced the entry
+    <kind>/<hash>/config.json        the configuration, code modules and package version behind the entry
     <kind>/<hash>/<name>.pt          tensors / plain Python values, read with weights_only=True
     summaries/<chapter>.json         headline metrics of a chapter (read by ``python -m bnlib report``)
 
@@ -12,6 +12,7 @@ interrupted run never leaves a half-written entry; a resumed run finds what was 
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -86,29 +87,92 @@ def torch_load(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-# Modules whose code decides what a trained model is; their source is part of every cache key, so a
-# change to the data draw, the networks or the training loop never reuses stale models.
-TRAINING_CODE = ("data.py", "models.py", "train.py")
+# One policy for every cache entry: its key holds the source of every bnlib module that decides what is
+# stored (the data draw, the networks, the training loop, the measurement), named by the code that creates
+# the entry. Modules that only move bytes (this one, config validation, plots) are not part of any key.
+PACKAGE_ROOT = Path(__file__).resolve().parent
+# Modules that never decide a stored value: caching itself, validation messages, figures, the book.
+NOT_DECIDING = ("__init__.py", "__main__.py", "results.py", "config.py", "plots.py", "book.py", "report.py",
+                "cli.py")
 
 
-def training_code_hash() -> str:
+def _imported_modules(path: Path, root: Path) -> set[str]:
+    """bnlib modules that ``path`` imports relatively (``from . import a``, ``from .b import c``), as paths
+    under ``root``: ``a.py`` for a module, ``b`` for a subpackage folder."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            base = path.parent
+            for _ in range(node.level - 1):
+                base = base.parent
+            names = [node.module] if node.module else [alias.name for alias in node.names]
+            for name in names:
+                target = base.joinpath(*name.split("."))
+                if target.is_dir():
+                    found.add(str(target.relative_to(root)))
+                elif target.with_suffix(".py").is_file():
+                    found.add(str(target.with_suffix(".py").relative_to(root)))
+    return found
+
+
+def code_of(module: str, root: Path = PACKAGE_ROOT) -> tuple[str, ...]:
+    """``module`` (``"zoo"``, or ``"persample"`` for a subpackage) and every bnlib module it imports,
+    directly or not, except ``NOT_DECIDING``: the code whose source goes into the key of what it computes."""
+    start = module if (root / module).is_dir() else f"{module}.py"
+    todo, seen = [start], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = root / name
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            todo += [m for m in _imported_modules(file, root) if m not in seen]
+    return tuple(sorted(seen - set(NOT_DECIDING)))
+
+
+def code_hash(modules: tuple[str, ...], root: Path = PACKAGE_ROOT) -> str:
+    """12-hex-digit hash of the source of ``modules`` (paths under ``root``, the bnlib folder); a folder
+    stands for every ``.py`` file under it. Order does not matter; a missing module is an error."""
+    files: list[Path] = []
+    for name in sorted(set(modules)):
+        path = root / name
+        if path.is_dir():
+            files += sorted(path.rglob("*.py"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"Module {name!r} named in a cache key does not exist under {root}.")
     digest = hashlib.sha256()
-    for name in TRAINING_CODE:
-        digest.update((Path(__file__).parent / name).read_bytes())
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
-class Entry:
-    """One cache folder for one (kind, configuration, training code)."""
+def entry_key(kind: str, config: dict[str, Any], code: tuple[str, ...], root: Path = PACKAGE_ROOT) -> str:
+    """The folder name of an entry: a hash of its kind, configuration and the source of ``code``."""
+    return config_hash({"kind": kind, **_jsonable(config), "code": code_hash(code, root)})
 
-    def __init__(self, kind: str, config: dict[str, Any]):
+
+class Entry:
+    """One cache folder for one (kind, configuration, code that decides it).
+
+    Args:
+        kind: the kind of result (``run``, ``zoo``, ...), also its folder under ``cache_root()``.
+        config: everything that decides the result apart from code.
+        code: the bnlib modules whose source decides the result (see ``code_hash``).
+    """
+
+    def __init__(self, kind: str, config: dict[str, Any], code: tuple[str, ...]):
         self.config = _jsonable(config)
-        self.key = config_hash({"kind": kind, **self.config, "training_code": training_code_hash()})
+        self.code = tuple(code)
+        self.key = entry_key(kind, self.config, self.code)
         self.folder = cache_root() / kind / self.key
         meta = self.folder / "config.json"
         if not meta.exists():
             atomic_write_json(meta, {"kind": kind, "config": self.config, "bnlib_version": __version__,
-                                     "training_code": training_code_hash()})
+                                     "code": {"modules": list(self.code), "hash": code_hash(self.code)}})
 
     def path(self, name: str) -> Path:
         return self.folder / f"{name}.pt"
@@ -131,9 +195,10 @@ class Entry:
         return value
 
 
-def cached(kind: str, config: dict[str, Any], compute: Callable[[], Any], name: str = "result") -> Any:
-    """Shorthand: ``Entry(kind, config).get_or_compute(name, compute)``."""
-    return Entry(kind, config).get_or_compute(name, compute)
+def cached(kind: str, config: dict[str, Any], compute: Callable[[], Any], code: tuple[str, ...],
+           name: str = "result") -> Any:
+    """Shorthand: ``Entry(kind, config, code).get_or_compute(name, compute)``."""
+    return Entry(kind, config, code).get_or_compute(name, compute)
 
 
 # ----------------------------------------------------------------------------- chapter summaries

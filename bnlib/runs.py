@@ -62,7 +62,7 @@ def train_run(cfg, norm: str, seed: int, evals_per_epoch: int = 1, progress: boo
     cfg = replace(cfg, **overrides) if overrides else cfg
     key = {**cfg.result_key("n_models"), "norm": norm, "seed": seed, "evals_per_epoch": evals_per_epoch,
            "fit_eval_size": FIT_EVAL_SIZE}
-    entry = results.Entry("run", key)
+    entry = results.Entry("run", key, code=results.code_of("runs"))
     if entry.has("run"):
         return Run(**entry.load("run"))
     experiment = data_lib.make_experiment_data(cfg, seed=seed)

@@ -94,7 +94,7 @@ def train_zoo(cfg, norm: str, progress: bool = True) -> Zoo:
     (one by one on a CPU, up to ``ensemble.MAX_CONCURRENT`` at once on CUDA) and saved as soon as they
     are done, so an interrupted run loses at most one group.
     """
-    entry = results.Entry("zoo", zoo_config(cfg, norm))
+    entry = results.Entry("zoo", zoo_config(cfg, norm), code=results.code_of("zoo"))
     experiment, pool_x, test_x = zoo_inputs(cfg)
     pool_y = experiment.pool_y
     keep = entry.get_or_compute(

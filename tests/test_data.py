@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnlib import data
+from bnlib import config, data
 
 
 def test_fashion_mnist_real_files():
@@ -142,3 +142,30 @@ def test_gzip_reader_handles_plain_and_gz(tmp_path):
     with gzip.open(tmp_path / "x.gz", "wb") as handle:
         handle.write(raw)
     assert data.read_idx(tmp_path / "x").tolist() == data.read_idx(tmp_path / "x.gz").tolist() == [7, 8, 9]
+
+
+def test_a_data_root_that_does_not_exist_is_rejected_by_the_config_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="'data_root'.*no such folder"):
+        config.load("smoke", data_root=str(tmp_path / "no" / "such" / "folder"))
+
+
+def test_a_data_root_without_the_dataset_is_rejected_and_never_replaced_by_the_standard_places(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="'data_root'.*holds no 'fashion_mnist' files"):
+        config.load("smoke", data_root=str(tmp_path / "empty"))
+    # the loader itself does not fall back to Debian's copy either
+    with pytest.raises(data.DataNotFoundError):
+        data.load_dataset("fashion_mnist", "train", str(tmp_path / "empty"))
+
+
+def test_a_data_root_with_the_files_is_accepted_and_read(tmp_path):
+    _write_mnist(tmp_path / "MNIST" / "raw")
+    cfg = config.load("smoke", dataset="mnist", data_root=str(tmp_path))
+    assert cfg.data_root == str(tmp_path)
+    (tmp_path / "half").mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (tmp_path / "half" / name).write_bytes((tmp_path / "MNIST" / "raw" / name).read_bytes())
+    with pytest.raises(ValueError, match="for the test split"):
+        config.load("smoke", dataset="mnist", data_root=str(tmp_path / "half"))
+    # online users may name a folder that the download will fill
+    assert config.load("smoke", data_root=str(tmp_path / "later"), allow_download=True).allow_download
