@@ -82,3 +82,44 @@ def test_train_run_is_cached_and_deterministic(smoke_cfg):
     assert first.records == again.records
     assert {"inliers_acc", "canaries_in_acc", "canaries_out_acc", "test_acc"} <= set(first.records[0])
     assert first.canary_in_logits.shape == (smoke_cfg.n_canaries, 10)
+
+
+ALLOCATOR_PROBE = r'''
+import ctypes
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def mapped_bytes_of_a_fresh_block(size):
+    before = libc.mallinfo2().hblkhd
+    block = libc.malloc(size)
+    mapped = libc.mallinfo2().hblkhd - before
+    libc.free(block)
+    return mapped
+
+size = 6 * 2 ** 20  # an activation-sized temporary
+default = mapped_bytes_of_a_fresh_block(size)
+from bnlib import train
+tuned = train.tune_allocator()
+print(default, mapped_bytes_of_a_fresh_block(size), tuned, train.tune_allocator())
+'''
+
+
+def test_tuned_allocator_serves_large_temporaries_from_the_heap_not_fresh_pages():
+    """glibc maps a 6 MiB block afresh by default; after tune_allocator it comes from the reusable heap."""
+    import ctypes.util
+    import subprocess
+    import sys
+
+    if "libc.so" not in (ctypes.util.find_library("c") or ""):
+        pytest.skip("not glibc")
+    completed = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    default, tuned_mapped, tuned, again = completed.stdout.split()
+    assert int(default) >= 6 * 2 ** 20, "glibc's default should map a 6 MiB block with mmap"
+    assert tuned == again == "True"
+    assert int(tuned_mapped) == 0, "after tuning, the block must come from the heap"
