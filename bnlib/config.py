@@ -246,3 +246,24 @@ def describe(cls: type = ExperimentConfig) -> list[dict[str, Any]]:
         row["allowed"] = spec.metadata.get("choices", "")
         rows.append(row)
     return rows
+
+
+PROFILE_TABLE_FIELDS = ("dataset", "n_train", "n_canaries", "n_test", "arch", "width", "norms", "epochs",
+                        "batch_size", "n_models", "seeds")
+
+
+def profiles_table(fields: tuple[str, ...] = PROFILE_TABLE_FIELDS) -> str:
+    """A Markdown table of ``fields`` of :class:`ExperimentConfig` at every profile (rows: parameters), read
+    from ``PROFILES`` so that a page describing the profiles can never disagree with them."""
+    def text(value: Any) -> str:
+        if isinstance(value, tuple):
+            return ", ".join(map(str, value))
+        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+    rows = {row["name"]: row for row in describe(ExperimentConfig)}
+    lines = ["| parameter | what it is | " + " | ".join(f"`{p}`" for p in PROFILE_NAMES) + " |",
+             "|---|---|" + "---|" * len(PROFILE_NAMES)]
+    for name in fields:
+        row = rows[name]
+        lines.append(f"| `{name}` | {row['doc']} | " + " | ".join(text(row[p]) for p in PROFILE_NAMES) + " |")
+    return "\n".join(lines)

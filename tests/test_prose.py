@@ -1,0 +1,99 @@
+"""No typed numbers or direction words in the chapters' prose: they come from the run (myst-nb glue).
+
+Every markdown cell of every page is scanned for numerals and direction words outside math, code, MyST roles
+(glue, cite, doc, eq, ...), directives' options, link targets and headings. Each hit must lie inside a phrase of
+``ALLOWED`` (per page, each with the reason it is not a measurement); a new typed number fails this test.
+"""
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from bnlib import book
+
+ROOT = Path(__file__).resolve().parent.parent
+DIRECTION_WORDS = ("more", "less", "exceeds", "exceed", "higher", "lower", "larger", "smaller", "fewer", "greater")
+# a numeral that is not part of a name (A1, float64, x_2 are names), or a direction word
+HIT = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*|\b(?:" + "|".join(DIRECTION_WORDS) + r")\b", re.IGNORECASE)
+
+# Spans that are not prose: removed (replaced by spaces, so positions stay) before scanning.
+NOT_PROSE = [
+    re.compile(r"```.*?```", re.DOTALL),  # fenced code and directives
+    re.compile(r"\$\$.*?\$\$", re.DOTALL),  # display math
+    re.compile(r"\$[^$\n]+\$"),  # inline math
+    re.compile(r"\{[a-z:-]+\}`[^`]*`"),  # MyST roles: {glue:text}`key:.3f`, {cite}`key`, {doc}`x`, {eq}`x`
+    re.compile(r"`[^`\n]*`"),  # inline code
+    re.compile(r"^\s*#.*$", re.MULTILINE),  # headings
+    re.compile(r"^\s*\d+\.\s", re.MULTILINE),  # numbered-list markers
+    re.compile(r"\]\([^)]*\)"),  # link targets
+    re.compile(r"<[^>\n]+>"),  # HTML tags
+    re.compile(r"^\s*:[a-z-]+:.*$", re.MULTILINE),  # directive options
+    re.compile(r"\(\w[\w-]*\)="),  # MyST targets (label)=
+]
+
+# page -> phrases whose numerals or direction words are not measurements (why, in the comment).
+ALLOWED: dict[str, list[str]] = {
+    "*": [
+        "95% CI", "95% confidence", "95% t interval", "95 % t-interval", "95% interval",  # every interval's nominal level
+        "CIFAR-10",  # a dataset's name
+        "2-core CPU",  # the machine the quick profile is sized for
+    ],
+    "chapters/data_and_models": [
+        "28×28",  # Fashion-MNIST's image size, a fact of the files
+        "8×8",  # load_digits' image size, a fact of the files
+    ],
+    "chapters/memorization": [
+        "0/1 hit", "hit = 1 / miss = 0",  # the definition of a hit
+    ],
+    "chapters/ablations": [
+        "hence fewer steps for larger batches",  # arithmetic: same epochs, larger batches
+        "Large batches take fewer steps",  # the same arithmetic
+        "involves fewer examples",  # a virtual batch is part of the batch, by definition
+        "positive = less leakage", "positive = less memorization",  # the sign convention of a column
+    ],
+}
+
+
+def prose(text: str) -> str:
+    for pattern in NOT_PROSE:
+        text = pattern.sub(lambda match: " " * len(match.group(0)), text)
+    return text
+
+
+def typed_hits(document: str, text: str) -> list[str]:
+    """Hits in ``text`` (one markdown cell of ``document``) not covered by an allowed phrase."""
+    cleaned = prose(text)
+    covered = [(m.start(), m.end()) for phrase in ALLOWED.get(document, []) + ALLOWED.get("*", [])
+               for m in re.finditer(re.escape(phrase), cleaned)]
+    hits = []
+    for match in HIT.finditer(cleaned):
+        if not any(start <= match.start() and match.end() <= end for start, end in covered):
+            context = cleaned[max(0, match.start() - 40):match.end() + 40].replace("\n", " ")
+            hits.append(f"{match.group(0)!r} in '…{' '.join(context.split())}…'")
+    return hits
+
+
+def markdown_cells(document: str) -> list[str]:
+    path = ROOT / f"{document}.ipynb"
+    if path.exists():
+        return [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
+    return [(ROOT / f"{document}.md").read_text()]
+
+
+def test_the_scanner_finds_typed_numbers_and_skips_math_code_roles_and_headings():
+    text = ("# Chapter 3\nBN memorizes more: 0.47 at $T=8$, `n = 4`, {glue:text}`auc:.2f`, {cite}`carlini2022`,\n"
+            "```{figure} a1.png\n:width: 80%\n```\nthree times.")
+    assert [h.split()[0] for h in typed_hits("x", text)] == ["'more'", "'0.47'"]
+    ALLOWED["x"] = ["memorizes more"]
+    try:
+        assert [h.split()[0] for h in typed_hits("x", text)] == ["'0.47'"]
+    finally:
+        del ALLOWED["x"]
+
+
+@pytest.mark.parametrize("document", book.toc_documents(ROOT))
+def test_no_typed_numbers_or_direction_words_in_the_prose(document):
+    hits = [hit for cell in markdown_cells(document) for hit in typed_hits(document, cell)]
+    assert not hits, "typed in the prose (glue it from the run, or allow it with a reason):\n" + "\n".join(hits)
