@@ -253,3 +253,138 @@ def most_memorized(hard: torch.Tensor, soft: torch.Tensor, mask: torch.Tensor, c
     candidates = torch.nonzero(mask).squeeze(1).numpy()
     order = np.lexsort((soft[candidates].nan_to_num(-np.inf).numpy(), hard[candidates].nan_to_num(-np.inf).numpy()))
     return torch.from_numpy(candidates[order[::-1][:count]].copy())
+
+
+# ----------------------------------------------------------------------------- per-model memorization of a zoo
+
+def zoo_canary_curves(population) -> dict[str, np.ndarray]:
+    """Fit and canary memorization of every model of a ``zoo.Zoo`` at every checkpoint.
+
+    Each model trained on its own half of the pool's canaries (IN, its keep mask) and not on the other half
+    (OUT), so each model is one replicate of the canary experiment: memorization = acc(IN canaries) -
+    acc(OUT canaries), read with eval-mode BN like everything else.
+
+    Returns:
+        ``epoch`` (E,) the checkpoint epochs; ``fit`` (E, T) accuracy on the model's own training inliers;
+        ``memorization``, ``in_acc``, ``out_acc`` (E, T); ``loss_gap`` (E, T) mean loss on OUT minus on IN
+        canaries.
+    """
+    logits = population.checkpoint_logits.float()  # (E, T, N, C)
+    labels, keep, outlier = population.labels, population.keep, population.is_outlier
+    correct = (logits.argmax(-1) == labels).float()  # (E, T, N)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 2), labels.repeat(logits.shape[0] * logits.shape[1]),
+                                             reduction="none").view(correct.shape)
+
+    def mean_over(mask: torch.Tensor, values: torch.Tensor) -> np.ndarray:  # mask (T, N), values (E, T, N)
+        mask = mask.float()
+        return ((values * mask).sum(-1) / mask.sum(-1)).numpy()
+
+    in_canary, out_canary = keep & outlier, ~keep & outlier
+    in_acc, out_acc = mean_over(in_canary, correct), mean_over(out_canary, correct)
+    return {"epoch": population.checkpoint_epochs.numpy().astype(float),
+            "fit": mean_over(keep & ~outlier, correct), "memorization": in_acc - out_acc,
+            "in_acc": in_acc, "out_acc": out_acc,
+            "loss_gap": mean_over(out_canary, loss) - mean_over(in_canary, loss)}
+
+
+def first_crossing(fit: np.ndarray, values: np.ndarray, level: float) -> tuple[float, float]:
+    """Where one curve first reaches ``level`` of fit: (value there, position there), both by linear
+    interpolation between the two evaluations around the crossing; ``values`` may be the positions themselves
+    (epochs). NaN, NaN if the curve never reaches ``level``.
+
+    Args:
+        fit: (E,) fit at each evaluation (need not be monotone: the *first* crossing is read).
+        values: (E,) the measurement at the same evaluations.
+    """
+    fit, values = np.asarray(fit, dtype=float), np.asarray(values, dtype=float)
+    reached = np.flatnonzero(fit >= level)
+    if reached.size == 0:
+        return float("nan"), float("nan")
+    j = int(reached[0])
+    if j == 0 or fit[j] == level:
+        return float(values[j]), float(j)
+    weight = (level - fit[j - 1]) / (fit[j] - fit[j - 1])
+    return float(values[j - 1] + weight * (values[j] - values[j - 1])), float(j - 1 + weight)
+
+
+def crossing_positions(fit: np.ndarray, level: float) -> np.ndarray:
+    """Fractional checkpoint index (T,) where each model's fit (E, T) first reaches ``level`` (linear between
+    the two checkpoints around it); NaN for a model that never reaches it."""
+    return np.array([first_crossing(fit[:, t], np.arange(fit.shape[0]), level)[1] for t in range(fit.shape[1])])
+
+
+def at_positions(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``values`` (E, T, ...) read for each model t at fractional checkpoint index ``positions[t]`` (linear
+    interpolation; NaN position gives NaN). Returns (T, ...)."""
+    values = np.asarray(values, dtype=float)
+    out = np.full(values.shape[1:], np.nan)
+    for t, position in enumerate(positions):
+        if np.isfinite(position):
+            low = int(np.floor(position))
+            high = min(low + 1, values.shape[0] - 1)
+            out[t] = values[low, t] + (position - low) * (values[high, t] - values[low, t])
+    return out
+
+
+def signed_scores(population, positions: np.ndarray | None = None, score: str = "hard") -> np.ndarray:
+    """Per (model, example): +2 s if the example trained the model, -2 s if not, where s is the hit (``hard``)
+    or the probability of the trained label (``soft``), read at the last checkpoint or, per model, at
+    ``positions`` (fractional checkpoint indices). Shape (T, N).
+
+    Why this form: with a keep mask balanced per example (every example IN for half of the models) and per
+    model (every model IN on half of each group), the mean of these values over a group of examples and all
+    models is both the mean Feldman-Zhang score of the group and the mean over models of acc(IN) - acc(OUT):
+    one statistic, whose replicates are the models (and examples), ready for ``verdict.cluster_bootstrap_*``.
+    """
+    logits = population.checkpoint_logits.float()  # (E, T, N, C)
+    if score == "hard":
+        values = (logits.argmax(-1) == population.labels).float().numpy()
+    elif score == "soft":
+        values = true_label_probability(logits, population.labels).numpy()
+    else:
+        raise ValueError(f"Parameter 'score' got {score!r}; allowed values: 'hard', 'soft'.")
+    read = values[-1] if positions is None else at_positions(values, positions)  # (T, N)
+    return 2.0 * np.where(population.keep.numpy(), read, -read)
+
+
+def stack_pools(blocks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Models of independent pools as one (sum T, sum N) array, each pool's models holding values only in
+    its own examples' columns (NaN elsewhere), and the (sum T,) pool label of each model."""
+    rows, columns = sum(b.shape[0] for b in blocks), sum(b.shape[1] for b in blocks)
+    stacked, labels = np.full((rows, columns), np.nan), np.zeros(rows, dtype=int)
+    row = column = 0
+    for p, block in enumerate(blocks):
+        stacked[row:row + block.shape[0], column:column + block.shape[1]] = block
+        labels[row:row + block.shape[0]] = p
+        row, column = row + block.shape[0], column + block.shape[1]
+    return stacked, labels
+
+
+def read_at_level(curves: dict[str, np.ndarray], level: float, key: str = "memorization") -> dict[str, np.ndarray]:
+    """Each model's ``key`` and epoch where its own fit first crosses ``level`` (see :func:`first_crossing`).
+
+    Args:
+        curves: from :func:`zoo_canary_curves`, arrays (E, T).
+    Returns:
+        ``value``, ``epoch`` and ``position`` (fractional checkpoint index), each (T,), NaN where a model never
+        reaches the level.
+    """
+    positions = crossing_positions(curves["fit"], level)
+    epochs = np.broadcast_to(curves["epoch"][:, None], curves["fit"].shape)
+    return {"value": at_positions(curves[key], positions), "epoch": at_positions(epochs, positions),
+            "position": positions}
+
+
+def common_top_level(fits: Sequence[np.ndarray], step: float = 0.005) -> float:
+    """The highest fit level that every model of every population reaches, rounded down to ``step``.
+
+    Args:
+        fits: arrays (E, T) of fit per checkpoint and model (one per norm and pool).
+    """
+    reached = min(float(np.nanmax(fit, axis=0).min()) for fit in fits)
+    return round(float(np.floor(reached / step + 1e-9) * step), 10)
+
+
+def fit_levels_below(top: float, fractions: Sequence[float] = (0.9, 0.95, 1.0)) -> tuple[float, ...]:
+    """Fit levels by a stated rule: fixed fractions of ``top`` (the highest level every model reaches)."""
+    return tuple(round(top * f, 4) for f in fractions)

@@ -214,3 +214,80 @@ def test_check_norms_and_describe_difference(smoke_cfg):
     assert "not significant" in memorization.describe_difference({"mean": 0.1, "ci95": [-1, 1], "n": 3}, 0.4, "t")
     assert "not measurable" in memorization.describe_difference({"mean": np.nan, "ci95": [np.nan] * 2, "n": 0},
                                                                 np.nan, "t")
+
+
+# ----------------------------------------------------------------------------- per-model memorization of a zoo
+
+def _balanced_population(n_pairs=3, n_inliers=8, n_outliers=6, epochs=4, classes=3, seed=0):
+    """A fake zoo: complementary pairs, each model IN on exactly half of the inliers and half of the outliers."""
+    from types import SimpleNamespace
+
+    generator = torch.Generator().manual_seed(seed)
+    n = n_inliers + n_outliers
+    is_outlier = torch.arange(n) >= n_inliers
+    keep = []
+    for _ in range(n_pairs):
+        half = torch.zeros(n, dtype=torch.bool)
+        for group in (torch.nonzero(~is_outlier).squeeze(1), torch.nonzero(is_outlier).squeeze(1)):
+            half[group[torch.randperm(len(group), generator=generator)[: len(group) // 2]]] = True
+        keep += [half, ~half]
+    keep = torch.stack(keep)
+    labels = torch.randint(0, classes, (n,), generator=generator)
+    logits = torch.randn(epochs, len(keep), n, classes, generator=generator)
+    return SimpleNamespace(checkpoint_logits=logits, labels=labels, keep=keep, is_outlier=is_outlier,
+                           checkpoint_epochs=torch.arange(1, epochs + 1, dtype=torch.float32))
+
+
+def test_signed_scores_mean_is_the_feldman_zhang_mean_and_the_per_model_canary_memorization():
+    population = _balanced_population()
+    signed = memorization.signed_scores(population)  # (T, N)
+    outliers = population.is_outlier.numpy()
+    fz = memorization.subsampled_memorization(population.checkpoint_logits[-1], population.labels, population.keep)
+    curves = memorization.zoo_canary_curves(population)
+    assert np.isclose(signed[:, outliers].mean(), float(fz["hard"][population.is_outlier].mean()))
+    assert np.isclose(signed[:, outliers].mean(), curves["memorization"][-1].mean())
+    soft = memorization.signed_scores(population, score="soft")
+    assert np.isclose(soft[:, ~outliers].mean(), float(fz["soft"][~population.is_outlier].mean()))
+    with pytest.raises(ValueError, match="'score'"):
+        memorization.signed_scores(population, score="medium")
+
+
+def test_zoo_canary_curves_against_a_loop():
+    population = _balanced_population(seed=3)
+    curves = memorization.zoo_canary_curves(population)
+    for e in range(population.checkpoint_logits.shape[0]):
+        for t in range(population.keep.shape[0]):
+            hits = population.checkpoint_logits[e, t].argmax(-1) == population.labels
+            keep, outlier = population.keep[t], population.is_outlier
+            fit = hits[keep & ~outlier].float().mean()
+            mem = hits[keep & outlier].float().mean() - hits[~keep & outlier].float().mean()
+            assert np.isclose(curves["fit"][e, t], float(fit)) and np.isclose(curves["memorization"][e, t], float(mem))
+
+
+def test_first_crossing_reads_the_first_actual_crossing_of_a_non_monotone_curve():
+    fit = np.array([0.5, 0.8, 0.7, 0.9])
+    values = np.array([0.0, 1.0, 5.0, 2.0])
+    value, position = memorization.first_crossing(fit, values, 0.75)
+    assert np.isclose(position, 0.25 / 0.3) and np.isclose(value, 0.25 / 0.3)
+    # after the dip the curve crosses 0.85 only between the last two evaluations
+    value, position = memorization.first_crossing(fit, values, 0.85)
+    assert np.isclose(position, 2.75) and np.isclose(value, 5.0 + 0.75 * (2.0 - 5.0))
+    assert np.isnan(memorization.first_crossing(fit, values, 0.95)[0])
+
+
+def test_read_at_level_and_positions_per_model():
+    curves = {"epoch": np.array([2.0, 4.0, 6.0]), "fit": np.array([[0.1, 0.5], [0.5, 0.6], [0.9, 0.7]]),
+              "memorization": np.array([[0.0, 0.0], [0.4, 0.2], [0.8, 0.6]])}
+    read = memorization.read_at_level(curves, 0.7)
+    np.testing.assert_allclose(read["position"], [1.5, 2.0])
+    np.testing.assert_allclose(read["epoch"], [5.0, 6.0])
+    np.testing.assert_allclose(read["value"], [0.6, 0.6])
+    assert np.isnan(memorization.read_at_level(curves, 0.95)["value"]).all()
+    assert memorization.common_top_level([curves["fit"]]) == 0.7
+    assert memorization.fit_levels_below(0.8) == (0.72, 0.76, 0.8)
+
+
+def test_stack_pools_keeps_each_pools_models_in_its_own_columns():
+    stacked, pools = memorization.stack_pools([np.ones((2, 3)), 2 * np.ones((1, 2))])
+    assert stacked.shape == (3, 5) and list(pools) == [0, 0, 1]
+    assert np.isnan(stacked[:2, 3:]).all() and np.isnan(stacked[2, :3]).all() and (stacked[2, 3:] == 2).all()
