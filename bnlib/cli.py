@@ -4,6 +4,7 @@
     python -m bnlib book [--profile quick] [--force] [--strict]
     python -m bnlib report [--json]
     python -m bnlib params memorization
+    python -m bnlib zoo --profile paper [-p NAME VALUE ...] [--engine dask --address tcp://host:8786]
 """
 
 from __future__ import annotations
@@ -31,6 +32,21 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="print JSON (stable shape, see bnlib.report)")
     params = commands.add_parser("params", help="list a chapter's papermill parameters and defaults")
     params.add_argument("chapter")
+    zoo_cmd = commands.add_parser("zoo", help="train the model zoo of every norm into the cache (here or on a cluster)")
+    zoo_cmd.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick")
+    zoo_cmd.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                         help="an experiment parameter, as the chapters take it (repeatable)")
+    zoo_cmd.add_argument("--engine", choices=("local", "dask"), default="local",
+                         help="local: this machine (parameter 'workers'); dask: a Dask cluster (bnlib.engine)")
+    zoo_cmd.add_argument("--address", help="dask: scheduler address (tcp://host:8786) or scheduler file (*.json); "
+                         "omitted = a local cluster, unless --jobqueue")
+    zoo_cmd.add_argument("--jobqueue", choices=("slurm", "pbs"), help="dask: start workers as batch jobs")
+    zoo_cmd.add_argument("--jobs", type=int, default=1, help="dask --jobqueue: number of batch jobs")
+    zoo_cmd.add_argument("--gpus-per-job", type=int, default=1, help="dask --jobqueue: GPUs (= workers) per job")
+    zoo_cmd.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
+                         help="dask: one vmap group per task, placed on a worker with a free GPU resource "
+                              "(default: on for the paper profile)")
+    zoo_cmd.add_argument("--retries", type=int, default=3, help="dask: retries of a task that raised")
     return parser
 
 
@@ -54,10 +70,32 @@ def main(argv: list[str] | None = None) -> int:
             document = book.resolve_chapter(args.chapter)
             for name, spec in book.declared_parameters(document).items():
                 print(f"{name:16s} {spec['default']:>24s}  {spec.get('help', '')}")
+        elif args.command == "zoo":
+            _zoo(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _zoo(args: argparse.Namespace) -> None:
+    from . import config, zoo
+
+    cfg = config.load(args.profile, **dict(args.parameter))
+    if args.engine == "local":
+        for norm in cfg.norms:
+            zoo.train_zoo(cfg, norm)
+    else:
+        from . import engine
+
+        client = engine.connect(args.address, jobqueue=args.jobqueue, jobs=args.jobs, gpus_per_job=args.gpus_per_job)
+        gpu = args.profile == "paper" if args.gpu is None else args.gpu
+        with client:
+            reports = engine.train_zoo(client, cfg, gpu=gpu, retries=args.retries)
+        print(f"trained {sum(len(r['trained']) for r in reports)} members in {len(reports)} tasks on "
+              f"{len({(r['host'], r['pid']) for r in reports})} workers")
+    for norm in cfg.norms:
+        print(f"zoo {norm}: {cfg.n_models} members complete in {zoo.zoo_entry(cfg, norm).folder}")
 
 
 if __name__ == "__main__":  # pragma: no cover

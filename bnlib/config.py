@@ -61,6 +61,9 @@ class ExperimentConfig:
     n_models: int = field(default=16, metadata={"positive": True, "doc": "model-zoo size T per norm"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"minimum": 0, "doc": "independent runs"})
     device: str = field(default="auto", metadata={"choices": DEVICES, "doc": "where to train"})
+    workers: int = field(
+        default=0, metadata={"minimum": 0, "doc": "zoo worker processes (0 = one per CPU core on a CPU, 1 on a GPU)"}
+    )
     allow_download: bool = field(
         default=False, metadata={"doc": "fetch missing datasets with torchvision (needs internet)"}
     )
@@ -68,7 +71,7 @@ class ExperimentConfig:
     # Values per profile; fields not named keep the defaults above. `quick` is the default profile.
     PROFILES: typing.ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_train=256, n_test=256, n_canaries=16, epochs=2, batch_size=32, width=8,
-                      n_models=4, seeds=(0, 1)),
+                      n_models=4, seeds=(0, 1), workers=1),
         "quick": dict(),
         "paper": dict(n_train=60000, n_test=10000, n_canaries=500, epochs=30, batch_size=128,
                       arch="resnet", width=64, n_models=64, seeds=(0, 1, 2, 3, 4),
@@ -76,7 +79,8 @@ class ExperimentConfig:
     }
 
     # Fields that never change a trained model (which norms/seeds a chapter loops over, where it runs).
-    NOT_IN_RESULTS: typing.ClassVar[tuple[str, ...]] = ("profile", "norms", "seeds", "device", "allow_download")
+    NOT_IN_RESULTS: typing.ClassVar[tuple[str, ...]] = ("profile", "norms", "seeds", "device", "allow_download",
+                                                        "workers")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -387,12 +387,24 @@ def normalize(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- membership
 
 def balanced_keep_mask(n_models: int, n_examples: int, seed: int) -> torch.Tensor:
-    """(n_models, n_examples) bool mask; every example is IN for exactly n_models // 2 models.
+    """(n_models, n_examples) bool mask of complementary pairs: model 2k+1 keeps what model 2k leaves out.
 
-    As in LiRA's reference code: for each example, a random permutation of the models picks its IN half.
+    Model 2k keeps a random ``n_examples // 2`` of the examples (its own permutation, drawn from
+    ``numpy.random.default_rng([20_000 + seed, k])``) and model 2k+1 the rest. Row t depends on
+    (seed, t) only, so the mask of a larger zoo extends that of a smaller one, row for row, and a grown
+    zoo reuses the members it has. Every prefix of even length is balanced: each example is IN for
+    exactly ``n_models // 2`` models (with an odd ``n_models`` the unpaired last row adds one more IN
+    to half of the examples). This replaces LiRA's reference scheme (a random permutation of the models
+    per example), which is balanced too but changes every row when ``n_models`` changes.
     """
     if n_models < 2:
         raise ValueError(f"Parameter 'n_models' must be >= 2 for a balanced keep mask; got {n_models}.")
-    generator = torch.Generator().manual_seed(20_000 + seed)
-    ranks = torch.rand(n_models, n_examples, generator=generator).argsort(dim=0).argsort(dim=0)
-    return ranks < n_models // 2
+    if n_examples < 2:
+        raise ValueError(f"Parameter 'n_examples' must be >= 2 for a balanced keep mask; got {n_examples}.")
+    rows = []
+    for pair in range((n_models + 1) // 2):
+        order = np.random.default_rng([20_000 + seed, pair]).permutation(n_examples)
+        first = torch.zeros(n_examples, dtype=torch.bool)
+        first[torch.from_numpy(order[:n_examples // 2])] = True
+        rows += [first, ~first]
+    return torch.stack(rows[:n_models])

@@ -1,16 +1,35 @@
 """The shared model zoo: T models per norm, each trained on a random half of one pool.
 
 The Feldman-Zhang memorization estimator (subset ratio 1/2) and LiRA's shadow models are the same
-population, so it is trained once per (configuration, norm), cached model by model (an interrupted run
-resumes), and read by the memorization, membership-inference and ablation chapters.
+population, so it is trained once per (configuration, norm) and read by the memorization,
+membership-inference and ablation chapters.
 
 Pool = the inlier training set + the K inserted canaries + the K held-out canaries of
 ``data.make_experiment_data(cfg, seed=cfg.seeds[0])``. ``keep[t, i]`` says whether pool example i was
-in model t's training set; every example is IN for exactly T/2 models.
+in model t's training set (``data.balanced_keep_mask``: complementary pairs, so every example is IN for
+exactly T/2 models when T is even).
+
+Members are tasks. Member t of (configuration, norm) is one cache entry ``model_{t}`` (a plain dict:
+keep row, state dict, logits, checkpoint logits), written atomically; the zoo is complete when every
+entry exists, and :func:`run_task` trains any missing ones in whatever process calls it: this one
+(``workers=1``), local worker processes (``workers`` > 1; 0 = one per CPU core), or a Dask cluster
+(:mod:`bnlib.engine`). ``n_models`` is not part of the cache key and row t of the keep mask does not
+depend on it, so growing a zoo from T to 2T trains only the T new members.
+
+Bit-identity: a CPU model's weights depend on the number of intra-op threads (float reductions are
+split differently: 1 vs 2 threads differ by up to 3e-2 in a weight after one quick epoch, measured),
+so every member trains with ONE thread, whoever runs it: the sequential loop, a local worker and a
+cluster worker give the same bits (``tests/test_zoo_tasks.py``). On one CPU core a quick model trains
+as fast with one thread as with two; the cores go to parallel members instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +97,21 @@ def checkpoint_epochs(epochs: int, count: int = 6) -> list[int]:
 
 
 def zoo_config(cfg, norm: str) -> dict:
-    return {**cfg.result_key(), "norm": norm, "data_seed": cfg.seeds[0]}
+    """What decides member t's model: not ``n_models`` (row t of the keep mask is the same in any zoo)."""
+    return {**cfg.result_key("n_models"), "norm": norm, "data_seed": cfg.seeds[0]}
+
+
+def zoo_entry(cfg, norm: str) -> results.Entry:
+    return results.Entry("zoo", zoo_config(cfg, norm), code=results.code_of("zoo"))
+
+
+def member_name(t: int) -> str:
+    return f"model_{t}"
+
+
+def member_seed(t: int) -> int:
+    """Seed of member t's initialization and of its batch order."""
+    return 1000 + t
 
 
 def zoo_inputs(cfg) -> tuple[data_lib.ExperimentData, torch.Tensor, torch.Tensor]:
@@ -87,56 +120,178 @@ def zoo_inputs(cfg) -> tuple[data_lib.ExperimentData, torch.Tensor, torch.Tensor
     return experiment, experiment.standardize(experiment.pool_x), experiment.standardize(experiment.test_x)
 
 
+@functools.lru_cache(maxsize=1)
+def _worker_inputs(cfg) -> tuple[data_lib.ExperimentData, torch.Tensor, torch.Tensor]:
+    # a worker process runs many tasks of one zoo: draw its data once (one zoo's worth of memory)
+    return zoo_inputs(cfg)
+
+
+def missing_members(cfg, norm: str) -> list[int]:
+    """Members 0..n_models-1 of (cfg, norm) without a cache entry yet."""
+    entry = zoo_entry(cfg, norm)
+    return [t for t in range(cfg.n_models) if not entry.has(member_name(t))]
+
+
+def member_groups(members: Sequence[int], device: torch.device | str) -> list[tuple[int, ...]]:
+    """Split members into tasks: one member per task on a CPU, up to ``ensemble.MAX_CONCURRENT`` (one vmap
+    group, one GPU) on CUDA."""
+    size = 1 if ensemble.choose_path(device) == "sequential" else ensemble.MAX_CONCURRENT
+    members = list(members)
+    return [tuple(members[i:i + size]) for i in range(0, len(members), size)]
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the body with one intra-op thread (see the module docstring: the bits depend on it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_task(cfg, norm: str, members: Sequence[int], cache: str | None = None, inputs=None) -> dict:
+    """Train the members of (cfg, norm)'s zoo among ``members`` that have no cache entry; save each one.
+
+    The unit of work of every way of training a zoo. Idempotent: members already cached are skipped, so
+    a retried or duplicated task costs nothing but its check.
+
+    Args:
+        members: member indices (one on a CPU, one vmap group on CUDA; see :func:`member_groups`).
+        cache: the results folder to write into (sets ``$BNLIB_CACHE`` in this process; a cluster's
+            workers must all see it as one shared path); None = this process's ``results.cache_root()``.
+        inputs: ``zoo_inputs(cfg)`` when the caller has it; otherwise drawn once per process.
+
+    Returns:
+        ``{"trained": [member indices], "seconds": float, "host": str, "pid": int}``.
+    """
+    if cache is not None:
+        os.environ["BNLIB_CACHE"] = str(cache)
+    started = time.perf_counter()
+    entry = zoo_entry(cfg, norm)
+    todo = [int(t) for t in members if not entry.has(member_name(t))]
+    if todo:
+        experiment, pool_x, test_x = inputs if inputs is not None else _worker_inputs(cfg)
+        pool_y = experiment.pool_y
+        keep = data_lib.balanced_keep_mask(max(max(todo) + 1, 2), len(pool_y), seed=cfg.seeds[0])[todo]
+        spec = zoo_spec(cfg, norm, experiment, pool_x)
+        wanted = checkpoint_epochs(cfg.epochs)
+        device = train.resolve_device(cfg.device)
+        path = ensemble.choose_path(device)
+        with one_thread():
+            networks = []
+            for t in todo:
+                torch.manual_seed(member_seed(t))
+                networks.append(models.build(*spec).to(device))
+            pool_on_device = pool_x.to(device)
+            trained = ensemble.train_models(
+                networks, pool_on_device, pool_y, keep, [member_seed(t) for t in todo], epochs=cfg.epochs,
+                batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                schedule=cfg.schedule, snapshot_x=pool_on_device, snapshot_epochs=wanted, path=path,
+                progress=False)
+            pool_logits = ensemble.predict_all(trained.models, pool_on_device, path=path)  # (K, N, C)
+            test_logits = ensemble.predict_all(trained.models, test_x, path=path)  # (K, n_test, C)
+        for k, t in enumerate(todo):
+            entry.save(member_name(t), {
+                "keep": keep[k],  # (N,) bool
+                "state_dict": {name: v.cpu() for name, v in trained.models[k].state_dict().items()},
+                "logits": pool_logits[k],  # (N, C) float32
+                "test_logits": test_logits[k],  # (n_test, C) float32
+                "checkpoint_epochs": torch.tensor(wanted),  # (E,)
+                "checkpoint_logits": trained.snapshots[:, k],  # (E, N, C) float16
+            })
+    return {"trained": todo, "seconds": time.perf_counter() - started, "host": os.uname().nodename,
+            "pid": os.getpid()}
+
+
+def zoo_spec(cfg, norm: str, experiment: data_lib.ExperimentData, pool_x: torch.Tensor) -> tuple:
+    """Arguments of ``models.build`` for every member."""
+    return (cfg.arch, norm, pool_x.shape[1], pool_x.shape[-1], experiment.num_classes, cfg.width)
+
+
+def local_workers(cfg) -> int:
+    """Worker processes for ``cfg.workers``: 0 = one per available CPU core on a CPU, one on an accelerator."""
+    if cfg.workers:
+        return cfg.workers
+    if train.resolve_device(cfg.device).type != "cpu":
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def train_members_locally(cfg, norm: str, members: Sequence[int], inputs=None, progress: bool = True) -> None:
+    """Train ``members`` of (cfg, norm)'s zoo here: in this process (one worker) or in worker processes.
+
+    Worker processes are spawned (not forked: a forked child of a process that has run OpenMP code can
+    hang), run one thread each and write into this process's cache folder; each member is saved as soon
+    as it is done, so an interrupted run loses at most the members in flight.
+    """
+    from tqdm.auto import tqdm
+
+    device = train.resolve_device(cfg.device)
+    groups = member_groups(members, device)
+    workers = min(local_workers(cfg), len(groups))
+    bar = tqdm(total=len(members), desc=f"zoo {norm} ({cfg.n_models - len(members)} cached, {workers} workers)",
+               disable=not progress)
+    if workers <= 1:
+        for group in groups:
+            run_task(cfg, norm, group, inputs=inputs)
+            bar.update(len(group))
+    else:
+        import multiprocessing
+        from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+        cache = str(results.cache_root())
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker) as pool:
+            futures = {pool.submit(run_task, cfg, norm, group, cache): group for group in groups}
+            try:
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for future in done:
+                        future.result()  # re-raises a worker's error here
+                        bar.update(len(futures[future]))
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    bar.close()
+
+
 def train_zoo(cfg, norm: str, progress: bool = True) -> Zoo:
     """Train (or load from cache, resuming where a run stopped) the zoo of ``cfg.n_models`` for ``norm``.
 
-    Models are trained through :func:`bnlib.ensemble.train_models` on the faster path for the device
-    (one by one on a CPU, up to ``ensemble.MAX_CONCURRENT`` at once on CUDA) and saved as soon as they
-    are done, so an interrupted run loses at most one group.
+    Missing members are trained by :func:`train_members_locally` (``cfg.workers`` processes on a CPU;
+    on CUDA one process training vmap groups of up to ``ensemble.MAX_CONCURRENT``). Members trained
+    elsewhere (another process, a cluster: ``python -m bnlib zoo``) into the same cache are reused.
     """
-    entry = results.Entry("zoo", zoo_config(cfg, norm), code=results.code_of("zoo"))
-    experiment, pool_x, test_x = zoo_inputs(cfg)
-    pool_y = experiment.pool_y
-    keep = entry.get_or_compute(
-        "keep", lambda: data_lib.balanced_keep_mask(cfg.n_models, len(pool_y), seed=cfg.seeds[0]))
-    spec = (cfg.arch, norm, pool_x.shape[1], pool_x.shape[-1], experiment.num_classes, cfg.width)
-    wanted = checkpoint_epochs(cfg.epochs)
-    device = train.resolve_device(cfg.device)
-    path = ensemble.choose_path(device)
-    group_size = 1 if path == "sequential" else ensemble.MAX_CONCURRENT
-    todo = [t for t in range(cfg.n_models) if not entry.has(f"model_{t}")]
+    inputs = zoo_inputs(cfg)
+    todo = missing_members(cfg, norm)
     if todo:
-        from tqdm.auto import tqdm
+        train_members_locally(cfg, norm, todo, inputs=inputs, progress=progress)
+    return load_zoo(cfg, norm, inputs)
 
-        pool_on_device = pool_x.to(device)
-        bar = tqdm(total=len(todo), desc=f"zoo {norm} ({cfg.n_models - len(todo)} cached)", disable=not progress)
-        for start in range(0, len(todo), group_size):
-            group = todo[start:start + group_size]
-            networks = []
-            for t in group:
-                torch.manual_seed(1000 + t)
-                networks.append(models.build(*spec).to(device))
-            trained = ensemble.train_models(
-                networks, pool_on_device, pool_y, keep[group], [1000 + t for t in group], epochs=cfg.epochs,
-                batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                schedule=cfg.schedule, snapshot_x=pool_on_device, snapshot_epochs=wanted, path=path, progress=False)
-            pool_logits = ensemble.predict_all(trained.models, pool_on_device, path=path)  # (K, N, C)
-            test_logits = ensemble.predict_all(trained.models, test_x, path=path)  # (K, n_test, C)
-            for k, t in enumerate(group):
-                entry.save(f"model_{t}", {
-                    "state_dict": {name: v.cpu() for name, v in trained.models[k].state_dict().items()},
-                    "logits": pool_logits[k], "test_logits": test_logits[k],
-                    "checkpoint_logits": trained.snapshots[:, k],
-                })
-            bar.update(len(group))
-        bar.close()
 
-    stored = [entry.load(f"model_{t}") for t in range(cfg.n_models)]
+def load_zoo(cfg, norm: str, inputs=None) -> Zoo:
+    """The complete zoo of (cfg, norm) from its cache entries (an error names the missing members)."""
+    experiment, pool_x, _ = inputs if inputs is not None else zoo_inputs(cfg)
+    missing = missing_members(cfg, norm)
+    if missing:
+        raise FileNotFoundError(f"Zoo {norm!r} lacks members {missing} of {cfg.n_models}; train them with "
+                                "zoo.train_zoo or `python -m bnlib zoo`.")
+    entry = zoo_entry(cfg, norm)
+    stored = [entry.load(member_name(t)) for t in range(cfg.n_models)]
     return Zoo(
-        norm=norm, keep=keep, labels=pool_y, is_outlier=experiment.pool_is_outlier,
+        norm=norm, keep=torch.stack([s["keep"] for s in stored]), labels=experiment.pool_y,
+        is_outlier=experiment.pool_is_outlier,
         logits=torch.stack([s["logits"] for s in stored]),
-        checkpoint_epochs=torch.tensor(wanted, dtype=torch.float32),
+        checkpoint_epochs=stored[0]["checkpoint_epochs"].float(),
         checkpoint_logits=torch.stack([s["checkpoint_logits"] for s in stored], dim=1),
         test_logits=torch.stack([s["test_logits"] for s in stored]), test_labels=experiment.test_y,
-        entry=entry, arch_spec=spec,
+        entry=entry, arch_spec=zoo_spec(cfg, norm, experiment, pool_x),
     )
