@@ -555,9 +555,9 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
         two-sided bootstrap ``p_value`` (twice the smaller share of resampled differences on either side of
         0, at least 1/(B+1)), the bootstrap ``se`` and ``unit`` ("models": the targets).
     """
-    return _bootstrap_difference(float(np.nanmean(a[0]) - np.nanmean(b[0])),
-                                 _resampled_means(a[1], resamples) - _resampled_means(b[1], resamples),
-                                 int(np.sum(~np.isnan(a[0]) & ~np.isnan(b[0]))))
+    n = int(np.sum(~np.isnan(a[0]) & ~np.isnan(b[0])))
+    mean = float(np.nanmean(a[0]) - np.nanmean(b[0])) if n else float("nan")
+    return _bootstrap_difference(mean, _resampled_means(a[1], resamples) - _resampled_means(b[1], resamples), n)
 
 
 def _bootstrap_difference(mean: float, resampled: np.ndarray, n: int) -> dict[str, Any]:
@@ -622,7 +622,10 @@ def pooled_estimate(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, resa
 def pooled_interval(estimated: dict[str, Any], metric: str) -> dict[str, Any]:
     """A :func:`pooled_estimate`'s ``metric`` with its percentile 95% interval, shaped like
     :func:`bnlib.stats.mean_ci` (``n``: targets pooled)."""
-    low, high = np.nanquantile(estimated["resampled"][metric], [0.025, 0.975])
+    draws = estimated["resampled"][metric]
+    if estimated["n_targets"] == 0 or np.isnan(draws).all():
+        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "n": estimated["n_targets"]}
+    low, high = np.nanquantile(draws, [0.025, 0.975])
     return {"mean": float(estimated["point"][metric]), "ci95": [float(low), float(high)], "n": estimated["n_targets"]}
 
 
@@ -788,7 +791,8 @@ def pooled_at_fit_level(fit: dict[str, Any], keep: np.ndarray, mask: np.ndarray,
     """:func:`pooled_estimate` of the headline attack at inlier train accuracy ``level``: each target's
     scores (N,) read where its fit first crosses the level, interpolated between its two checkpoints
     around it (:func:`bnlib.stats.value_at_level` gives the fractional checkpoint index). Targets that
-    never reach the level get weight 0 in every resample and are left out of the point estimate.
+    never reach the level (or start above it: no crossing seen) get weight 0 in every resample and are
+    left out of the point estimate; if none reaches it, every metric is NaN and ``n_targets`` 0.
 
     Args:
         fit: ``measure(...)["fit"]``; keep: (T, N); mask: (N,) the subgroup.
@@ -797,8 +801,10 @@ def pooled_at_fit_level(fit: dict[str, Any], keep: np.ndarray, mask: np.ndarray,
     position = np.array([stats.value_at_level(accuracy[:, t], np.arange(len(accuracy)), level)
                          for t in range(accuracy.shape[1])])  # (T,) fractional checkpoint index
     reached = ~np.isnan(position)
-    if not reached.any():
-        raise ValueError(f"Parameter 'level' is {level!r}; no target reaches it (highest: {accuracy.max():.3f}).")
+    if not reached.any():  # nothing to read: NaN metrics, reported as not measurable
+        n_resamples = 0 if resamples is None else len(resamples.targets)
+        return {"point": dict.fromkeys(METRICS, float("nan")), "n_members": 0, "n_nonmembers": 0, "n_targets": 0,
+                **({} if resamples is None else {"resampled": {m: np.full(n_resamples, np.nan) for m in METRICS}})}
     lower = np.floor(np.where(reached, position, 0)).astype(int)
     upper = np.minimum(lower + 1, len(accuracy) - 1)
     targets = np.arange(accuracy.shape[1])

@@ -111,7 +111,9 @@ def common_top_level(runs: Mapping[str, Iterable[Sequence[float]]] | Iterable[Se
         runs: curves of a level along training (e.g. inlier train accuracy per checkpoint), either
             norm -> curves (every run of every norm counts) or one iterable of curves. NaNs are ignored.
     Returns:
-        The level; every run reaches it at one of its points, so :func:`value_at_level` is defined.
+        The level; every run reaches it at one of its points. A run whose *first* point already lies
+        above the level has no observed crossing, and :func:`value_at_level` gives NaN for it (e.g. a
+        fast BN run at its first checkpoint vs a slow run's top): callers report such runs as missing.
     """
     curves = [c for group in runs.values() for c in group] if isinstance(runs, Mapping) else list(runs)
     if not curves:

@@ -401,8 +401,8 @@ def test_pooled_at_fit_level_interpolates_each_target_at_its_crossing():
     out = mia.pooled_at_fit_level(fit, keep, np.ones(10, bool), 0.8, mia.Resamples.draw(4, 10, 20))
     assert out["n_targets"] == 3 and out["point"]["auc"] == 1.0  # members score > 0, non-members 0
     assert out["resampled"]["auc"].shape == (20,)
-    with pytest.raises(ValueError, match="'level'"):
-        mia.pooled_at_fit_level(fit, keep, np.ones(10, bool), 0.99)
+    nowhere = mia.pooled_at_fit_level(fit, keep, np.ones(10, bool), 0.99, mia.Resamples.draw(4, 10, 20))
+    assert nowhere["n_targets"] == 0 and math.isnan(mia.pooled_interval(nowhere, "auc")["mean"])
 
 
 def test_queries_use_only_the_augmentation_training_used():
