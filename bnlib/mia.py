@@ -857,8 +857,7 @@ def matched_fit_level(fits: dict[str, dict[str, Any]], requested: float = 0.0) -
                          "accuracy in (0, 1].")
     if requested > 0:
         return float(requested)
-    reached = min(float(np.max(fit["train_accuracy"], axis=0).min()) for fit in fits.values())
-    return float(np.floor(reached * 100) / 100)
+    return stats.common_top_level({norm: fit["train_accuracy"].T for norm, fit in fits.items()}, resolution=0.01)
 
 
 def _to_tensors(value: Any) -> Any:
