@@ -19,24 +19,41 @@ Attacks (:data:`ATTACKS`):
     lira_offline    -- LiRA with OUT shadows only; score = log P[Z_out < phi_target] (one-sided).
     *_global        -- the same with one variance for all examples (LiRA's "fixed variance": the
                        pooled within-example variance), which is what works with few shadows.
+    lira_reference_* -- the LiRA reference code's own formulas (:func:`lira_reference`), on the same
+                       signals and with all other models as shadows, reported beside ours.
     rmia_online     -- RMIA (Zarifzadeh et al. 2024): Pr(x|target) / Pr(x) compared with the same ratio
                        on population points z (the test set, a member of no model); score = fraction of
                        z that x dominates (gamma = 1). Pr(x) = mean of the IN and OUT shadows' means.
     rmia_offline    -- RMIA with OUT shadows only: Pr(x) = ((1 + a) Pr_out(x) + (1 - a)) / 2.
 
-Three departures from common practice, each checked by a test:
+Our LiRA departs from the reference code (tensorflow/privacy, research/mi_lira_2021/plot.py,
+``generate_ours`` and ``generate_ours_offline``, ported exactly as :func:`lira_reference`) in these ways:
+    * Means of the IN and OUT shadows' phi, not medians; unbiased (ddof=1) per-example variances, not
+      ``np.std`` (ddof=0); a floor ``MIN_STD`` on every standard deviation, not ``+ 1e-30``.
+    * "Fixed variance": the reference takes ``np.std`` of *all* IN scores (examples and shadows
+      together, so the spread between examples enters it) for both Gaussians, online; here it is the
+      pooled within-example variance, one for IN and one for OUT.
+    * Offline: the reference scores -log N(phi; OUT), two-sided (an example far from its OUT
+      distribution in either direction looks like a member); ours is log P[Z_out < phi], one-sided (a
+      member is fitted *better* than the OUT models fit it).
     * Leave-one-out shadows are balanced per example and target (:func:`balanced_shadows`): with the
       target left out, the remaining models hold one IN model fewer exactly when the answer is IN,
-      which biases LiRA's score against members under the null.
-    * LiRA's "fixed variance" in the reference code is the standard deviation of *all* IN scores, which
-      mixes the spread between examples into it; here it is the pooled within-example variance.
+      which biases LiRA's score against members under the null. The reference truncates every
+      example's IN (OUT) shadows to the smallest count over examples, in model order, so it drops the
+      *last* model of the larger side: balanced too, but by a fixed model.
+    * The reference queries with the augmentations its training used (flips and shifts); we query
+      only with what our training uses, which is none (:data:`TRAINING_AUGMENT`): a flipped canary
+      is an image no model trained on.
     * TPR at a fixed FPR is read from ``roc_curve(..., drop_intermediate=False)``: the default drops
       collinear points, sometimes the one that holds the answer.
 
 Metrics come from scikit-learn's ``roc_curve``: AUC, TPR at a fixed low FPR (the largest TPR whose
-FPR does not exceed it, so with fewer than 1/FPR negatives it is the TPR at zero false positives), and
-balanced accuracy (the best threshold's accuracy on balanced classes, as in LiRA's paper); per target,
-averaged over targets, with intervals from a bootstrap over targets and examples (:class:`Resamples`).
+FPR does not exceed it: with n negatives, a TPR at FPR f allows floor(f n) false positives, so with
+fewer than 1/f negatives it is the TPR at zero false positives), and balanced accuracy (the best
+threshold's accuracy on balanced classes, as in LiRA's paper). Two ways: per target, averaged over
+targets (:func:`estimate`), and from the ROC of all targets' scores pooled (:func:`pooled_estimate`),
+as the reference's plotting code does, which is what the literature's low-FPR numbers are; intervals
+from a bootstrap over targets and examples (:class:`Resamples`).
 """
 
 from __future__ import annotations
@@ -48,14 +65,17 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import special
+from scipy import stats as scipy_stats
 from sklearn.metrics import auc, roc_curve
 
 from . import ensemble, memorization, results, stats, train
 from . import zoo as zoo_lib
 
 ATTACKS = ("loss", "confidence", "lira_online", "lira_offline", "lira_online_global", "lira_offline_global",
-           "rmia_online", "rmia_offline")
+           "rmia_online", "rmia_offline", "lira_reference_online", "lira_reference_offline",
+           "lira_reference_online_global", "lira_reference_offline_global")
 AUGMENTS = ("none", "flip", "flip_shift")
+TRAINING_AUGMENT = "none"  # bnlib.train applies no data augmentation; queries must use the same views
 LOW_FPRS = (0.001, 0.01)
 MIN_STD = 1e-3  # floor of a Gaussian's standard deviation (logits stored as float16 can tie exactly)
 RMIA_OFFLINE_A = 0.3  # ML Privacy Meter's default for the offline approximation of Pr(x)
@@ -68,7 +88,7 @@ class ChapterParams:
     attack: str = field(default="lira_online_global", metadata={
         "choices": ATTACKS[:6], "doc": "the attack behind the headline numbers and the fit curves"})
     query_augment: str = field(default="none", metadata={
-        "choices": AUGMENTS, "doc": "queries averaged per example: none, +flip, +flip and 4 shifts"})
+        "choices": AUGMENTS, "doc": "queries averaged per example: only what training used (none)"})
     matched_fit_level: float = field(default=0.0, metadata={
         "minimum": 0.0, "doc": "inlier train accuracy at which norms are compared; 0 = highest every model reaches"})
     long_schedule_factor: int = field(default=0, metadata={
@@ -79,14 +99,19 @@ class ChapterParams:
     PROFILES: typing.ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(n_bootstrap=200),
         "quick": dict(),
-        "paper": dict(query_augment="flip"),
+        "paper": dict(),
     }
 
 
-def check_config(cfg) -> None:
-    """Fail fast unless the zoo can be attacked leave-one-out and both arms (BN, no norm) are present."""
+def check_config(cfg, params: ChapterParams | None = None) -> None:
+    """Fail fast unless the zoo can be attacked leave-one-out, both arms (BN, no norm) are present and the
+    queries use only the augmentations training used."""
     memorization.check_norms(cfg)
     check_zoo_size(cfg.n_models)
+    if params is not None and params.query_augment != TRAINING_AUGMENT:
+        raise ValueError(f"Parameter 'query_augment' is {params.query_augment!r}; allowed: {TRAINING_AUGMENT!r}, the "
+                         "augmentation training used (bnlib.train trains on the images as they are). Querying a "
+                         "flipped or shifted canary asks about an image no model trained on.")
 
 
 def check_zoo_size(n_models: int) -> None:
@@ -227,6 +252,54 @@ def lira_score(target_signal: np.ndarray, fit: GaussianFit, online: bool) -> np.
     return ratio.mean(-1)
 
 
+def _first_shadows(mask: np.ndarray, size: int, shadow_scores: np.ndarray) -> np.ndarray:
+    """(N, size, A): for each example, the scores of the first ``size`` models of mask (T, N), in model
+    order (the reference's ``scores[keep[:, j], j, :][:size]``)."""
+    order = np.argsort(~mask, axis=0, kind="stable")[:size]  # (size, N): the masked models first, in order
+    return shadow_scores[order, np.arange(mask.shape[1])].transpose(1, 0, 2)
+
+
+def lira_reference(keep: np.ndarray, shadow_scores: np.ndarray, target_scores: np.ndarray, online: bool,
+                   fix_variance: bool) -> np.ndarray:
+    """LiRA exactly as the reference code computes it (tensorflow/privacy research/mi_lira_2021/plot.py,
+    ``generate_ours`` / ``generate_ours_offline``), vectorized; higher = member.
+
+    Per example, the IN (OUT) shadows' scores are cut to the smallest IN (OUT) count over examples, first
+    models first; means are medians; standard deviations ``np.std`` (ddof=0) per example, or, with
+    ``fix_variance``, one ``np.std`` over all kept IN scores (online: for *both* Gaussians, as the
+    reference does) or all OUT scores (offline); ``+ 1e-30`` guards a zero. Online score: log N(s; IN) -
+    log N(s; OUT); offline: -log N(s; OUT) (two-sided); each averaged over augmentations. (The reference
+    returns the negation and sorts with ``roc_curve(answers, -prediction)``; we return what it ranks by.)
+
+    Args:
+        keep: (T, N) bool, shadow t trained on example n; every example needs an IN (online) and an OUT shadow.
+        shadow_scores: (T, N, A) logit-scaled confidences of the shadows.
+        target_scores: (M, N, A) the same for M target models.
+    Returns:
+        (M, N) membership scores.
+    """
+    keep = np.asarray(keep, dtype=bool)
+    if keep.ndim != 2 or shadow_scores.shape[:2] != keep.shape or target_scores.shape[1:] != shadow_scores.shape[1:]:
+        raise ValueError(f"Parameters 'keep' {keep.shape}, 'shadow_scores' {shadow_scores.shape} and 'target_scores' "
+                         f"{target_scores.shape} must be (T, N), (T, N, A) and (M, N, A).")
+    in_size, out_size = int(keep.sum(0).min()), int((~keep).sum(0).min())
+    if out_size == 0 or (online and in_size == 0):
+        raise ValueError("Parameter 'keep' leaves an example without IN or OUT shadows; the reference needs both.")
+    dat_out = _first_shadows(~keep, out_size, shadow_scores)  # (N, out_size, A)
+    mean_out = np.median(dat_out, 1)  # (N, A)
+    if not online:
+        std_out = np.std(dat_out) if fix_variance else np.std(dat_out, 1)
+        return -scipy_stats.norm.logpdf(target_scores, mean_out, std_out + 1e-30).mean(-1)
+    dat_in = _first_shadows(keep, in_size, shadow_scores)
+    mean_in = np.median(dat_in, 1)
+    if fix_variance:
+        std_in = std_out = np.std(dat_in)  # the reference's std_out = np.std(dat_in), kept as it is
+    else:
+        std_in, std_out = np.std(dat_in, 1), np.std(dat_out, 1)
+    return (scipy_stats.norm.logpdf(target_scores, mean_in, std_in + 1e-30)
+            - scipy_stats.norm.logpdf(target_scores, mean_out, std_out + 1e-30)).mean(-1)
+
+
 # ----------------------------------------------------------------------------- RMIA
 
 def _log_mean_exp(log_values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -274,10 +347,10 @@ def balanced_shadows(keep: np.ndarray, target: int) -> tuple[np.ndarray, np.ndar
 
     With a balanced keep mask the other T-1 models hold one IN model fewer exactly when the target is
     IN. Left as it is, that leaks the answer: a mean of fewer values lies farther from a fresh draw,
-    so under the null (no information) LiRA's score is *lower* for members (AUC 0.42 at T=4, 0.47 at
-    T=8, 0.49 at T=16 in a pure-noise simulation). So one model of the larger side is dropped, chosen
-    at random (seeded by the target): dropping a fixed one (say the first) would leak again through
-    whatever sets that model apart from the others.
+    so under the null (no information) LiRA's score is *lower* for members (:func:`null_leave_one_out_auc`
+    measures how much; the membership-inference chapter runs it at its T). So one model of the larger
+    side is dropped, chosen at random (seeded by the target): dropping a fixed one (say the first) would
+    leak again through whatever sets that model apart from the others.
     """
     n_models = keep.shape[0]
     if not (keep.sum(0) == n_models // 2).all() or n_models % 2:
@@ -305,7 +378,11 @@ def attack_scores(signals: Signals, attack: str) -> np.ndarray:
     models = np.arange(n_models)[:, None]
     for target in range(n_models):
         in_mask, out_mask = balanced_shadows(signals.keep, target)
-        if attack.startswith("lira"):
+        if attack.startswith("lira_reference"):  # the reference's own shadows: every other model
+            others = np.arange(n_models) != target
+            scores[target] = lira_reference(signals.keep[others], signals.phi[others], signals.phi[target][None],
+                                            online="online" in attack, fix_variance=attack.endswith("global"))[0]
+        elif attack.startswith("lira"):
             others = models != target  # the pooled variance may use every other model (pooled over examples)
             pooled = pooled_std(signals.phi, signals.keep & others, ~signals.keep & others)
             fit = fit_gaussians(signals.phi, in_mask, out_mask, "global" if attack.endswith("global") else
@@ -317,6 +394,29 @@ def attack_scores(signals: Signals, attack: str) -> np.ndarray:
                                         signals.population_log_p[target], signals.population_log_p,
                                         population_shadows, online=attack == "rmia_online")
     return scores
+
+
+def null_leave_one_out_auc(n_models: int, n_examples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean AUC over targets of leave-one-out ``lira_online_global`` on pure noise (no membership signal):
+    with every other model as a shadow (``all_others``) and with :func:`balanced_shadows` (``balanced``).
+
+    phi = example effect N(0, 2^2) + noise N(0, 1) per model; a balanced keep mask. Chance is 0.5; with all
+    other models as shadows the target's own answer changes how many IN shadows there are, which shows.
+    """
+    check_zoo_size(n_models)
+    rng = np.random.default_rng(seed)
+    keep = (rng.random((n_models, n_examples)).argsort(0).argsort(0) < n_models // 2)  # balanced (T, N)
+    phi = (rng.normal(0, 2, n_examples) + rng.normal(0, 1, (n_models, n_examples)))[..., None]  # (T, N, 1)
+    models = np.arange(n_models)[:, None]
+    aucs: dict[str, list[float]] = {"all_others": [], "balanced": []}
+    for target in range(n_models):
+        others = models != target
+        pooled = pooled_std(phi, keep & others, ~keep & others)
+        for name, (in_mask, out_mask) in (("all_others", (keep & others, ~keep & others)),
+                                          ("balanced", balanced_shadows(keep, target))):
+            fit = fit_gaussians(phi, in_mask, out_mask, "global", pooled)
+            aucs[name].append(roc_metrics(lira_score(phi[target], fit, online=True), keep[target])["auc"])
+    return {name: float(np.mean(values)) for name, values in aucs.items()}
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -374,10 +474,10 @@ class Resamples:
     """A two-way ("pigeonhole") bootstrap: targets and examples resampled independently.
 
     Targets share their examples (and, leave-one-out, their shadows), so their metrics are correlated
-    and resampling targets alone gives intervals that are too narrow: in a pure-noise simulation at
-    T = 16, 95% intervals over targets covered the null AUC 0.5 in only about three cases in four.
-    Resampling examples as well accounts for the shared examples (Owen 2007, crossed random effects);
-    it is conservative (the same simulation: 99-100% coverage).
+    and resampling targets alone gives intervals that are too narrow (``tests/test_verdict.py`` shows a
+    models-only bootstrap covering too rarely on a synthetic models x examples population). Resampling
+    examples as well accounts for the shared examples (Owen 2007, crossed random effects); it is
+    conservative when the (target, example) interaction is large.
 
     Attributes:
         targets: (B, T) target indices; weights: (B, n) multiplicity of each of a subgroup's n examples.
@@ -449,19 +549,26 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
     (point (T,), resampled (T, B)), with the same resamples for both.
 
     Returns:
-        ``mean``, ``ci95`` of the difference of means over targets, ``n`` targets with both values, and a
-        two-sided bootstrap ``p_value``
-        (twice the smaller share of resampled differences on either side of 0, at least 1/(B+1)).
+        ``mean``, ``ci95`` of the difference of means over targets, ``n`` targets with both values, a
+        two-sided bootstrap ``p_value`` (twice the smaller share of resampled differences on either side of
+        0, at least 1/(B+1)), the bootstrap ``se`` and ``unit`` ("models": the targets).
     """
-    diff = _resampled_means(a[1], resamples) - _resampled_means(b[1], resamples)
-    diff = diff[~np.isnan(diff)]
-    if diff.size == 0:
-        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "n": 0, "p_value": float("nan")}
+    n = int(np.sum(~np.isnan(a[0]) & ~np.isnan(b[0])))
+    mean = float(np.nanmean(a[0]) - np.nanmean(b[0])) if n else float("nan")
+    return _bootstrap_difference(mean, _resampled_means(a[1], resamples) - _resampled_means(b[1], resamples), n)
+
+
+def _bootstrap_difference(mean: float, resampled: np.ndarray, n: int) -> dict[str, Any]:
+    """Interval, two-sided p-value and SE of a difference from its (B,) resampled values (NaN dropped)."""
+    diff = resampled[~np.isnan(resampled)]
+    if diff.size < 2 or n == 0:
+        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "n": 0, "p_value": float("nan"),
+                "se": float("nan"), "unit": "models"}
     low, high = np.quantile(diff, [0.025, 0.975])
     tail = min(np.sum(diff <= 0), np.sum(diff >= 0))
-    return {"mean": float(np.nanmean(a[0]) - np.nanmean(b[0])), "ci95": [float(low), float(high)],
-            "n": int(np.sum(~np.isnan(a[0]) & ~np.isnan(b[0]))),
-            "p_value": float(min(1.0, (1 + 2 * tail) / (1 + diff.size)))}
+    return {"mean": mean, "ci95": [float(low), float(high)], "n": n,
+            "p_value": float(min(1.0, (1 + 2 * tail) / (1 + diff.size))), "se": float(diff.std(ddof=1)),
+            "unit": "models"}
 
 
 def direction(difference: dict[str, Any], alpha: float = 0.05) -> str:
@@ -477,6 +584,54 @@ def pooled_roc(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray) -> tuple[
     """ROC (fpr, tpr) of all targets' scores on the examples of ``mask`` taken together (for plots)."""
     fpr, tpr, _ = roc_curve(keep[:, mask].ravel(), scores[:, mask].ravel())
     return fpr, tpr
+
+
+def pooled_estimate(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, resamples: Resamples | None = None,
+                    chunk: int = 4_000_000) -> dict[str, Any]:
+    """The metrics of the ROC of all targets' scores pooled (as the LiRA reference's plots pool its
+    targets): the literature's TPR at low FPR, resolved down to 1 / (pooled non-members).
+
+    Args:
+        scores, keep: (T, N); mask: (N,) the subgroup; resamples: over the T targets and the mask's
+            examples; a resample pools target t's score on example n with multiplicity
+            (copies of t) x (copies of n).
+        chunk: the most (resample, score) pairs held at once.
+    Returns:
+        ``point``: metric -> float; ``resampled``: metric -> (B,) (absent without ``resamples``);
+        ``n_members``, ``n_nonmembers``: the pooled counts; ``n_targets``.
+    """
+    scores, keep = scores[:, mask], keep[:, mask]  # (T, n)
+    out: dict[str, Any] = {"point": roc_metrics(scores.ravel(), keep.ravel()), "n_members": int(keep.sum()),
+                           "n_nonmembers": int((~keep).sum()), "n_targets": int(len(scores))}
+    if resamples is not None:
+        n_targets, size = scores.shape[0], scores.size
+        # (B, T) copies of each target; index -1 marks a draw that counts for nothing
+        copies = np.stack([np.bincount(row[row >= 0], minlength=n_targets) for row in resamples.targets])
+        per_chunk = max(1, chunk // size)
+        parts = []
+        for start in range(0, len(copies), per_chunk):
+            weights = (copies[start:start + per_chunk, :, None]
+                       * resamples.weights[start:start + per_chunk, None, :]).reshape(-1, size)  # (b, T n)
+            parts.append(weighted_roc_metrics(scores.ravel(), keep.ravel(), weights))
+        out["resampled"] = {m: np.concatenate([part[m] for part in parts]) for m in METRICS}
+    return out
+
+
+def pooled_interval(estimated: dict[str, Any], metric: str) -> dict[str, Any]:
+    """A :func:`pooled_estimate`'s ``metric`` with its percentile 95% interval, shaped like
+    :func:`bnlib.stats.mean_ci` (``n``: targets pooled)."""
+    draws = estimated["resampled"][metric]
+    if estimated["n_targets"] == 0 or np.isnan(draws).all():
+        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "n": estimated["n_targets"]}
+    low, high = np.nanquantile(draws, [0.025, 0.975])
+    return {"mean": float(estimated["point"][metric]), "ci95": [float(low), float(high)], "n": estimated["n_targets"]}
+
+
+def pooled_difference(a: dict[str, Any], b: dict[str, Any], metric: str) -> dict[str, Any]:
+    """a - b of a pooled metric for two zoos with the same keep mask, examples and resamples (paired);
+    shaped like :func:`paired_difference`."""
+    return _bootstrap_difference(float(a["point"][metric] - b["point"][metric]),
+                                 a["resampled"][metric] - b["resampled"][metric], min(a["n_targets"], b["n_targets"]))
 
 
 # ----------------------------------------------------------------------------- querying a zoo
@@ -584,7 +739,10 @@ def measure(zoo: zoo_lib.Zoo, cfg, params: ChapterParams) -> dict[str, Any]:
             headline attack queried with train-mode BN, and ``train_mode_scores``: mode -> (T, N) (both
             None for zoos without BatchNorm: their answers do not depend on the mode);
         ``fit``: ``epochs`` (E,), ``train_accuracy`` (E, T) and group -> estimate with an (E, ...) axis,
-            from the checkpoints (eval mode, no augmentation; resampled on outliers).
+            from the checkpoints (eval mode, no augmentation; resampled on outliers), and ``scores``
+            (E, T, N) float32, the headline attack's scores at each checkpoint;
+        ``pooled``: attack -> group -> :func:`pooled_estimate` for the headline attack and its reference
+            counterpart (:func:`reference_attack`), resampled on outliers.
     """
     groups, resamples, keep = subgroups(zoo), resamples_for(zoo, params.n_bootstrap), zoo.keep.numpy()
 
@@ -596,7 +754,11 @@ def measure(zoo: zoo_lib.Zoo, cfg, params: ChapterParams) -> dict[str, Any]:
     out: dict[str, Any] = {
         "attacks": {attack: {group: estimate(scores[attack], keep, mask, resampling(attack, group))
                              for group, mask in groups.items()} for attack in ATTACKS},
-        "scores": scores[params.attack], "train_mode": None, "train_mode_scores": None}
+        "scores": scores[params.attack], "train_mode": None, "train_mode_scores": None,
+        "pooled": {attack: {group: pooled_estimate(scores[attack], keep, mask,
+                                                   resamples[group] if group == "outliers" else None)
+                            for group, mask in groups.items()}
+                   for attack in dict.fromkeys((params.attack, reference_attack(params.attack)))}}
     if zoo.arch_spec[1] == "batch":
         out["train_mode"], out["train_mode_scores"] = {}, {}
         for mode in QUERY_MODES[1:]:
@@ -609,7 +771,50 @@ def measure(zoo: zoo_lib.Zoo, cfg, params: ChapterParams) -> dict[str, Any]:
     out["fit"] = {"epochs": zoo.checkpoint_epochs.numpy(),
                   "train_accuracy": np.stack([zoo.train_accuracy(e).numpy() for e in checkpoints]),
                   **{group: _stack([estimate(s, keep, mask, resampling("", group)) for s in checkpoint_scores])
-                     for group, mask in groups.items()}}
+                     for group, mask in groups.items()},
+                  "scores": np.stack(checkpoint_scores).astype(np.float32)}
+    return out
+
+
+def reference_attack(attack: str) -> str:
+    """The reference-code counterpart of a LiRA attack (``lira_online_global`` ->
+    ``lira_reference_online_global``); the reference's online fixed-variance LiRA for other attacks."""
+    if attack.startswith("lira_reference"):
+        return attack
+    return attack.replace("lira_", "lira_reference_") if attack.startswith("lira_") else "lira_reference_online_global"
+
+
+def pooled_at_fit_level(fit: dict[str, Any], keep: np.ndarray, mask: np.ndarray, level: float,
+                        resamples: Resamples | None = None) -> dict[str, Any]:
+    """:func:`pooled_estimate` of the headline attack at inlier train accuracy ``level``: each target's
+    scores (N,) read where its fit first crosses the level, interpolated between its two checkpoints
+    around it (:func:`bnlib.stats.value_at_level` gives the fractional checkpoint index). Targets that
+    never reach the level (or start above it: no crossing seen) get weight 0 in every resample and are
+    left out of the point estimate; if none reaches it, every metric is NaN and ``n_targets`` 0.
+
+    Args:
+        fit: ``measure(...)["fit"]``; keep: (T, N); mask: (N,) the subgroup.
+    """
+    accuracy, scores = fit["train_accuracy"], np.asarray(fit["scores"], dtype=float)  # (E, T), (E, T, N)
+    position = np.array([stats.value_at_level(accuracy[:, t], np.arange(len(accuracy)), level)
+                         for t in range(accuracy.shape[1])])  # (T,) fractional checkpoint index
+    reached = ~np.isnan(position)
+    if not reached.any():  # nothing to read: NaN metrics, reported as not measurable
+        n_resamples = 0 if resamples is None else len(resamples.targets)
+        return {"point": dict.fromkeys(METRICS, float("nan")), "n_members": 0, "n_nonmembers": 0, "n_targets": 0,
+                **({} if resamples is None else {"resampled": {m: np.full(n_resamples, np.nan) for m in METRICS}})}
+    lower = np.floor(np.where(reached, position, 0)).astype(int)
+    upper = np.minimum(lower + 1, len(accuracy) - 1)
+    targets = np.arange(accuracy.shape[1])
+    weight = (np.where(reached, position, 0) - lower)[:, None]
+    at_level = scores[lower, targets] + weight * (scores[upper, targets] - scores[lower, targets])  # (T, N)
+    if resamples is not None:  # a target that never reaches the level is drawn with weight 0
+        resamples = Resamples(np.where(reached[resamples.targets], resamples.targets, -1), resamples.weights)
+    out = pooled_estimate(at_level[reached], keep[reached], mask, None)
+    if resamples is not None:
+        full = pooled_estimate(at_level, keep, mask, resamples)
+        out["resampled"] = full["resampled"]
+    out["n_targets"] = int(reached.sum())
     return out
 
 
@@ -650,8 +855,7 @@ def matched_fit_level(fits: dict[str, dict[str, Any]], requested: float = 0.0) -
                          "accuracy in (0, 1].")
     if requested > 0:
         return float(requested)
-    reached = min(float(np.max(fit["train_accuracy"], axis=0).min()) for fit in fits.values())
-    return float(np.floor(reached * 100) / 100)
+    return stats.common_top_level({norm: fit["train_accuracy"].T for norm, fit in fits.items()}, resolution=0.01)
 
 
 def _to_tensors(value: Any) -> Any:

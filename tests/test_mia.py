@@ -1,5 +1,6 @@
 """Known-answer tests of the membership-inference attacks and metrics (bnlib.mia)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -262,3 +263,151 @@ def test_parameter_validation():
         mia.check_zoo_size(3)
     with pytest.raises(ValueError, match="'attack'"):
         mia.attack_scores(_synthetic_signals(np.zeros((4, 2)), np.array([[1, 0]] * 2 + [[0, 1]] * 2, bool)), "lira")
+
+
+# ----------------------------------------------------------------------------- the LiRA reference code, ported
+
+def _reference_generate_ours(keep, scores, check_keep, check_scores, in_size=100000, out_size=100000,
+                             fix_variance=False):
+    """tensorflow/privacy research/mi_lira_2021/plot.py ``generate_ours``, transcribed line by line."""
+    dat_in = []
+    dat_out = []
+    for j in range(scores.shape[1]):
+        dat_in.append(scores[keep[:, j], j, :])
+        dat_out.append(scores[~keep[:, j], j, :])
+    in_size = min(min(map(len, dat_in)), in_size)
+    out_size = min(min(map(len, dat_out)), out_size)
+    dat_in = np.array([x[:in_size] for x in dat_in])
+    dat_out = np.array([x[:out_size] for x in dat_out])
+    mean_in = np.median(dat_in, 1)
+    mean_out = np.median(dat_out, 1)
+    if fix_variance:
+        std_in = np.std(dat_in)
+        std_out = np.std(dat_in)
+    else:
+        std_in = np.std(dat_in, 1)
+        std_out = np.std(dat_out, 1)
+    prediction = []
+    answers = []
+    for ans, sc in zip(check_keep, check_scores, strict=True):
+        pr_in = -scipy_stats.norm.logpdf(sc, mean_in, std_in + 1e-30)
+        pr_out = -scipy_stats.norm.logpdf(sc, mean_out, std_out + 1e-30)
+        score = pr_in - pr_out
+        prediction.extend(score.mean(1))
+        answers.extend(ans)
+    return prediction, answers
+
+
+def _reference_generate_ours_offline(keep, scores, check_keep, check_scores, in_size=100000, out_size=100000,
+                                     fix_variance=False):
+    """tensorflow/privacy research/mi_lira_2021/plot.py ``generate_ours_offline``, transcribed line by line."""
+    dat_in = []
+    dat_out = []
+    for j in range(scores.shape[1]):
+        dat_in.append(scores[keep[:, j], j, :])
+        dat_out.append(scores[~keep[:, j], j, :])
+    out_size = min(min(map(len, dat_out)), out_size)
+    dat_out = np.array([x[:out_size] for x in dat_out])
+    mean_out = np.median(dat_out, 1)
+    if fix_variance:
+        std_out = np.std(dat_out)
+    else:
+        std_out = np.std(dat_out, 1)
+    prediction = []
+    answers = []
+    for ans, sc in zip(check_keep, check_scores, strict=True):
+        score = scipy_stats.norm.logpdf(sc, mean_out, std_out + 1e-30)
+        prediction.extend(score.mean(1))
+        answers.extend(ans)
+    return prediction, answers
+
+
+@pytest.mark.parametrize("n_shadows,n_aug", [(6, 1), (9, 2), (16, 3)])
+@pytest.mark.parametrize("online", [True, False])
+@pytest.mark.parametrize("fix_variance", [True, False])
+def test_lira_reference_equals_the_reference_code(n_shadows, n_aug, online, fix_variance):
+    # an unbalanced random keep mask, so the reference's truncation to the smallest IN/OUT count matters
+    rng = np.random.default_rng(n_shadows * 10 + n_aug)
+    n_examples, n_targets = 40, 3
+    keep = rng.random((n_shadows, n_examples)) < 0.5
+    keep[0], keep[1] = True, False  # every example has an IN and an OUT shadow
+    shadow_scores = rng.normal(0, 3, (n_shadows, n_examples, n_aug))
+    target_scores = rng.normal(0, 3, (n_targets, n_examples, n_aug))
+    target_keep = rng.random((n_targets, n_examples)) < 0.5
+    port = _reference_generate_ours if online else _reference_generate_ours_offline
+    prediction, answers = port(keep, shadow_scores, target_keep, target_scores, fix_variance=fix_variance)
+    ours = mia.lira_reference(keep, shadow_scores, target_scores, online=online, fix_variance=fix_variance)
+    # the reference sorts with roc_curve(answers, -prediction): higher -prediction = member
+    np.testing.assert_allclose(ours.ravel(), -np.array(prediction), rtol=1e-9, atol=1e-9)
+    assert np.array_equal(np.array(answers), target_keep.ravel())
+
+
+def test_lira_reference_rejects_bad_shapes_and_masks():
+    with pytest.raises(ValueError, match="'keep'"):
+        mia.lira_reference(np.ones((4, 5), bool), np.zeros((4, 5, 1)), np.zeros((1, 5, 1)), True, False)
+    with pytest.raises(ValueError, match="'shadow_scores'"):
+        mia.lira_reference(np.ones((4, 5), bool), np.zeros((4, 6, 1)), np.zeros((1, 5, 1)), True, False)
+
+
+def test_null_leave_one_out_auc_shows_the_bias_that_balancing_removes():
+    null = mia.null_leave_one_out_auc(8, 4000)
+    assert null["all_others"] < 0.49 and null["balanced"] == pytest.approx(0.5, abs=0.01)
+
+
+# ----------------------------------------------------------------------------- ROC pooled over targets
+
+def test_pooled_estimate_equals_scikit_learn_on_the_pooled_resampled_scores():
+    rng = np.random.default_rng(9)
+    n_models, n = 6, 30
+    keep = data.balanced_keep_mask(n_models, n, seed=3).numpy()
+    scores = np.round(rng.normal(size=(n_models, n)) + 0.7 * keep, 1)
+    mask = np.arange(n) < 20
+    resamples = mia.Resamples.draw(n_models, int(mask.sum()), 40, seed=1)
+    pooled = mia.pooled_estimate(scores, keep, mask, resamples, chunk=500)  # several chunks
+    point = mia.roc_metrics(scores[:, mask].ravel(), keep[:, mask].ravel())
+    assert pooled["point"] == point and pooled["n_nonmembers"] == int((~keep[:, mask]).sum())
+    for b in range(40):  # the resample, written out: each drawn target's scores on the drawn examples
+        examples = np.repeat(np.arange(20), resamples.weights[b])
+        s = np.concatenate([scores[t, mask][examples] for t in resamples.targets[b]])
+        k = np.concatenate([keep[t, mask][examples] for t in resamples.targets[b]])
+        reference = mia.roc_metrics(s, k)
+        for metric in mia.METRICS:
+            assert pooled["resampled"][metric][b] == pytest.approx(reference[metric], abs=1e-12), metric
+    summary = mia.pooled_interval(pooled, "auc")
+    assert summary["n"] == n_models and summary["ci95"][0] <= summary["mean"] <= summary["ci95"][1]
+    same = mia.pooled_difference(pooled, pooled, "tpr_at_1pct_fpr")
+    assert same["mean"] == 0 and same["p_value"] == 1.0 and same["unit"] == "models"
+
+
+def test_pooled_low_fpr_resolves_what_one_target_cannot():
+    # 100 non-members per target: one target's TPR at 0.1% FPR is its TPR at zero false positives;
+    # pooled over 16 targets (1,600 non-members) one false positive is allowed at 0.1%
+    rng = np.random.default_rng(10)
+    keep = data.balanced_keep_mask(16, 200, seed=4).numpy()
+    scores = rng.normal(size=(16, 200)) + 1.5 * keep
+    pooled = mia.pooled_estimate(scores, keep, np.ones(200, bool))
+    assert pooled["n_nonmembers"] == 1600
+    s, k = scores.ravel(), keep.ravel()
+    negatives = np.sort(s[~k])[::-1]
+    threshold = negatives[int(np.floor(0.001 * 1600))]  # above it: at most 1 false positive
+    assert pooled["point"]["tpr_at_0.1pct_fpr"] == pytest.approx(np.mean(s[k] > threshold))
+
+
+def test_pooled_at_fit_level_interpolates_each_target_at_its_crossing():
+    keep = data.balanced_keep_mask(4, 10, seed=0).numpy()
+    scores = np.stack([np.zeros((4, 10)), np.ones((4, 10)) * keep, 2 * np.ones((4, 10)) * keep])  # (E=3, T, N)
+    accuracy = np.array([[0.5, 0.5, 0.5, 0.5], [0.7, 0.9, 0.7, 0.7], [0.9, 0.95, 0.9, 0.6]])  # target 3 never
+    fit = {"train_accuracy": accuracy, "scores": scores}
+    out = mia.pooled_at_fit_level(fit, keep, np.ones(10, bool), 0.8, mia.Resamples.draw(4, 10, 20))
+    assert out["n_targets"] == 3 and out["point"]["auc"] == 1.0  # members score > 0, non-members 0
+    assert out["resampled"]["auc"].shape == (20,)
+    nowhere = mia.pooled_at_fit_level(fit, keep, np.ones(10, bool), 0.99, mia.Resamples.draw(4, 10, 20))
+    assert nowhere["n_targets"] == 0 and math.isnan(mia.pooled_interval(nowhere, "auc")["mean"])
+
+
+def test_queries_use_only_the_augmentation_training_used():
+    cfg, params = config.load("smoke", extras=mia.ChapterParams)
+    mia.check_config(cfg, params)
+    assert config.load("paper", extras=mia.ChapterParams)[1].query_augment == mia.TRAINING_AUGMENT
+    with pytest.raises(ValueError, match="'query_augment'"):
+        mia.check_config(cfg, dataclasses.replace(params, query_augment="flip"))
