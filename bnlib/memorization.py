@@ -287,30 +287,12 @@ def zoo_canary_curves(population) -> dict[str, np.ndarray]:
             "loss_gap": mean_over(out_canary, loss) - mean_over(in_canary, loss)}
 
 
-def first_crossing(fit: np.ndarray, values: np.ndarray, level: float) -> tuple[float, float]:
-    """Where one curve first reaches ``level`` of fit: (value there, position there), both by linear
-    interpolation between the two evaluations around the crossing; ``values`` may be the positions themselves
-    (epochs). NaN, NaN if the curve never reaches ``level``.
-
-    Args:
-        fit: (E,) fit at each evaluation (need not be monotone: the *first* crossing is read).
-        values: (E,) the measurement at the same evaluations.
-    """
-    fit, values = np.asarray(fit, dtype=float), np.asarray(values, dtype=float)
-    reached = np.flatnonzero(fit >= level)
-    if reached.size == 0:
-        return float("nan"), float("nan")
-    j = int(reached[0])
-    if j == 0 or fit[j] == level:
-        return float(values[j]), float(j)
-    weight = (level - fit[j - 1]) / (fit[j] - fit[j - 1])
-    return float(values[j - 1] + weight * (values[j] - values[j - 1])), float(j - 1 + weight)
-
-
 def crossing_positions(fit: np.ndarray, level: float) -> np.ndarray:
-    """Fractional checkpoint index (T,) where each model's fit (E, T) first reaches ``level`` (linear between
-    the two checkpoints around it); NaN for a model that never reaches it."""
-    return np.array([first_crossing(fit[:, t], np.arange(fit.shape[0]), level)[1] for t in range(fit.shape[1])])
+    """Fractional checkpoint index (T,) where each model's fit (E, T) first crosses ``level`` (linear between
+    the two checkpoints around it, ``stats.value_at_level``); NaN for a model that never reaches it or starts
+    above it."""
+    index = np.arange(fit.shape[0], dtype=float)
+    return np.array([stats.value_at_level(fit[:, t], index, level) for t in range(fit.shape[1])])
 
 
 def at_positions(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -361,7 +343,7 @@ def stack_pools(blocks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_at_level(curves: dict[str, np.ndarray], level: float, key: str = "memorization") -> dict[str, np.ndarray]:
-    """Each model's ``key`` and epoch where its own fit first crosses ``level`` (see :func:`first_crossing`).
+    """Each model's ``key`` and epoch where its own fit first crosses ``level`` (see :func:`crossing_positions`).
 
     Args:
         curves: from :func:`zoo_canary_curves`, arrays (E, T).
@@ -373,16 +355,6 @@ def read_at_level(curves: dict[str, np.ndarray], level: float, key: str = "memor
     epochs = np.broadcast_to(curves["epoch"][:, None], curves["fit"].shape)
     return {"value": at_positions(curves[key], positions), "epoch": at_positions(epochs, positions),
             "position": positions}
-
-
-def common_top_level(fits: Sequence[np.ndarray], step: float = 0.005) -> float:
-    """The highest fit level that every model of every population reaches, rounded down to ``step``.
-
-    Args:
-        fits: arrays (E, T) of fit per checkpoint and model (one per norm and pool).
-    """
-    reached = min(float(np.nanmax(fit, axis=0).min()) for fit in fits)
-    return round(float(np.floor(reached / step + 1e-9) * step), 10)
 
 
 def fit_levels_below(top: float, fractions: Sequence[float] = (0.9, 0.95, 1.0)) -> tuple[float, ...]:

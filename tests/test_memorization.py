@@ -264,15 +264,13 @@ def test_zoo_canary_curves_against_a_loop():
             assert np.isclose(curves["fit"][e, t], float(fit)) and np.isclose(curves["memorization"][e, t], float(mem))
 
 
-def test_first_crossing_reads_the_first_actual_crossing_of_a_non_monotone_curve():
-    fit = np.array([0.5, 0.8, 0.7, 0.9])
-    values = np.array([0.0, 1.0, 5.0, 2.0])
-    value, position = memorization.first_crossing(fit, values, 0.75)
-    assert np.isclose(position, 0.25 / 0.3) and np.isclose(value, 0.25 / 0.3)
-    # after the dip the curve crosses 0.85 only between the last two evaluations
-    value, position = memorization.first_crossing(fit, values, 0.85)
-    assert np.isclose(position, 2.75) and np.isclose(value, 5.0 + 0.75 * (2.0 - 5.0))
-    assert np.isnan(memorization.first_crossing(fit, values, 0.95)[0])
+def test_crossing_positions_read_the_first_actual_crossing_of_a_non_monotone_curve():
+    fit = np.array([[0.5, 0.5], [0.8, 0.6], [0.7, 0.6], [0.9, 0.6]])  # model 1 never reaches 0.75
+    np.testing.assert_allclose(memorization.crossing_positions(fit, 0.75), [0.25 / 0.3, np.nan])
+    # after the dip model 0 crosses 0.85 only between its last two checkpoints
+    np.testing.assert_allclose(memorization.crossing_positions(fit, 0.85)[:1], [2.75])
+    values = np.array([[0.0], [1.0], [5.0], [2.0]])
+    np.testing.assert_allclose(memorization.at_positions(values, np.array([2.75])), [5.0 - 0.75 * 3.0])
 
 
 def test_read_at_level_and_positions_per_model():
@@ -283,7 +281,6 @@ def test_read_at_level_and_positions_per_model():
     np.testing.assert_allclose(read["epoch"], [5.0, 6.0])
     np.testing.assert_allclose(read["value"], [0.6, 0.6])
     assert np.isnan(memorization.read_at_level(curves, 0.95)["value"]).all()
-    assert memorization.common_top_level([curves["fit"]]) == 0.7
     assert memorization.fit_levels_below(0.8) == (0.72, 0.76, 0.8)
 
 

@@ -36,7 +36,8 @@ NOT_PROSE = [
 # page -> phrases whose numerals or direction words are not measurements (why, in the comment).
 ALLOWED: dict[str, list[str]] = {
     "*": [
-        "95% CI", "95% confidence", "95% t interval", "95 % t-interval", "95% interval",  # every interval's nominal level
+        # the nominal level of every interval
+        "95% CI", "95% confidence", "95% t interval", "95 % t-interval", "95% interval",
         "CIFAR-10",  # a dataset's name
         "2-core CPU",  # the machine the quick profile is sized for
     ],
