@@ -312,18 +312,25 @@ class ExperimentData:
     def canary_y(self) -> torch.Tensor:
         return self.train_y[self.is_canary]
 
+    # The pool a model zoo subsamples is the training set itself (inliers + the K inserted canaries): each
+    # member trains on half of its inliers and half of its canaries (``balanced_keep_mask`` with strata), so a
+    # member sees the same canary rate K / (n_train + K) as a single run, and its other half is its OUT set.
     @property
     def pool_x(self) -> torch.Tensor:
-        """Training set plus held-out canaries: the population a model zoo subsamples."""
-        return torch.cat([self.train_x, self.heldout_canary_x])
+        return self.train_x
 
     @property
     def pool_y(self) -> torch.Tensor:
-        return torch.cat([self.train_y, self.heldout_canary_y])
+        return self.train_y
 
     @property
     def pool_is_outlier(self) -> torch.Tensor:
-        return torch.cat([self.is_canary, torch.ones(len(self.heldout_canary_y), dtype=torch.bool)])
+        return self.is_canary
+
+    @property
+    def canary_rate(self) -> float:
+        """Fraction of canaries in a training set (a run's, and every zoo member's)."""
+        return float(self.is_canary.float().mean())
 
 
 def make_outliers(kind: str, n: int, source_x: torch.Tensor, source_y: torch.Tensor, num_classes: int,
@@ -386,25 +393,33 @@ def normalize(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- membership
 
-def balanced_keep_mask(n_models: int, n_examples: int, seed: int) -> torch.Tensor:
+def balanced_keep_mask(n_models: int, n_examples: int, seed: int, strata: torch.Tensor | None = None) -> torch.Tensor:
     """(n_models, n_examples) bool mask of complementary pairs: model 2k+1 keeps what model 2k leaves out.
 
-    Model 2k keeps a random ``n_examples // 2`` of the examples (its own permutation, drawn from
-    ``numpy.random.default_rng([20_000 + seed, k])``) and model 2k+1 the rest. Row t depends on
-    (seed, t) only, so the mask of a larger zoo extends that of a smaller one, row for row, and a grown
-    zoo reuses the members it has. Every prefix of even length is balanced: each example is IN for
-    exactly ``n_models // 2`` models (with an odd ``n_models`` the unpaired last row adds one more IN
-    to half of the examples). This replaces LiRA's reference scheme (a random permutation of the models
-    per example), which is balanced too but changes every row when ``n_models`` changes.
+    Model 2k keeps a random half of the examples (its own permutation, drawn from
+    ``numpy.random.default_rng([20_000 + seed, k])``) and model 2k+1 the rest. With ``strata`` (N,) (e.g. the
+    outlier flags), the half is drawn within each stratum, so every model holds half of each group (half of
+    the canaries: the same canary rate for every model). Row t depends on (seed, t, strata) only, so the mask
+    of a larger zoo extends that of a smaller one, row for row, and a grown zoo reuses the members it has.
+    Every prefix of even length is balanced: each example is IN for exactly ``n_models // 2`` models (with an
+    odd ``n_models`` the unpaired last row adds one more IN to half of the examples). This replaces LiRA's
+    reference scheme (a random permutation of the models per example), which is balanced too but changes
+    every row when ``n_models`` changes.
     """
     if n_models < 2:
         raise ValueError(f"Parameter 'n_models' must be >= 2 for a balanced keep mask; got {n_models}.")
     if n_examples < 2:
         raise ValueError(f"Parameter 'n_examples' must be >= 2 for a balanced keep mask; got {n_examples}.")
+    labels = np.zeros(n_examples, dtype=np.int64) if strata is None else np.asarray(strata).astype(np.int64)
+    if labels.shape != (n_examples,):
+        raise ValueError(f"Parameter 'strata' has shape {labels.shape}; allowed: ({n_examples},), one label per example.")
     rows = []
     for pair in range((n_models + 1) // 2):
-        order = np.random.default_rng([20_000 + seed, pair]).permutation(n_examples)
+        rng = np.random.default_rng([20_000 + seed, pair])
         first = torch.zeros(n_examples, dtype=torch.bool)
-        first[torch.from_numpy(order[:n_examples // 2])] = True
+        for label in np.unique(labels):
+            members = np.flatnonzero(labels == label)
+            order = members[rng.permutation(len(members))] if strata is not None else rng.permutation(n_examples)
+            first[torch.from_numpy(order[:len(members) // 2])] = True
         rows += [first, ~first]
     return torch.stack(rows[:n_models])

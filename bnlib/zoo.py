@@ -4,10 +4,11 @@ The Feldman-Zhang memorization estimator (subset ratio 1/2) and LiRA's shadow mo
 population, so it is trained once per (configuration, norm) and read by the memorization,
 membership-inference and ablation chapters.
 
-Pool = the inlier training set + the K inserted canaries + the K held-out canaries of
-``data.make_experiment_data(cfg, seed=cfg.seeds[0])``. ``keep[t, i]`` says whether pool example i was
-in model t's training set (``data.balanced_keep_mask``: complementary pairs, so every example is IN for
-exactly T/2 models when T is even).
+Pool = the training set (the inliers + the K inserted canaries) of ``data.make_experiment_data(cfg,
+seed=cfg.seeds[0])``. ``keep[t, i]`` says whether pool example i was in model t's training set
+(``data.balanced_keep_mask``: complementary pairs drawn within the inliers and within the canaries, so every
+example is IN for exactly T/2 models when T is even and every model trains on half of the inliers and half of
+the canaries: the canary rate of a single run). A member's OUT canaries are its held-out canaries.
 
 Members are tasks. Member t of (configuration, norm) is one cache entry ``model_{t}`` (a plain dict:
 keep row, state dict, logits, checkpoint logits), written atomically; the zoo is complete when every
@@ -90,10 +91,11 @@ class Zoo:
         return (self.test_logits.argmax(-1) == self.test_labels).float().mean(1)
 
 
-def checkpoint_epochs(epochs: int, count: int = 6) -> list[int]:
-    """Up to ``count`` evenly spaced epochs (1-based) ending at ``epochs``."""
-    count = min(count, epochs)
-    return sorted({max(1, round(epochs * (k + 1) / count)) for k in range(count)})
+def checkpoint_epochs(epochs: int) -> list[int]:
+    """Epochs (1-based) at which members store their pool logits: every one, so that each member's fit and
+    memorization curves can be read where they cross a fit level (float16 logits; the pool costs
+    N x classes x 2 bytes an epoch)."""
+    return list(range(1, epochs + 1))
 
 
 def zoo_config(cfg, norm: str) -> dict:
@@ -174,7 +176,8 @@ def run_task(cfg, norm: str, members: Sequence[int], cache: str | None = None, i
     if todo:
         experiment, pool_x, test_x = inputs if inputs is not None else _worker_inputs(cfg)
         pool_y = experiment.pool_y
-        keep = data_lib.balanced_keep_mask(max(max(todo) + 1, 2), len(pool_y), seed=cfg.seeds[0])[todo]
+        keep = data_lib.balanced_keep_mask(max(max(todo) + 1, 2), len(pool_y), seed=cfg.seeds[0],
+                                           strata=experiment.pool_is_outlier)[todo]
         spec = zoo_spec(cfg, norm, experiment, pool_x)
         wanted = checkpoint_epochs(cfg.epochs)
         device = train.resolve_device(cfg.device)

@@ -117,7 +117,9 @@ def test_experiment_data_injection(smoke_cfg):
     flat_train = d.train_x.reshape(len(d.train_x), -1)
     for image in d.heldout_canary_x.reshape(k, -1):
         assert not (flat_train == image).all(1).any()
-    assert d.pool_is_outlier.sum() == 2 * k and len(d.pool_y) == len(d.train_y) + k
+    # the zoo's pool is the training set: a member's half holds the same canary rate as a run
+    assert torch.equal(d.pool_is_outlier, d.is_canary) and torch.equal(d.pool_y, d.train_y)
+    assert d.canary_rate == pytest.approx(k / (smoke_cfg.n_train + k))
 
 
 def test_experiment_data_is_reproducible(smoke_cfg):
@@ -170,3 +172,15 @@ def test_a_data_root_with_the_files_is_accepted_and_read(tmp_path):
         config.load("smoke", dataset="mnist", data_root=str(tmp_path / "half"))
     # online users may name a folder that the download will fill
     assert config.load("smoke", data_root=str(tmp_path / "later"), allow_download=True).allow_download
+
+
+def test_stratified_keep_mask_gives_every_model_half_of_each_group():
+    strata = torch.zeros(103, dtype=torch.bool)
+    strata[::10] = True  # 11 "canaries" among 103 examples
+    keep = data.balanced_keep_mask(6, 103, seed=2, strata=strata)
+    assert (keep.sum(0) == 3).all()  # balanced per example
+    assert set(keep[:, strata].sum(1).tolist()) <= {5, 6} and (keep[0::2, strata].sum(1) == 5).all()
+    assert (keep[0::2, ~strata].sum(1) == 46).all()  # each pair's first model: half of each group, rounded down
+    assert torch.equal(keep[:4], data.balanced_keep_mask(4, 103, seed=2, strata=strata))  # extends row for row
+    with pytest.raises(ValueError, match="'strata'"):
+        data.balanced_keep_mask(4, 103, seed=2, strata=strata[:50])

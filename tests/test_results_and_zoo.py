@@ -20,13 +20,14 @@ def test_config_hash_is_order_independent():
 
 
 def test_entry_stores_config_and_version():
-    entry = results.Entry("unit", {"alpha": 0.5})
+    entry = results.Entry("unit", {"alpha": 0.5}, code=results.code_of("stats"))
     calls = []
     value = entry.get_or_compute("thing", lambda: calls.append(1) or {"v": torch.ones(2)})
     again = entry.get_or_compute("thing", lambda: calls.append(1) or {"v": torch.zeros(2)})
     assert calls == [1] and torch.equal(value["v"], again["v"])
     meta = json.loads((entry.folder / "config.json").read_text())
     assert meta["config"] == {"alpha": 0.5} and meta["bnlib_version"]
+    assert meta["code"]["modules"] == ["stats.py"] and meta["code"]["hash"] == results.code_hash(("stats.py",))
 
 
 def test_zoo_resumes_without_retraining(smoke_cfg):
