@@ -60,6 +60,8 @@ class ExperimentConfig:
     schedule: str = field(default="onecycle", metadata={"choices": SCHEDULES, "doc": "learning-rate schedule"})
     n_models: int = field(default=16, metadata={"positive": True, "doc": "model-zoo size T per norm"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"minimum": 0, "doc": "independent runs"})
+    pools: tuple[int, ...] = field(default=(0, 1), metadata={
+        "minimum": 0, "doc": "independent data draws of the model zoo (each holds n_models models per norm)"})
     device: str = field(default="auto", metadata={"choices": DEVICES, "doc": "where to train"})
     workers: int = field(
         default=0, metadata={"minimum": 0, "doc": "zoo worker processes (0 = one per CPU core on a CPU, 1 on a GPU)"}
@@ -74,13 +76,13 @@ class ExperimentConfig:
                       n_models=4, seeds=(0, 1), workers=1),
         "quick": dict(),
         "paper": dict(n_train=60000, n_test=10000, n_canaries=500, epochs=30, batch_size=128,
-                      arch="resnet", width=64, n_models=64, seeds=(0, 1, 2, 3, 4),
+                      arch="resnet", width=64, n_models=64, seeds=(0, 1, 2, 3, 4), pools=(0, 1, 2),
                       norms=("batch", "group", "layer", "none")),
     }
 
     # Fields that never change a trained model (which norms/seeds a chapter loops over, where it runs).
-    NOT_IN_RESULTS: typing.ClassVar[tuple[str, ...]] = ("profile", "norms", "seeds", "device", "allow_download",
-                                                        "workers")
+    NOT_IN_RESULTS: typing.ClassVar[tuple[str, ...]] = ("profile", "norms", "seeds", "pools", "device",
+                                                        "allow_download", "workers")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -183,8 +185,10 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
             f"Parameter 'batch_size' ({cfg.batch_size}) exceeds 'n_train' ({cfg.n_train}); "
             "allowed: 1 < batch_size <= n_train."
         )
-    if len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ValueError(f"Parameter 'seeds' has repeated values: {cfg.seeds!r}; allowed: distinct integers >= 0.")
+    for name in ("seeds", "pools"):
+        if len(set(getattr(cfg, name))) != len(getattr(cfg, name)):
+            raise ValueError(f"Parameter {name!r} has repeated values: {getattr(cfg, name)!r}; allowed: distinct "
+                             "integers >= 0.")
     if len(set(cfg.norms)) != len(cfg.norms):
         raise ValueError(f"Parameter 'norms' has repeated values: {cfg.norms!r}.")
     if cfg.data_root:
@@ -253,7 +257,7 @@ def describe(cls: type = ExperimentConfig) -> list[dict[str, Any]]:
 
 
 PROFILE_TABLE_FIELDS = ("dataset", "n_train", "n_canaries", "n_test", "arch", "width", "norms", "epochs",
-                        "batch_size", "n_models", "seeds")
+                        "batch_size", "n_models", "pools", "seeds")
 
 
 def profiles_table(fields: tuple[str, ...] = PROFILE_TABLE_FIELDS) -> str:
