@@ -412,7 +412,8 @@ def balanced_keep_mask(n_models: int, n_examples: int, seed: int, strata: torch.
         raise ValueError(f"Parameter 'n_examples' must be >= 2 for a balanced keep mask; got {n_examples}.")
     labels = np.zeros(n_examples, dtype=np.int64) if strata is None else np.asarray(strata).astype(np.int64)
     if labels.shape != (n_examples,):
-        raise ValueError(f"Parameter 'strata' has shape {labels.shape}; allowed: ({n_examples},), one label per example.")
+        raise ValueError(f"Parameter 'strata' has shape {labels.shape}; allowed: ({n_examples},), one label per "
+                         "example.")
     rows = []
     for pair in range((n_models + 1) // 2):
         rng = np.random.default_rng([20_000 + seed, pair])

@@ -128,3 +128,31 @@ def figure_png(fig, dpi: int = 80) -> bytes:
     fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def memorization_against_fit(found: dict, level: float, norms: Sequence[str] = ("batch", "none")):
+    """The main figure of the memorization chapter, from ``population.study``: per norm, fit along training
+    (left), canary memorization against inlier fit (middle; mean over models with a min-max band; the dotted
+    line is the matched-fit level) and where each model crosses that level (right: epoch and learning rate)."""
+    from . import population as population_lib
+
+    populations = [found["populations"][n] for n in norms]
+    grid = population_lib.fit_grid(populations)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.0))
+    for norm, pop in zip(norms, populations, strict=True):
+        fits = np.concatenate([fit.T for fit in pop.fits])  # (sum T, E)
+        band(axes[0], pop.curves[0]["epoch"], fits, norm)
+        band(axes[1], grid, population_lib.on_fit_grid(pop, grid), norm,
+             label=f"{NORM_LABELS.get(norm, norm)} ({fits.shape[0]} models)")
+        crossing = found["crossings"][norm]
+        axes[2].scatter(crossing["epoch"], crossing["learning_rate"], color=NORM_COLORS.get(norm, "k"), s=14,
+                        label=NORM_LABELS.get(norm, norm), alpha=0.7)
+    axes[1].axvline(level, color="grey", linestyle=":", linewidth=1)
+    axes[0].set(title="fit along training", xlabel="epoch", ylabel="inlier train accuracy (own half)")
+    axes[1].set(title="memorization against fit", xlabel="inlier train accuracy",
+                ylabel="canary acc: IN − OUT (per model)")
+    axes[2].set(title=f"where each model crosses fit {level:.3f}", xlabel="epoch", ylabel="learning rate there")
+    axes[1].legend()
+    axes[2].legend()
+    fig.tight_layout()
+    return fig

@@ -265,3 +265,17 @@ def metric_entries(cfg, found: dict[str, Any], compared: dict[str, dict[str, Any
             comparison=comparison)
         out[f"{name}_{comparison}"] = {**entry, "difference": result["difference"], "unit": "models"}
     return out
+
+
+def on_fit_grid(population: Population, grid: Sequence[float], key: str = "memorization") -> np.ndarray:
+    """Each member's ``key`` where its fit first crosses each level of ``grid``: (sum T, len(grid)), NaN where
+    a member does not cross a level (for bands of the memorization-against-fit figure)."""
+    return np.concatenate([np.stack([memorization.read_at_level(curve, level, key)["value"] for level in grid], 1)
+                           for curve in population.curves])
+
+
+def fit_grid(populations: Sequence[Population], points: int = 40) -> np.ndarray:
+    """Fit levels from the highest first-epoch fit of any member to the top level every member reaches."""
+    low = max(float(fit[0].max()) for p in populations for fit in p.fits)
+    high = top_level(populations)
+    return np.linspace(low, high, points) if high > low else np.array([high])
