@@ -26,36 +26,21 @@ from . import stats
 
 @dataclass(frozen=True)
 class ChapterParams:
-    """Parameters of the memorization chapter (validated by ``config.load(..., extras=ChapterParams)``)."""
+    """Parameters of the memorization chapter (validated by ``config.load(..., extras=ChapterParams)``).
 
-    # 0.98: the highest level that BatchNorm reaches on the common quick schedule in every seed (one of the
-    # three ends at 0.988), so that only the slower norms need the longer schedule.
-    fit_levels: tuple[float, ...] = field(
-        default=(0.90, 0.95, 0.98),
-        metadata={"positive": True, "doc": "inlier train accuracies at which memorization is compared (<= 1)"})
-    long_schedule_factor: int = field(
-        default=3, metadata={"minimum": 1, "doc": "epochs multiplier for norms that do not reach the top fit level"})
-    long_schedule_for_all: bool = field(
-        default=False, metadata={"doc": "every norm on the longer schedule (matched-fit curves share one schedule)"})
-    evals_per_epoch: int = field(default=1, metadata={"positive": True, "doc": "points per epoch on each curve"})
-    group_layer_curves: bool = field(
-        default=False, metadata={"doc": "add GroupNorm and LayerNorm memorization-vs-fit curves (runs only, no zoo)"})
-    long_zoo: bool = field(
-        default=False, metadata={"doc": "zoos of the extended norms also on the longer schedule (FZ at high fit)"})
+    The population (pools, models, schedule, canary rate) comes from :class:`bnlib.config.ExperimentConfig`;
+    the fit level of the matched-fit comparison is derived by a stated rule (``population.top_level``).
+    """
+
+    n_bootstrap: int = field(default=2000, metadata={
+        "positive": True, "doc": "cluster-bootstrap resamples (pools, models, examples)"})
     top_memorized: int = field(default=10, metadata={"positive": True, "doc": "images per row of the grid"})
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": dict(fit_levels=(0.5, 0.6), evals_per_epoch=2),
+        "smoke": dict(n_bootstrap=300),
         "quick": dict(),
-        "paper": dict(fit_levels=(0.90, 0.95, 0.99), long_zoo=True),
+        "paper": dict(),
     }
-
-    def __post_init__(self) -> None:
-        if any(level > 1 for level in self.fit_levels):
-            raise ValueError(f"Parameter 'fit_levels' (inlier train accuracies) got {self.fit_levels!r}; "
-                             "allowed: values in (0, 1].")
-        if list(self.fit_levels) != sorted(set(self.fit_levels)):
-            raise ValueError(f"Parameter 'fit_levels' got {self.fit_levels!r}; allowed: distinct increasing values.")
 
 
 COMPARED = ("batch", "none")  # the two arms of every headline comparison
@@ -78,17 +63,6 @@ def true_label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     return torch.softmax(logits.float(), dim=-1).gather(-1, index).squeeze(-1)
 
 
-def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-example margin: true-label logit minus the largest other logit; logits (N, C) -> (N,).
-
-    Positive means the example is classified as its (random) label.
-    """
-    logits = logits.float()
-    true = logits.gather(1, labels[:, None]).squeeze(1)
-    others = logits.scatter(1, labels[:, None], float("-inf"))
-    return true - others.max(1).values
-
-
 def memorization_curve(run) -> dict[str, np.ndarray]:
     """Fit and canary memorization along a ``runs.Run``, one entry per evaluation.
 
@@ -104,75 +78,6 @@ def memorization_curve(run) -> dict[str, np.ndarray]:
         "memorization": column["canaries_in_acc"] - column["canaries_out_acc"],
         "loss_gap": column["canaries_out_loss"] - column["canaries_in_loss"],
     }
-
-
-def final_canary_scores(run) -> dict[str, torch.Tensor]:
-    """Per-canary results of a finished run: correctness, true-label probability and margin of the
-    inserted (``in_*``, shape (K,)) and held-out (``out_*``) canaries, eval-mode BN."""
-    out = {}
-    for half in ("in", "out"):
-        logits, labels = getattr(run, f"canary_{half}_logits"), getattr(run, f"canary_{half}_labels")
-        out[f"{half}_correct"] = (logits.argmax(1) == labels).float()
-        out[f"{half}_probability"] = true_label_probability(logits, labels)
-        out[f"{half}_margin"] = margins(logits, labels)
-    return out
-
-
-def paired_canary_test(runs_a: Sequence, runs_b: Sequence, score: str = "in_correct") -> dict[str, Any]:
-    """Paired test across canaries: the same inserted canaries (same seeds = same data) in two arms.
-
-    Args:
-        runs_a, runs_b: finished ``runs.Run`` of the two arms, seed by seed in the same order.
-        score: a key of :func:`final_canary_scores` (``in_correct``, ``in_probability``, ``in_margin``).
-
-    Returns:
-        ``stats.paired_test`` of the per-canary scores pooled over seeds (K x n_seeds pairs).
-    """
-    for run_a, run_b in zip(runs_a, runs_b, strict=True):
-        if run_a.seed != run_b.seed or not torch.equal(run_a.canary_in_labels, run_b.canary_in_labels):
-            raise ValueError(f"Runs are not paired: seeds {run_a.seed} and {run_b.seed} hold different canaries.")
-    pooled_a = torch.cat([final_canary_scores(run)[score] for run in runs_a])
-    pooled_b = torch.cat([final_canary_scores(run)[score] for run in runs_b])
-    return stats.paired_test(pooled_a.numpy(), pooled_b.numpy())
-
-
-def values_at_levels(curves: Sequence[dict[str, np.ndarray]], levels: Sequence[float], x: str = "fit",
-                     y: str = "memorization") -> np.ndarray:
-    """Read ``y`` at fixed values of ``x`` along each curve (linear interpolation, ``stats.value_at_level``).
-
-    Returns:
-        (n_curves, n_levels) array; NaN where a curve never reaches a level.
-    """
-    return np.array([[stats.value_at_level(curve[x], curve[y], level) for level in levels] for curve in curves])
-
-
-def compare_at_levels(curves_a: Sequence[dict[str, np.ndarray]], curves_b: Sequence[dict[str, np.ndarray]],
-                      levels: Sequence[float], x: str = "fit", y: str = "memorization") -> list[dict[str, Any]]:
-    """Compare two arms at fixed levels of ``x``, paired by curve index (the same seed = the same data).
-
-    Returns:
-        one dict per level: ``level``, ``a`` and ``b`` (``stats.mean_ci`` over curves), ``diff`` (a - b,
-        mean_ci over pairs where both reach the level) and ``t_p_value`` (paired t-test over seeds).
-    """
-    values_a, values_b = values_at_levels(curves_a, levels, x, y), values_at_levels(curves_b, levels, x, y)
-    rows = []
-    for j, level in enumerate(levels):
-        test = stats.paired_test(values_a[:, j], values_b[:, j])
-        rows.append({"level": float(level), "a": stats.mean_ci(values_a[:, j]), "b": stats.mean_ci(values_b[:, j]),
-                     "diff": test["diff"], "t_p_value": test["t_p_value"]})
-    return rows
-
-
-def common_grid(curves: Sequence[dict[str, np.ndarray]], x: str = "fit", points: int = 60) -> np.ndarray:
-    """Grid of ``points`` values of ``x`` covered by every curve (for bands over seeds)."""
-    low = max(float(np.min(curve[x])) for curve in curves)
-    high = min(float(np.max(curve[x])) for curve in curves)
-    return np.linspace(low, high, points) if high > low else np.array([low])
-
-
-def reaches(curves: Sequence[dict[str, np.ndarray]], level: float, x: str = "fit") -> bool:
-    """Whether every curve reaches ``level`` of ``x`` at some evaluation."""
-    return all(float(np.max(curve[x])) >= level for curve in curves)
 
 
 def describe_difference(diff: dict[str, Any], p_value: float, test: str, alpha: float = 0.05) -> str:
@@ -222,29 +127,6 @@ def ecdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Empirical CDF: sorted values and the fraction of values <= each (NaNs dropped)."""
     values = np.sort(np.asarray(values, dtype=float)[~np.isnan(values)])
     return values, np.arange(1, values.size + 1) / max(values.size, 1)
-
-
-def zoo_scores_at_fit(checkpoint_scores: dict[str, np.ndarray], level: float, score: str = "hard") -> np.ndarray:
-    """Each example's score read at zoo fit ``level`` along the checkpoints (see :func:`zoo_checkpoint_scores`).
-
-    Returns:
-        (N,) array, NaN if the zoo never reaches ``level``.
-    """
-    per_example = checkpoint_scores[score].T  # (N, E)
-    return np.array([stats.value_at_level(checkpoint_scores["fit"], row, level) for row in per_example])
-
-
-def zoo_checkpoint_scores(population) -> dict[str, np.ndarray]:
-    """Feldman-Zhang scores at each checkpoint of a ``zoo.Zoo``, with the fit reached there.
-
-    Returns:
-        ``epoch`` (E,), ``fit`` (E,) mean over models of the accuracy on their own training inliers,
-        ``hard`` and ``soft`` (E, N) memorization of every pool example at each checkpoint.
-    """
-    scores = subsampled_memorization(population.checkpoint_logits.float(), population.labels, population.keep)
-    fit = [float(population.train_accuracy(e).mean()) for e in range(len(population.checkpoint_epochs))]
-    return {"epoch": population.checkpoint_epochs.numpy(), "fit": np.array(fit),
-            "hard": scores["hard"].numpy(), "soft": scores["soft"].numpy()}
 
 
 def most_memorized(hard: torch.Tensor, soft: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import warnings
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -30,9 +31,11 @@ def band(ax, x: Sequence[float], runs: np.ndarray, norm: str, label: str | None 
     quantile band if ``quantiles`` is given, in the colour of ``norm``."""
     runs = np.atleast_2d(np.asarray(runs, dtype=float))
     color = NORM_COLORS.get(norm, "k")
-    center = np.nanmean(runs, axis=0) if quantiles is None else np.nanmedian(runs, axis=0)
-    low, high = (np.nanmin(runs, 0), np.nanmax(runs, 0)) if quantiles is None else (
-        np.nanquantile(runs, quantiles[0], 0), np.nanquantile(runs, quantiles[1], 0))
+    with warnings.catch_warnings():  # a column where no run has a value stays empty (NaN) on purpose
+        warnings.simplefilter("ignore", RuntimeWarning)
+        center = np.nanmean(runs, axis=0) if quantiles is None else np.nanmedian(runs, axis=0)
+        low, high = (np.nanmin(runs, 0), np.nanmax(runs, 0)) if quantiles is None else (
+            np.nanquantile(runs, quantiles[0], 0), np.nanquantile(runs, quantiles[1], 0))
     ax.plot(x, center, color=color, label=label or NORM_LABELS.get(norm, norm))
     ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
 

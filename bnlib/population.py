@@ -279,3 +279,10 @@ def fit_grid(populations: Sequence[Population], points: int = 40) -> np.ndarray:
     low = max(float(fit[0].max()) for p in populations for fit in p.fits)
     high = top_level(populations)
     return np.linspace(low, high, points) if high > low else np.array([high])
+
+
+def pool_data(cfg, pool: int):
+    """The data draw of pool ``pool`` (its ``pool_x`` is what the zoo's ``keep`` indexes)."""
+    from . import data as data_lib
+
+    return data_lib.make_experiment_data(pool_config(cfg, pool), seed=pool)

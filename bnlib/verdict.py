@@ -249,3 +249,63 @@ def annotate(metrics: Mapping[str, Mapping[str, Any]], headline: Sequence[str], 
                      "verdict": verdict(mean, se, p_value, n, alpha=alpha, power=power,
                                         scale=(scales or {}).get(name))}
     return out
+
+
+# ----------------------------------------------------------------------------- words for the pages
+
+def _interval(values: Sequence[float], number_format: str) -> str:
+    low, high = values
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "no interval"
+    return f"[{low:{number_format}}, {high:{number_format}}]"
+
+
+def sentence(entry: Mapping[str, Any], number_format: str = "+.3f") -> str:
+    """One annotated entry in words: the verdict, then the difference, its interval, n with its unit and the
+    p-values (raw, and Holm-adjusted where the entry belongs to the headline family)."""
+    difference = entry.get("difference", {})
+    mean = difference.get("mean", entry["batch"]["mean"] - entry["none"]["mean"])
+    interval = _interval(difference.get("ci95", [float("nan")] * 2), number_format)
+    p_text = f"p = {entry['p_value']:.2g}" if entry.get("p_value") is not None else "no test"
+    if entry.get("p_value_holm") is not None:
+        p_text += f", Holm-adjusted {entry['p_value_holm']:.2g}"
+    n = difference.get("n", min(entry["batch"]["n"], entry["none"]["n"]))
+    return (f"{entry['verdict']}: difference {mean:{number_format}} (95% CI {interval}, n = {n} "
+            f"{entry.get('unit', 'replicates')}; {p_text})")
+
+
+def table(metrics: Mapping[str, Mapping[str, Any]], number_format: str = ".3f") -> str:
+    """A Markdown table of annotated entries: metric, comparison, BN, no-BN, difference [interval], detectable
+    difference, p, Holm p, n with its unit, verdict."""
+    lines = ["| metric | comparison | BN | no norm | BN − no norm [95% CI] | detectable | p | p (Holm) | n | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, entry in metrics.items():
+        difference = entry.get("difference", {})
+        mean = difference.get("mean", entry["batch"]["mean"] - entry["none"]["mean"])
+        interval = _interval(difference.get("ci95", [float("nan")] * 2), "+" + number_format)
+
+        def p_text(value: float | None) -> str:
+            return "–" if value is None or not math.isfinite(value) else f"{value:.2g}"
+
+        lines.append(
+            f"| `{name}` | {entry['comparison'].replace('_', ' ')} | {entry['batch']['mean']:{number_format}} | "
+            f"{entry['none']['mean']:{number_format}} | {mean:+{number_format}} {interval} | "
+            f"{entry['detectable_difference']:{number_format}} | {p_text(entry.get('p_value'))} | "
+            f"{p_text(entry.get('p_value_holm'))} | {difference.get('n', entry['batch']['n'])} "
+            f"{entry.get('unit', '')} | {entry['verdict']} |")
+    return "\n".join(lines)
+
+
+def leading_words(text: str) -> str:
+    """The verdict's words without its parenthesis: one of :data:`VERDICTS`."""
+    return next((words for words in VERDICTS if text.startswith(words)), text)
+
+
+def agreement(first: Mapping[str, Any], second: Mapping[str, Any], names: tuple[str, str] = (
+        "the one-schedule design (a)", "the annealed design (b)")) -> str:
+    """A sentence saying whether two annotated entries reach the same verdict, and what it means if not."""
+    a, b = leading_words(first["verdict"]), leading_words(second["verdict"])
+    if a == b:
+        return f"The two matched-fit designs agree: {a} in {names[0]} and in {names[1]}."
+    return (f"The two matched-fit designs disagree: {a} in {names[0]}, {b} in {names[1]}; where a model is read "
+            "in its learning-rate schedule changes the answer, and neither design alone settles the question.")
