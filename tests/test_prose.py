@@ -70,7 +70,7 @@ def typed_hits(document: str, text: str) -> list[str]:
     """Hits in ``text`` (one markdown cell of ``document``) not covered by an allowed phrase."""
     cleaned = prose(text)
     covered = [(m.start(), m.end()) for phrase in ALLOWED.get(document, []) + ALLOWED.get("*", [])
-               for m in re.finditer(re.escape(phrase), cleaned)]
+               for m in re.finditer(r"\s+".join(map(re.escape, phrase.split())), cleaned)]  # across line breaks
     hits = []
     for match in HIT.finditer(cleaned):
         if not any(start <= match.start() and match.end() <= end for start, end in covered):
