@@ -264,6 +264,34 @@ def glued_values(notebook: nbformat.NotebookNode) -> dict[str, Any]:
     return values
 
 
+def main_figure(document: str, build_dir: Path | None = None,
+                result_set: str | None = None) -> tuple[bytes, dict[str, Any]] | None:
+    """The main figure of an executed chapter, for the landing page: the first PNG of a cell tagged
+    ``main-figure``, else the first PNG after a Markdown cell that says "main figure".
+
+    Returns:
+        (PNG bytes, the output's image metadata, e.g. ``{"width": 715}`` for a 2x PNG), or None if the
+        chapter has not been executed for ``result_set`` or has no such figure.
+    """
+    import base64
+
+    build_dir = build_dir or default_build_dir()
+    path = executed_path(document, build_dir, result_set or built_result_set(build_dir) or "quick")
+    if not path.exists():
+        return None
+    announced = False
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type == "markdown":
+            announced = announced or "main figure" in cell.source.lower()
+            continue
+        if announced or "main-figure" in cell.metadata.get("tags", []):
+            for output in cell.get("outputs", []):
+                if "image/png" in output.get("data", {}):
+                    return base64.b64decode(output["data"]["image/png"]), dict(output.get("metadata", {})
+                                                                               .get("image/png", {}))
+    return None
+
+
 def data_file_name(document: str) -> str:
     return f"{Path(document).name}.data.json"
 
@@ -290,20 +318,30 @@ def rerun_box(document: str, parameters: dict[str, Any], result_set: str) -> str
             "metrics with the configuration that produced them, and every value quoted in the text).\n:::")
 
 
-def _with_rerun_box(notebook: nbformat.NotebookNode, document: str, source: Path) -> nbformat.NotebookNode:
-    """Insert the re-run box after a chapter's first cell (its title) and write its data file beside it."""
+def _with_rerun_box(notebook: nbformat.NotebookNode, document: str, source: Path,
+                    result_page: bool) -> nbformat.NotebookNode:
+    """Write the page's data file beside it and link it: a chapter gets the re-run box after its first cell
+    (its title); a result page (which has no parameters) a closing line."""
+    from . import report
+
     meta = notebook.metadata.get("bnlib", {})
     result_set, parameters = meta.get("result_set", ""), meta.get("parameters", {})
-    chapter = Path(document).name
-    summary = results.summary_path(chapter, result_set) if result_set else None
-    data = {"document": document, "result_set": result_set, "parameters": parameters,
-            "summary": json.loads(summary.read_text()) if summary and summary.exists() else None,
-            "glued": glued_values(notebook)}
+    data: dict[str, Any] = {"document": document, "result_set": result_set, "parameters": parameters}
+    if result_page:
+        table = report.headline(results.read_summaries(result_set)) if result_set else {}
+        data.update(metrics=json.loads(report.as_json(table)), forest_plot=report.forest_json(table))
+    else:
+        summary = results.summary_path(Path(document).name, result_set) if result_set else None
+        data["summary"] = json.loads(summary.read_text()) if summary and summary.exists() else None
+    data["glued"] = glued_values(notebook)
     (source / document).parent.mkdir(parents=True, exist_ok=True)
     results.atomic_write_json((source / document).with_name(data_file_name(document)), data)
-    box = nbformat.v4.new_markdown_cell(rerun_box(document, parameters, result_set))
-    box.metadata["tags"] = ["bnlib-rerun"]
-    notebook.cells.insert(1, box)
+    if result_page:
+        link = nbformat.v4.new_markdown_cell(f"*The numbers and the plotted values of this page, as JSON: "
+                                             f"{{download}}`{data_file_name(document)}` (result set `{result_set}`).*")
+        notebook.cells.append(link)
+    else:
+        notebook.cells.insert(1, nbformat.v4.new_markdown_cell(rerun_box(document, parameters, result_set)))
     return notebook
 
 
@@ -327,8 +365,7 @@ def stage(build_dir: Path, root: Path = REPO_ROOT, result_set: str | None = None
                 raise FileNotFoundError(f"Chapter {document!r} has not been executed for result set {result_set!r}: "
                                         f"run `python -m bnlib book --profile {result_set}` first.")
             notebook = without_widgets(nbformat.read(executed, as_version=4))
-            if not is_result_page(document, root):
-                notebook = _with_rerun_box(notebook, document, source)
+            notebook = _with_rerun_box(notebook, document, source, is_result_page(document, root))
             nbformat.write(notebook, target.with_suffix(".ipynb"))
     for folder in ("images",):
         if (root / folder).is_dir():
