@@ -205,12 +205,12 @@ def execute(document: str, parameters: dict[str, Any], build_dir: Path | None = 
             run_result_set(document, parameters, root)
     output = executed_path(document, build_dir, result_set)
     stamp = fingerprint(document, parameters, root, result_set)
+    _remove_stale_runs(output)
     if not force and output.exists():
         previous = nbformat.read(output, as_version=4).metadata.get("bnlib", {})
         if previous.get("fingerprint") == stamp and previous.get("status") == "ok":
             return output, False
     output.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_runs(output)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.running.ipynb")
     start = time.time()
     try:
