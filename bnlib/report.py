@@ -251,22 +251,23 @@ def _difference_text(shown: Difference) -> str:
 
 
 def findings(table: dict[str, dict[str, Any]]) -> str:
-    """The "What we found" paragraph: for each comparison, which privacy effects BN raised, lowered, left
-    unchanged or left undecided, with the difference behind each word. Markdown."""
+    """The "What we found" text: for each comparison, one line per verdict naming the privacy effects it
+    covers, each with the difference behind the word; then where the numbers come from. Markdown."""
     rows = forest_rows(table)
     if not rows:
         return "*No chapter has stored results for this set yet: run `make book`.*"
-    sentences = []
+    lines = []
     for comparison in [c for c in COMPARISONS if any(r.comparison == c for r in rows)]:
-        here = [r for r in rows if r.comparison == comparison]
         by_verdict: dict[str, list[str]] = {}
-        for row in here:
+        for row in (r for r in rows if r.comparison == comparison):
             word = next((w for w in VERDICT_COLORS if row.verdict.startswith(w)), row.verdict)
             effect = row.effect.replace("_", " ")
             by_verdict.setdefault(word, []).append(f"{effect} ({_difference_text(row.difference)})")
-        parts = [f"**{word}** for {_join(items)}" for word, items in by_verdict.items()]
         lead = "After the same training schedule" if comparison == "same_schedule" else "At matched fit"
-        sentences.append(f"{lead}, the verdict is {_join(parts, '; ')}.")
+        lines.append(f"{lead}, the verdict is:\n")
+        lines += [f"- **{word}** for {_join(items)};" for word, items in by_verdict.items()]
+        lines[-1] = lines[-1][:-1] + "."
+        lines.append("")
     profiles = sorted({str(e.get("profile")) for e in table.values()})
     sets = sorted({str(e.get("result_set")) for e in table.values()})
     closing = (f"Δ is BN − no-BN, and BN / no-BN for ratios; intervals are 95%. These numbers come from the "
@@ -274,7 +275,7 @@ def findings(table: dict[str, dict[str, Any]]) -> str:
     if "smoke" in profiles:
         closing += (" The `smoke` profile runs tiny models to check the machinery: its numbers are evidence of "
                     "nothing; build the book at `quick` (the default) or `paper`.")
-    return " ".join([*sentences, closing])
+    return "\n".join([*lines, closing])
 
 
 def _join(items: list[str], separator: str = ", ") -> str:

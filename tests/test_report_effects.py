@@ -123,7 +123,7 @@ def test_forest_rows_same_schedule_first_then_chapter_order_outliers_first_priva
 def test_findings_paragraph_gives_each_comparison_its_verdicts_and_numbers():
     text = report.findings(TABLE)
     same, matched = text.split("At matched fit")
-    assert same.startswith("After the same training schedule, the verdict is **inconclusive** for canary "
+    assert same.startswith("After the same training schedule, the verdict is:\n\n- **inconclusive** for canary "
                            "memorization (Δ = +0.250, 2 seeds per norm)")
     assert "BN / no-BN = 2.31 [" in same
     assert "**BN higher** for mia auc outliers (Δ = +0.204 [+0.142, +0.266])" in matched

@@ -393,6 +393,7 @@ def test_landing_page_says_what_we_found_with_a_forest_plot(visits, driver):
     assert found is not None, "the landing page has no 'What we found' section"
     assert "After the same training schedule, the verdict is" in found["text"]
     assert "At matched fit, the verdict is" in found["text"]
+    assert "Δ = " in found["text"]  # the numbers behind the words
     assert found["images"], "no forest plot in 'What we found'"
     forest = found["images"][0]
     assert forest["loaded"], "the forest plot did not load"
