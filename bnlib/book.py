@@ -367,7 +367,7 @@ def stage(build_dir: Path, root: Path = REPO_ROOT, result_set: str | None = None
             notebook = without_widgets(nbformat.read(executed, as_version=4))
             notebook = _with_rerun_box(notebook, document, source, is_result_page(document, root))
             nbformat.write(notebook, target.with_suffix(".ipynb"))
-    for folder in ("images",):
+    for folder in ("images", "_static"):  # Jupyter Book loads every _static/*.css
         if (root / folder).is_dir():
             shutil.copytree(root / folder, source / folder, dirs_exist_ok=True)
     return source
