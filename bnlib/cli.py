@@ -2,7 +2,7 @@
 
     python -m bnlib run memorization -p batch_size 64 -p norms batch,none [--profile quick]
     python -m bnlib book [--profile quick] [--force] [--strict]
-    python -m bnlib report [--json]
+    python -m bnlib report [--profile smoke | --set quick-1a2b3c4d] [--json]
     python -m bnlib params memorization
     python -m bnlib zoo --profile paper [-p NAME VALUE ...] [--engine dask --address tcp://host:8786]
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import book, report
+from . import book, report, results
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--strict", action="store_true", help="treat Sphinx warnings as errors")
     rep = commands.add_parser("report", help="print the headline table from cached results")
     rep.add_argument("--json", action="store_true", help="print JSON (stable shape, see bnlib.report)")
+    which = rep.add_mutually_exclusive_group()
+    which.add_argument("--profile", choices=("smoke", "quick", "paper"),
+                       help="the book's results at this profile (default: the profile of the last book built)")
+    which.add_argument("--set", dest="result_set", help="a result set by name (`run` prints it), e.g. quick-1a2b3c4d")
     params = commands.add_parser("params", help="list a chapter's papermill parameters and defaults")
     params.add_argument("chapter")
     zoo_cmd = commands.add_parser("zoo", help="train the model zoo of every norm into the cache (here or on a cluster)")
@@ -58,14 +62,17 @@ def main(argv: list[str] | None = None) -> int:
             parameters = dict(args.parameter)
             if args.profile:
                 parameters["profile"] = args.profile
+            result_set = book.run_result_set(document, parameters)
             output, ran = book.execute(document, parameters, force=args.force)
-            print(f"{'executed' if ran else 'up to date'}: {output}")
+            print(f"{'executed' if ran else 'up to date'}: {output}\nresult set: {result_set} "
+                  f"(`python -m bnlib report --set {result_set}`)")
         elif args.command == "book":
             html = book.book(args.profile, force=args.force, strict=args.strict)
             print(f"website: {html / 'index.html'}")
         elif args.command == "report":
-            table = report.headline()
-            print(report.as_json(table) if args.json else report.text(table))
+            result_set = args.result_set or args.profile or book.built_result_set() or "quick"
+            table = report.headline(results.read_summaries(result_set))
+            print(report.as_json(table) if args.json else report.text(table, result_set))
         elif args.command == "params":
             document = book.resolve_chapter(args.chapter)
             for name, spec in book.declared_parameters(document).items():

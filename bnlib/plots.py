@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 import warnings
 from collections.abc import Sequence
 
@@ -23,6 +22,12 @@ def set_style() -> None:
         "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
         "font.size": 10, "legend.frameon": False,
     })
+    try:  # in a kernel: figures as 2x PNG (sharp at any zoom, still small files)
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        set_matplotlib_formats("retina")
+    except ImportError:  # pragma: no cover (matplotlib-inline ships with ipykernel)
+        pass
 
 
 def band(ax, x: Sequence[float], runs: np.ndarray, norm: str, label: str | None = None,
@@ -60,41 +65,66 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, column
     return fig
 
 
-def effects_figure(grouped: dict[str, dict[str, dict]], norms: Sequence[str] = ("batch", "none"), columns: int = 4):
-    """One panel per effect: each norm's mean with its 95% CI, for each comparison (same schedule, matched fit).
+def forest_plot(rows: Sequence, width: float = 8.0):
+    """The landing page's forest plot: one row per effect, BN against no-BN with its 95% interval, grouped by
+    comparison, coloured by verdict. Differences (BN - no-BN) on a linear axis with a zero line; ratios
+    (BN / no-BN) on a log axis of their own with a line at 1. A row without an interval (too few
+    replicates) is a hollow marker and its label says how many.
 
     Args:
-        grouped: effect -> comparison -> metric entry, as returned by ``report.effects``.
-        norms: the norms to show, side by side within each comparison.
-        columns: panels per row.
+        rows: ``report.ForestRow`` values, in display order (``report.forest_rows``).
+        width: inches; drawn at 110 dpi this fills the page's text column at 100% zoom with 10 pt text.
     Returns:
         The figure.
     """
-    count = len(grouped)
-    width = max(1, min(count, columns))
-    rows = max(1, int(np.ceil(count / width)))
-    fig, axes = plt.subplots(rows, width, figsize=(3.1 * width, 2.7 * rows), squeeze=False)
-    offsets = np.linspace(-0.15, 0.15, len(norms))
-    for ax, (effect, by_comparison) in zip(axes.flat[:count], grouped.items(), strict=True):
-        for position, entry in enumerate(by_comparison.values()):
-            for offset, norm in zip(offsets, norms, strict=True):
-                stat = entry.get(norm) or {}
-                mean = stat.get("mean")
-                if mean is None or np.isnan(mean):
-                    continue
-                low, high = stat["ci95"]
-                ax.errorbar(position + offset, mean, yerr=[[mean - low], [high - mean]], fmt="o", capsize=3,
-                            color=NORM_COLORS.get(norm, "k"), label=NORM_LABELS.get(norm, norm))
-        ax.set_xticks(range(len(by_comparison)), [c.replace("_", "\n") for c in by_comparison])
-        ax.set_xlim(-0.6, len(by_comparison) - 0.4)
-        ax.set_title(textwrap.fill(effect.replace("_", " "), 30), fontsize=9)
-        higher = next(iter(by_comparison.values())).get("higher_means", "")
-        ax.set_ylabel(textwrap.fill(f"↑ {higher}", 28) if higher else "", fontsize=8)
-    for ax in axes.flat[count:]:
-        ax.axis("off")
-    handles = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
-    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=len(handles), bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    from .report import VERDICT_COLORS, verdict_color
+
+    panels = {scale: [r for r in rows if r.difference.scale == scale] for scale in ("linear", "log")}
+    panels = {scale: here for scale, here in panels.items() if here}
+    # one unit per row, 1.5 per comparison heading
+    sizes = [len(here) + 1.5 * len({r.comparison for r in here}) for here in panels.values()] or [1]
+    fig, axes = plt.subplots(len(sizes), 1, figsize=(width, 0.8 + 0.3 * sum(sizes) + 0.7 * len(sizes)),
+                             squeeze=False, gridspec_kw={"height_ratios": sizes})
+    for ax, (scale, here) in zip(axes.flat, panels.items(), strict=True):
+        labels, y = [], 0.0
+        for comparison in dict.fromkeys(r.comparison for r in here):
+            labels.append((y, comparison.replace("_", " ").upper(), True))
+            y -= 1
+            for row in (r for r in here if r.comparison == comparison):
+                d, color = row.difference, verdict_color(row.verdict)
+                if d.low is not None:
+                    ax.plot([d.low, d.high], [y, y], color=color, linewidth=2.2, solid_capstyle="butt")
+                face = color if d.low is not None else "white"  # hollow: no interval
+                ax.plot(d.mean, y, "o", markersize=7, color=color, markerfacecolor=face)
+                name = row.effect.replace("_outlier_inlier_ratio", " (outlier/inlier)").replace("_", " ")
+                labels.append((y, name if d.low is not None else f"{name} [{d.n_text.split(' per')[0]}]", False))
+                y -= 1
+            y -= 0.5
+        ax.axvline(1.0 if scale == "log" else 0.0, color="k", linewidth=0.9)
+        if scale == "log":
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())
+            low, high = ax.get_xlim()
+            ax.set_xlim(min(low, 0.8), max(high, 1.25))
+        ax.set_yticks([t[0] for t in labels], [t[1] for t in labels], fontsize=10)
+        for tick, (_, _, header) in zip(ax.get_yticklabels(), labels, strict=True):
+            tick.set_fontweight("bold" if header else "normal")
+        ax.tick_params(axis="y", length=0)
+        ax.set_ylim(y + 0.3, 0.7)
+        ax.grid(axis="y", visible=False)
+        ax.set_xlabel("BN / no-BN (log scale; 1 = equal)" if scale == "log" else "BN − no-BN (0 = equal)", fontsize=10)
+    if not panels:
+        axes.flat[0].text(0.5, 0.5, "no results yet", ha="center", va="center")
+        axes.flat[0].axis("off")
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=v) for v, c in VERDICT_COLORS.items()]
+    handles.append(plt.Line2D([], [], marker="o", linestyle="", color="0.3", markerfacecolor="white",
+                              label="too few replicates for an interval"))
+    fig.legend(handles=handles, loc="upper center", ncol=3, fontsize=9.5, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))
     return fig
 
 

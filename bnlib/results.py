@@ -4,7 +4,7 @@ Layout (under ``cache_root()``, default ``_build/cache``, or ``$BNLIB_CACHE``)::
 
     <kind>/<hash>/config.json        the configuration, code modules and package version behind the entry
     <kind>/<hash>/<name>.pt          tensors / plain Python values, read with weights_only=True
-    summaries/<chapter>.json         headline metrics of a chapter (read by ``python -m bnlib report``)
+    summaries/<set>/<chapter>.json   headline metrics of a chapter per result set (profile + parameters)
 
 Every file is written to a temporary name in the same folder and renamed into place, so an
 interrupted run never leaves a half-written entry; a resumed run finds what was finished.
@@ -202,13 +202,36 @@ def cached(kind: str, config: dict[str, Any], compute: Callable[[], Any], code: 
 
 
 # ----------------------------------------------------------------------------- chapter summaries
+# Summaries are kept per *result set*: one set per (profile, parameters) a chapter was run with. The book's
+# set is named by its profile ("quick"); a run at other parameters gets "<profile>-<8 hex digits>", so it
+# lands beside the book's numbers and never over them. ``book.execute`` tells the kernel its set through
+# the environment variable below; a notebook run without it (plain papermill, Jupyter) names its set from
+# the configuration it stores.
 
-def summary_path(chapter: str) -> Path:
-    return cache_root() / "summaries" / f"{chapter}.json"
+RESULT_SET_ENV = "BNLIB_RESULT_SET"
+
+
+def result_set_name(profile: str, parameters: dict[str, Any] | None = None) -> str:
+    """Name of the result set of a run: the profile alone for the book's parameters (``{"profile": p}``
+    or none), else ``<profile>-<hash of the other parameters>``."""
+    others = {k: v for k, v in (parameters or {}).items() if k != "profile"}
+    return profile if not others else f"{profile}-{config_hash(others)[:8]}"
+
+
+def _check_set_name(result_set: str) -> str:
+    if not result_set or "/" in result_set or result_set.startswith("."):
+        raise ValueError(f"result_set={result_set!r} is not a plain folder name (no '/', no leading '.')")
+    return result_set
+
+
+def summary_path(chapter: str, result_set: str) -> Path:
+    """``<cache>/summaries/<result_set>/<chapter>.json``."""
+    return cache_root() / "summaries" / _check_set_name(result_set) / f"{chapter}.json"
 
 
 def metric_entry(per_norm: dict[str, dict[str, Any]], *, p_value: float | None, test: str, higher_means: str,
-                 description: str, comparison: str) -> dict[str, Any]:
+                 description: str, comparison: str, unit: str | None = None,
+                 **extra: Any) -> dict[str, Any]:
     """One metric in the stable report shape.
 
     Args:
@@ -218,20 +241,54 @@ def metric_entry(per_norm: dict[str, dict[str, Any]], *, p_value: float | None, 
         higher_means: what a larger value means, e.g. "more memorization".
         description: one sentence saying exactly what is measured.
         comparison: ``same_schedule`` or ``matched_fit`` (and how the fit was matched, in description).
+        unit: what ``n`` counts ("models", "seeds", "data draws", "examples", ...); the report falls back
+            to ``description`` where it is absent.
+        extra: further fields kept as given (``verdict``, ``detectable_difference``, ``p_value_holm``,
+            ``difference`` = ``{"mean", "ci95", "n"}`` of BN - no-BN, ``bounds`` = ``[lo, hi]``).
     """
-    return {**per_norm, "p_value": None if p_value is None else float(p_value), "test": test,
-            "higher_means": higher_means, "description": description, "comparison": comparison}
+    entry = {**per_norm, "p_value": None if p_value is None else float(p_value), "test": test,
+             "higher_means": higher_means, "description": description, "comparison": comparison, **extra}
+    if unit is not None:
+        entry["unit"] = unit
+    return entry
 
 
-def write_summary(chapter: str, metrics: dict[str, dict[str, Any]], config: dict[str, Any]) -> Path:
-    """Store a chapter's headline metrics (``metric_entry`` values) with the config that produced them."""
-    path = summary_path(chapter)
-    atomic_write_json(path, {"chapter": chapter, "metrics": metrics, "config": config,
+def write_summary(chapter: str, metrics: dict[str, dict[str, Any]], config: dict[str, Any],
+                  result_set: str | None = None) -> Path:
+    """Store a chapter's headline metrics (``metric_entry`` values) with the config that produced them.
+
+    The set is ``result_set`` if given, else ``$BNLIB_RESULT_SET`` (set by ``book.execute``), else
+    ``<profile>-<hash of config>``: a run outside ``python -m bnlib`` never overwrites the book's numbers.
+    """
+    if result_set is None:
+        result_set = os.environ.get(RESULT_SET_ENV) or \
+            f"{config.get('profile', 'custom')}-{config_hash(config)[:8]}"
+    path = summary_path(chapter, result_set)
+    atomic_write_json(path, {"chapter": chapter, "metrics": metrics, "config": config, "result_set": result_set,
                              "bnlib_version": __version__})
     return path
 
 
-def read_summaries() -> dict[str, dict[str, Any]]:
-    """All chapter summaries present: chapter -> stored summary."""
+def result_sets() -> list[str]:
+    """Names of the result sets with at least one summary, most recently written first."""
     folder = cache_root() / "summaries"
+    if not folder.exists():
+        return []
+    newest = {d.name: max((p.stat().st_mtime for p in d.glob("*.json")), default=None) for d in folder.iterdir()
+              if d.is_dir()}
+    return sorted((name for name, time in newest.items() if time is not None), key=lambda n: -newest[n])
+
+
+def read_summaries(result_set: str | None = None) -> dict[str, dict[str, Any]]:
+    """The chapter summaries of one result set: chapter -> stored summary.
+
+    Args:
+        result_set: the set to read; None: ``$BNLIB_RESULT_SET`` if set (inside a book kernel), else the
+            most recently written set.
+    """
+    if result_set is None:
+        result_set = os.environ.get(RESULT_SET_ENV) or next(iter(result_sets()), None)
+        if result_set is None:
+            return {}
+    folder = summary_path("_", result_set).parent
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}

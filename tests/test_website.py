@@ -374,3 +374,161 @@ def test_screenshots_of_every_page_are_saved(visits, capsys):
         print("\nWebsite screenshots (smoke profile):")
         for v in visits.values():
             print(f"  {v.document:32s} {v.seconds:5.1f} s  {v.screenshot}")
+
+
+# ----------------------------------------------------------------------------- the reader's landing page
+
+FOUND_STATE = r"""
+    const section = document.getElementById('what-we-found');
+    if (!section) return null;
+    return {text: section.innerText,
+            images: Array.from(section.querySelectorAll('img')).map(i => (
+                {loaded: i.complete && i.naturalWidth > 0, width: i.naturalWidth, shown: i.width}))};"""
+
+
+def test_landing_page_says_what_we_found_with_a_forest_plot(visits, driver):
+    driver.get(visits["intro"].url)
+    _wait(driver, "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)")
+    found = driver.execute_script(FOUND_STATE)
+    assert found is not None, "the landing page has no 'What we found' section"
+    assert "After the same training schedule, the verdict is" in found["text"]
+    assert "At matched fit, the verdict is" in found["text"]
+    assert "Δ = " in found["text"]  # the numbers behind the words
+    assert found["images"], "no forest plot in 'What we found'"
+    forest = found["images"][0]
+    assert forest["loaded"], "the forest plot did not load"
+    assert forest["width"] >= 2 * forest["shown"] * 0.9, f"not a 2x PNG: {forest}"  # sharp at 100% zoom
+
+
+def test_every_chapter_links_its_data_file_and_shows_its_rerun_commands(smoke_site):
+    for document in book.notebook_documents(ROOT):
+        page = smoke_site / f"{document}.html"
+        name = Path(document).name
+        links = [url for tag, _, url in _parse(page).refs if tag == "a" and url.endswith(f"{name}.data.json")]
+        assert links, f"{document}: no link to {name}.data.json"
+        data = json.loads((page.parent / unquote(links[0])).read_text())
+        assert data["result_set"] == "smoke" and isinstance(data["glued"], dict), document
+        if book.is_result_page(document, ROOT):
+            continue
+        assert data["summary"] and data["summary"]["result_set"] == "smoke", f"{document}: no summary in its data"
+        text = page.read_text()
+        assert f"python -m bnlib run {name} -p profile smoke" in text, f"{document}: no re-run command"
+        assert f"papermill {document}.ipynb" in text, f"{document}: no papermill command"
+
+
+# ----------------------------------------------------------------------------- the live notebooks (make lab)
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def jupyterlab(tmp_path_factory):
+    """JupyterLab (``requirements-lab.txt``; ``make test`` and ``make lab`` install it) serving the repository
+    on 127.0.0.1 with a random token and the app exposed to the page's JavaScript; shut down afterwards.
+    Yields (base URL, token)."""
+    import importlib.util
+    import secrets
+    import subprocess
+    import sys
+    import urllib.request
+
+    if importlib.util.find_spec("jupyterlab") is None:
+        message = "JupyterLab is not installed: `make test` installs it (pip install -r requirements-lab.txt)."
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    home = tmp_path_factory.mktemp("jupyterlab")
+    port, token = _free_port(), secrets.token_hex(16)
+    environment = {**os.environ, "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "run"),
+                   "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+                   "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    environment.pop("MPLBACKEND", None)  # the kernel as a reader gets it
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT}", "--expose-app-in-browser",
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         *(["--allow-root"] if os.geteuid() == 0 else [])],  # CI and `make test` run as root
+        env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}api/status?token={token}", timeout=5)
+            break
+        except OSError:
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                pytest.fail(f"JupyterLab did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield base, token
+    server.terminate()  # the server shuts its kernels down on SIGTERM
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(10)
+    log.close()
+
+
+RUN_UP_TO = r"""
+    const [marker, done] = [arguments[0], arguments[arguments.length - 1]];
+    const panel = window.jupyterapp.shell.currentWidget;
+    const index = panel.content.widgets.findIndex(c => c.model.type === 'code'
+        && c.model.sharedModel.getSource().includes(marker));
+    if (index < 0) { done('no cell contains ' + marker); return; }
+    panel.content.activeCellIndex = index;
+    window.jupyterapp.commands.execute('notebook:run-all-above')
+      .then(() => {
+        panel.content.activeCellIndex = index;
+        return window.jupyterapp.commands.execute('notebook:run-cell');
+      })
+      .then(() => done('ok'), error => done(String(error)));"""
+
+KERNEL_READY = r"""
+    const app = window.jupyterapp;
+    const panel = app && app.shell.currentWidget;
+    const kernel = panel && panel.sessionContext && panel.sessionContext.session && panel.sessionContext.session.kernel;
+    return Boolean(kernel && kernel.status === 'idle' && panel.content.widgets.length > 0);"""
+
+LIVE_STATE = r"""(function (label) {
+    const slider = Array.from(document.querySelectorAll('.widget-hslider')).find(
+        s => s.querySelector('.widget-label') && s.querySelector('.widget-label').innerText.trim() === label);
+    const image = document.querySelector('.jp-OutputArea img.widget-image, .jp-OutputArea .widget-image img');
+    return slider && image ? {readout: slider.querySelector('.widget-readout').innerText.trim(), src: image.src,
+                              loaded: image.complete && image.naturalWidth > 0} : null;
+})"""
+
+
+def test_live_theory_slider_redraws_the_figure_in_jupyterlab(jupyterlab, driver):
+    """The path ``make lab`` gives a reader: the theory chapter in JupyterLab with the project's kernel, its
+    slider cell run, the batch-size slider dragged: the figure must change."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    base, token = jupyterlab
+    driver.set_script_timeout(600)
+    driver.get(f"{base}lab/tree/chapters/theory.ipynb?token={token}")
+    _wait(driver, KERNEL_READY, timeout=120)
+    outcome = driver.execute_async_script(RUN_UP_TO, "widgets.IntSlider(")
+    assert outcome == "ok", outcome
+    _wait(driver, f"const s = {LIVE_STATE}('m'); return s && s.loaded;", timeout=120)
+    before = driver.execute_script(f"return {LIVE_STATE}('m');")
+    handle = next(s for s in driver.find_elements(By.CSS_SELECTOR, ".widget-hslider")
+                  if s.find_element(By.CSS_SELECTOR, ".widget-label").text.strip() == "m"
+                  ).find_element(By.CSS_SELECTOR, ".noUi-handle")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", handle)
+    ActionChains(driver).click_and_hold(handle).move_by_offset(60, 0).release().perform()
+    changed = f"const s = {LIVE_STATE}('m'); return s && s.loaded && s.src !== {json.dumps(before['src'])};"
+    _wait(driver, changed, timeout=60)
+    after = driver.execute_script(f"return {LIVE_STATE}('m');")
+    screenshots = Path(os.environ["BNLIB_BUILD"]) / "screenshots"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(screenshots / "jupyterlab_theory_slider.png"))
+    assert int(after["readout"]) > int(before["readout"]), (before["readout"], after["readout"])
