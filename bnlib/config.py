@@ -27,6 +27,9 @@ DATASETS = ("fashion_mnist", "mnist", "cifar10", "svhn")
 OUTLIER_KINDS = ("ood_digits", "ood_photos", "random_label", "noise")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("onecycle", "cosine", "constant")
+# The two arms of every headline comparison, and the three ways they are compared (bnlib.population).
+COMPARED_NORMS = ("batch", "none")
+COMPARISONS = ("same_schedule", "matched_fit", "matched_fit_annealed")
 
 
 @dataclass(frozen=True)

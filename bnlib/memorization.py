@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from . import stats
+from . import config, stats
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class ChapterParams:
     }
 
 
-COMPARED = ("batch", "none")  # the two arms of every headline comparison
+COMPARED = config.COMPARED_NORMS  # the two arms of every headline comparison
 
 
 def check_norms(cfg) -> None:

@@ -32,7 +32,6 @@ import numpy as np
 from . import memorization, stats, train, verdict
 from . import zoo as zoo_lib
 
-COMPARISONS = ("same_schedule", "matched_fit", "matched_fit_annealed")
 CALIBRATION_MEMBERS = 2  # members of the small zoos that calibrate an annealed schedule (a complementary pair)
 
 

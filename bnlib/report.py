@@ -26,11 +26,10 @@ from typing import Any
 from scipy import stats as scipy_stats
 
 from . import results
-from .config import NORMS
+from .config import COMPARISONS, NORMS
 
 MIN_REPLICATES = 3  # below this, an interval from the replicates is not shown
 ALPHA = 0.05
-COMPARISONS = ("same_schedule", "matched_fit")
 FOREST_CHAPTERS = ("memorization", "influence", "membership_inference")  # the privacy effects, reading order
 VERDICT_COLORS = {"BN higher": "#d62728", "no-BN higher": "#1f77b4", "no difference detected": "#555555",
                   "inconclusive": "#bbbbbb"}
