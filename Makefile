@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CLUSTER_STAMP := $(VENV)/.installed-cluster
 PROFILE ?= quick
 
 .PHONY: book test data report clean
@@ -15,13 +16,18 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# the distributed engine (Dask) of `python -m bnlib zoo --engine dask`: the tests need it, the book does not
+$(CLUSTER_STAMP): $(STAMP) requirements-cluster.txt
+	$(PY) -m pip install -q -r requirements-cluster.txt
+	touch $(CLUSTER_STAMP)
+
 data:
 	bash .ci/ensure_data.sh
 
 book: $(STAMP) data
 	$(PY) -m bnlib book --profile $(PROFILE)
 
-test: $(STAMP) data
+test: $(STAMP) $(CLUSTER_STAMP) data
 	bash .ci/ensure_browser.sh
 	$(PY) -m pytest
 

@@ -44,13 +44,14 @@ class Zoo:
 
     Attributes:
         norm: the normalizer of every model.
-        keep: (T, N) bool, pool membership per model.
+        keep: (T, N) bool, pool membership per model (``data.balanced_keep_mask``'s first T rows).
         labels: (N,) int64 pool labels; is_outlier: (N,) bool (canaries, inserted or held out).
         logits: (T, N, C) float32 eval-mode logits of the final models on the pool.
         checkpoint_epochs: (E,) epochs at which ``checkpoint_logits`` were taken (the last = final).
         checkpoint_logits: (E, T, N, C) float16 eval-mode logits during training.
         test_logits: (T, n_test, C) float32 eval-mode logits on the test set; test_labels: (n_test,).
-        entry: the cache entry; ``state_dict(t)`` / ``model(t)`` load model t from it.
+        entry: the cache entry, one ``model_{t}`` per member (``run_task`` lists its fields);
+            ``state_dict(t)`` / ``model(t)`` load model t from it.
     """
 
     norm: str
