@@ -131,3 +131,16 @@ def test_jobqueue_jobs_hold_one_gpu_each_and_offer_it_as_a_resource():
     finally:
         cluster.close()
     assert "#SBATCH --gres=gpu:1" in script and "--resources GPU=1" in script and "-p gpu" in script
+
+
+def test_cli_trains_the_zoos_a_chapter_then_finds(monkeypatch, tmp_path, capsys, sequential_zoos):
+    from bnlib import cli
+
+    monkeypatch.setenv("BNLIB_CACHE", str(tmp_path))
+    assert cli.main(["zoo", "--profile", "smoke", "-p", "n_models", "2", "-p", "device", "cpu"]) == 0
+    assert "zoo none: 2 members complete" in capsys.readouterr().out
+    cfg = _cfg(n_models=2)
+    assert zoo.missing_members(cfg, "batch") == zoo.missing_members(cfg, "none") == []
+    _members_equal(zoo.load_zoo(cfg, "none"), sequential_zoos["none"], range(2))
+    assert cli.main(["zoo", "--profile", "smoke", "-p", "workers", "-1"]) == 2  # a clear error, no training
+    assert "'workers'" in capsys.readouterr().err
