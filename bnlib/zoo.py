@@ -20,7 +20,9 @@ Bit-identity: a CPU model's weights depend on the number of intra-op threads (fl
 split differently: 1 vs 2 threads differ by up to 3e-2 in a weight after one quick epoch, measured),
 so every member trains with ONE thread, whoever runs it: the sequential loop, a local worker and a
 cluster worker give the same bits (``tests/test_zoo_tasks.py``). On one CPU core a quick model trains
-as fast with one thread as with two; the cores go to parallel members instead.
+as fast with one thread as with two; the cores go to parallel members instead. On CUDA bits are not
+promised (cuDNN's kernels, and which members share a vmap group, change the rounding); the paths agree
+to float32 rounding there (``tests/test_ensemble.py``).
 """
 
 from __future__ import annotations
