@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LAB_STAMP := $(VENV)/.installed-lab
+CLUSTER_STAMP := $(VENV)/.installed-cluster
 PROFILE ?= quick
 
 .PHONY: book test lab data report clean
@@ -21,13 +22,18 @@ $(LAB_STAMP): $(STAMP) requirements-lab.txt
 	$(PY) -m pip install -q -r requirements-lab.txt
 	touch $(LAB_STAMP)
 
+# the distributed engine (Dask) of `python -m bnlib zoo --engine dask`: the tests need it, the book does not
+$(CLUSTER_STAMP): $(STAMP) requirements-cluster.txt
+	$(PY) -m pip install -q -r requirements-cluster.txt
+	touch $(CLUSTER_STAMP)
+
 data:
 	bash .ci/ensure_data.sh
 
 book: $(STAMP) data
 	$(PY) -m bnlib book --profile $(PROFILE)
 
-test: $(STAMP) $(LAB_STAMP) data
+test: $(STAMP) $(LAB_STAMP) $(CLUSTER_STAMP) data
 	bash .ci/ensure_browser.sh
 	$(PY) -m pytest
 

@@ -57,7 +57,7 @@ def main() -> None:
 
     started = time.perf_counter()
     with LocalCluster(n_workers=cores, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         client.run(lambda: __import__("bnlib.zoo"))  # workers import torch before the clock starts
         startup = time.perf_counter() - started
         label = f"dask {cores}"

@@ -45,8 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     zoo_cmd.add_argument("--address", help="dask: scheduler address (tcp://host:8786) or scheduler file (*.json); "
                          "omitted = a local cluster, unless --jobqueue")
     zoo_cmd.add_argument("--jobqueue", choices=("slurm", "pbs"), help="dask: start workers as batch jobs")
-    zoo_cmd.add_argument("--jobs", type=int, default=1, help="dask --jobqueue: number of batch jobs")
-    zoo_cmd.add_argument("--gpus-per-job", type=int, default=1, help="dask --jobqueue: GPUs (= workers) per job")
+    zoo_cmd.add_argument("--jobs", type=int, default=1, help="dask --jobqueue: batch jobs (with --gpu: one GPU each)")
     zoo_cmd.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
                          help="dask: one vmap group per task, placed on a worker with a free GPU resource "
                               "(default: on for the paper profile)")
@@ -95,8 +94,8 @@ def _zoo(args: argparse.Namespace) -> None:
     else:
         from . import engine
 
-        client = engine.connect(args.address, jobqueue=args.jobqueue, jobs=args.jobs, gpus_per_job=args.gpus_per_job)
         gpu = args.profile == "paper" if args.gpu is None else args.gpu
+        client = engine.connect(args.address, jobqueue=args.jobqueue, jobs=args.jobs, gpu=gpu)
         with client:
             reports = engine.train_zoo(client, cfg, gpu=gpu, retries=args.retries)
         print(f"trained {sum(len(r['trained']) for r in reports)} members in {len(reports)} tasks on "

@@ -16,10 +16,11 @@ machine that sees the folder) finds every member cached. Killing a worker loses 
 flight on it; the scheduler runs its task again elsewhere.
 
 Placement: with ``gpu=True`` a task is one vmap group (up to ``ensemble.MAX_CONCURRENT`` members) and
-asks for one ``GPU`` resource, so each GPU trains one group at a time (start one single-thread worker
-per GPU, each with ``CUDA_VISIBLE_DEVICES`` set to its GPU and ``--resources GPU=1``); with
-``gpu=False`` a task is one member, trained with one thread (start one worker per core,
-``--nthreads 1``). Results are bit-identical to the sequential loop on CPUs (``tests/test_zoo_tasks.py``).
+asks for one ``GPU`` resource, so each GPU trains one group at a time (one worker per GPU, each with
+``CUDA_VISIBLE_DEVICES`` set to its GPU and ``--resources GPU=1``: :func:`jobqueue_cluster` starts such
+workers as one-GPU batch jobs); with ``gpu=False`` a task is one member, trained with one thread (one
+worker per core, ``--nthreads 1``). Results are bit-identical to the sequential loop on CPUs
+(``tests/test_zoo_tasks.py``).
 """
 
 from __future__ import annotations
@@ -40,15 +41,15 @@ class Submitted:
     groups: list[tuple[str, tuple[int, ...]]]  # (norm, members) per future
 
 
-def connect(address: str | None = None, *, jobqueue: str | None = None, jobs: int = 1, gpus_per_job: int = 1,
+def connect(address: str | None = None, *, jobqueue: str | None = None, jobs: int = 1, gpu: bool = True,
             **cluster_options):
     """A ``distributed.Client``.
 
     Args:
         address: a running scheduler (``tcp://host:8786``) or a scheduler file (``*.json``, as written by
             ``dask scheduler --scheduler-file``); None with ``jobqueue`` None = a local cluster.
-        jobqueue: ``slurm`` or ``pbs``: start ``jobs`` batch jobs through dask-jobqueue, each one worker
-            process per GPU (``gpus_per_job``; 0 = a CPU job with one single-thread worker per core).
+        jobqueue: ``slurm`` or ``pbs``: start ``jobs`` batch jobs through dask-jobqueue (:func:`jobqueue_cluster`).
+        gpu: jobqueue only: each job holds one GPU (and one worker offering it as a ``GPU`` resource).
         cluster_options: passed to the jobqueue cluster (``queue``, ``account``, ``walltime``, ``cores``,
             ``memory``, ``job_extra_directives`` ...).
     """
@@ -61,30 +62,34 @@ def connect(address: str | None = None, *, jobqueue: str | None = None, jobs: in
         return Client(scheduler_file=address) if address.endswith(".json") else Client(address)
     if jobqueue is None:
         # the client owns this local cluster and closes it with itself
-        return Client(host="127.0.0.1", threads_per_worker=1, processes=True, dashboard_address=None)
-    if jobqueue not in JOBQUEUES:
-        raise ValueError(f"Parameter 'jobqueue' got {jobqueue!r}; allowed values: "
-                         f"{', '.join(map(repr, JOBQUEUES))}.")
-    if jobs < 1 or gpus_per_job < 0:
-        raise ValueError(f"Parameters 'jobs' ({jobs}) and 'gpus_per_job' ({gpus_per_job}) must be >= 1 and >= 0.")
-    cluster = _jobqueue_cluster(jobqueue, gpus_per_job, **cluster_options)
+        return Client(host="127.0.0.1", threads_per_worker=1, processes=True, dashboard_address=":0")
+    if jobs < 1:
+        raise ValueError(f"Parameter 'jobs' must be >= 1; got {jobs}.")
+    cluster = jobqueue_cluster(jobqueue, gpu=gpu, **cluster_options)
     cluster.scale(jobs=jobs)
     return Client(cluster)
 
 
-def _jobqueue_cluster(jobqueue: str, gpus_per_job: int, **options):
+def jobqueue_cluster(jobqueue: str, *, gpu: bool = True, **options):
+    """A dask-jobqueue cluster (not yet scaled) whose jobs are zoo workers.
+
+    With ``gpu``: one GPU per job (``--gres=gpu:1`` on Slurm, ``ngpus=1`` on PBS), one worker process that
+    offers it as the resource ``GPU=1``; the batch system's ``CUDA_VISIBLE_DEVICES`` points the worker at
+    its GPU. Without: one worker process of one thread per requested core.
+    """
+    if jobqueue not in JOBQUEUES:
+        raise ValueError(f"Parameter 'jobqueue' got {jobqueue!r}; allowed values: {', '.join(map(repr, JOBQUEUES))}.")
     import dask_jobqueue
 
-    cores = options.pop("cores", max(gpus_per_job, 1))
-    memory = options.pop("memory", "32GB")
+    cores, memory = options.pop("cores", 4 if gpu else 1), options.pop("memory", "32GB")
     kind = dask_jobqueue.SLURMCluster if jobqueue == "slurm" else dask_jobqueue.PBSCluster
-    if gpus_per_job:
-        # one worker process per GPU, one thread each, each seeing one GPU resource
-        options.setdefault("job_extra_directives", [f"--gres=gpu:{gpus_per_job}"] if jobqueue == "slurm"
-                           else [f"-l ngpus={gpus_per_job}"])
-        return kind(cores=cores, memory=memory, processes=gpus_per_job,
-                    worker_extra_args=["--resources", "GPU=1", "--nthreads", "1"], **options)
-    return kind(cores=cores, memory=memory, processes=cores, **options)
+    if not gpu:
+        return kind(cores=cores, memory=memory, processes=cores, **options)
+    if jobqueue == "slurm":
+        options["job_extra_directives"] = [*options.get("job_extra_directives", []), "--gres=gpu:1"]
+    else:
+        options.setdefault("resource_spec", f"select=1:ncpus={cores}:ngpus=1:mem={memory}")
+    return kind(cores=cores, memory=memory, processes=1, worker_extra_args=["--resources", "GPU=1"], **options)
 
 
 def submit_zoo(client, cfg, norms: Sequence[str], *, gpu: bool = False, retries: int = 3) -> Submitted:

@@ -21,13 +21,14 @@ Bit-identity: a CPU model's weights depend on the number of intra-op threads (fl
 split differently: 1 vs 2 threads differ by up to 3e-2 in a weight after one quick epoch, measured),
 so every member trains with ONE thread, whoever runs it: the sequential loop, a local worker and a
 cluster worker give the same bits (``tests/test_zoo_tasks.py``). On one CPU core a quick model trains
-as fast with one thread as with two; the cores go to parallel members instead.
+as fast with one thread as with two; the cores go to parallel members instead. On CUDA bits are not
+promised (cuDNN's kernels, and which members share a vmap group, change the rounding); the paths agree
+to float32 rounding there (``tests/test_ensemble.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -46,13 +47,14 @@ class Zoo:
 
     Attributes:
         norm: the normalizer of every model.
-        keep: (T, N) bool, pool membership per model.
+        keep: (T, N) bool, pool membership per model (``data.balanced_keep_mask``'s first T rows).
         labels: (N,) int64 pool labels; is_outlier: (N,) bool (canaries, inserted or held out).
         logits: (T, N, C) float32 eval-mode logits of the final models on the pool.
         checkpoint_epochs: (E,) epochs at which ``checkpoint_logits`` were taken (the last = final).
         checkpoint_logits: (E, T, N, C) float16 eval-mode logits during training.
         test_logits: (T, n_test, C) float32 eval-mode logits on the test set; test_labels: (n_test,).
-        entry: the cache entry; ``state_dict(t)`` / ``model(t)`` load model t from it.
+        entry: the cache entry, one ``model_{t}`` per member (``run_task`` lists its fields);
+            ``state_dict(t)`` / ``model(t)`` load model t from it.
     """
 
     norm: str
@@ -122,10 +124,15 @@ def zoo_inputs(cfg) -> tuple[data_lib.ExperimentData, torch.Tensor, torch.Tensor
     return experiment, experiment.standardize(experiment.pool_x), experiment.standardize(experiment.test_x)
 
 
-@functools.lru_cache(maxsize=1)
+_WORKER_INPUTS: dict = {}  # cfg -> zoo_inputs(cfg), at most one zoo's worth of memory per process
+
+
 def _worker_inputs(cfg) -> tuple[data_lib.ExperimentData, torch.Tensor, torch.Tensor]:
-    # a worker process runs many tasks of one zoo: draw its data once (one zoo's worth of memory)
-    return zoo_inputs(cfg)
+    """``zoo_inputs(cfg)``, drawn once per process: a worker runs many tasks of one zoo."""
+    if cfg not in _WORKER_INPUTS:
+        _WORKER_INPUTS.clear()
+        _WORKER_INPUTS[cfg] = zoo_inputs(cfg)
+    return _WORKER_INPUTS[cfg]
 
 
 def missing_members(cfg, norm: str) -> list[int]:
@@ -222,21 +229,26 @@ def local_workers(cfg) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _init_worker() -> None:
+def _init_worker(cfg, inputs) -> None:
     torch.set_num_threads(1)
+    _WORKER_INPUTS.clear()
+    _WORKER_INPUTS[cfg] = inputs  # received through shared memory: no data draw in the worker
 
 
 def train_members_locally(cfg, norm: str, members: Sequence[int], inputs=None, progress: bool = True) -> None:
     """Train ``members`` of (cfg, norm)'s zoo here: in this process (one worker) or in worker processes.
 
     Worker processes are spawned (not forked: a forked child of a process that has run OpenMP code can
-    hang), run one thread each and write into this process's cache folder; each member is saved as soon
-    as it is done, so an interrupted run loses at most the members in flight.
+    hang), receive the data draw from this process, run one thread each and write into this process's
+    cache folder; each member is saved as soon as it is done, so an interrupted run loses at most the
+    members in flight. As with any spawned process, a *script* that calls this with more than one worker
+    needs the ``if __name__ == "__main__":`` guard (notebooks and ``python -m bnlib`` do not).
     """
     from tqdm.auto import tqdm
 
     device = train.resolve_device(cfg.device)
     groups = member_groups(members, device)
+    inputs = inputs if inputs is not None else zoo_inputs(cfg)
     workers = min(local_workers(cfg), len(groups))
     bar = tqdm(total=len(members), desc=f"zoo {norm} ({cfg.n_models - len(members)} cached, {workers} workers)",
                disable=not progress)
@@ -250,7 +262,7 @@ def train_members_locally(cfg, norm: str, members: Sequence[int], inputs=None, p
 
         cache = str(results.cache_root())
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker) as pool:
+                                 initializer=_init_worker, initargs=(cfg, inputs)) as pool:
             futures = {pool.submit(run_task, cfg, norm, group, cache): group for group in groups}
             try:
                 pending = set(futures)

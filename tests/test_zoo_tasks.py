@@ -83,7 +83,7 @@ def test_a_missing_member_is_named():
 def cluster():
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None) as local, distributed.Client(local) as client:
+                                  dashboard_address=":0") as local, distributed.Client(local) as client:
         yield client
 
 
@@ -116,3 +116,31 @@ def test_killing_a_worker_loses_at_most_its_task(monkeypatch, tmp_path, cluster,
     for t, stamp in done_before.items():  # what was finished before the kill is not trained again
         assert os.stat(entry.path(zoo.member_name(t))).st_mtime_ns == stamp
     _members_equal(zoo.load_zoo(cfg, "none"), sequential_zoos["none"], range(6))
+
+
+def test_jobqueue_jobs_hold_one_gpu_each_and_offer_it_as_a_resource():
+    pytest.importorskip("dask_jobqueue")
+    with pytest.raises(ValueError, match="'jobqueue' got 'lsf'"):
+        engine.jobqueue_cluster("lsf")
+    with pytest.raises(ValueError, match="'address'"):
+        engine.connect("tcp://127.0.0.1:1", jobqueue="slurm")
+    cluster = engine.jobqueue_cluster("slurm", queue="gpu", scheduler_options={"host": "127.0.0.1",
+                                                                                "dashboard_address": ":0"})
+    try:  # the batch script only: no Slurm here
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH --gres=gpu:1" in script and "--resources GPU=1" in script and "-p gpu" in script
+
+
+def test_cli_trains_the_zoos_a_chapter_then_finds(monkeypatch, tmp_path, capsys, sequential_zoos):
+    from bnlib import cli
+
+    monkeypatch.setenv("BNLIB_CACHE", str(tmp_path))
+    assert cli.main(["zoo", "--profile", "smoke", "-p", "n_models", "2", "-p", "device", "cpu"]) == 0
+    assert "zoo none: 2 members complete" in capsys.readouterr().out
+    cfg = _cfg(n_models=2)
+    assert zoo.missing_members(cfg, "batch") == zoo.missing_members(cfg, "none") == []
+    _members_equal(zoo.load_zoo(cfg, "none"), sequential_zoos["none"], range(2))
+    assert cli.main(["zoo", "--profile", "smoke", "-p", "workers", "-1"]) == 2  # a clear error, no training
+    assert "'workers'" in capsys.readouterr().err
