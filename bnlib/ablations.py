@@ -42,6 +42,8 @@ class ChapterParams:
                                                                      "doc": "training-length sweep (x epochs)"})
     archs: tuple[str, ...] = field(default=("mlp", "small_cnn"), metadata={"choices": ARCHS,
                                                                           "doc": "architecture sweep"})
+    canary_rates: tuple[float, ...] = field(default=(0.01, 0.04, 0.10), metadata={
+        "positive": True, "doc": "canary-rate sweep: fraction of canaries in the training set"})
     fit_level: float = field(default=0.95, metadata={"positive": True, "doc": "inlier train accuracy of matched fit"})
     strong_weight_decay: float = field(default=5e-3, metadata={"positive": True,
                                                               "doc": "weight decay of the regularization defence"})
@@ -50,6 +52,7 @@ class ChapterParams:
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(batch_sizes=(16, 32), epoch_factors=(1, 2), variant_norms=("batch", "ghost", "running", "none"),
+                      canary_rates=(0.04, 0.1),
                       learning_rates=(0.05, 0.1), archs=("mlp", "small_cnn"), fit_level=0.5, probe_batches=2),
         "quick": dict(variant_norms=("batch", "ghost", "running", "group", "none"), learning_rates=(0.05, 0.1)),
         "paper": dict(batch_sizes=(8, 32, 128, 512), learning_rates=(0.02, 0.05, 0.1), archs=ARCHS, sweep_seeds=5,
@@ -57,6 +60,8 @@ class ChapterParams:
     }
 
     def __post_init__(self) -> None:
+        if any(rate >= 0.5 for rate in self.canary_rates):
+            raise ValueError(f"Parameter 'canary_rates' got {self.canary_rates!r}; allowed: fractions in (0, 0.5).")
         if self.fit_level > 1:
             raise ValueError(f"Parameter 'fit_level' (an inlier train accuracy) got {self.fit_level!r}; "
                              "allowed: a value in (0, 1].")
@@ -157,7 +162,12 @@ def measure_point(cfg, norm: str, seed: int, params: ChapterParams, progress: bo
 
 # ----------------------------------------------------------------------------- sweeps
 
-SWEEPS = ("batch_size", "norm", "length", "lr", "arch", "defence")
+SWEEPS = ("batch_size", "norm", "length", "lr", "arch", "defence", "canary_rate")
+
+
+def canaries_for_rate(n_train: int, rate: float) -> int:
+    """K such that K canaries among ``n_train`` inliers make a fraction ``rate`` of the training set."""
+    return max(1, round(rate * n_train / (1 - rate)))
 
 
 def sweep(cfg, params: ChapterParams, name: str, progress: bool = True) -> list[dict[str, Any]]:
@@ -167,7 +177,8 @@ def sweep(cfg, params: ChapterParams, name: str, progress: bool = True) -> list[
     Sweeps: ``batch_size`` (BN vs none over ``params.batch_sizes``), ``norm`` (every ``variant_norms``),
     ``length`` (BN vs none, epochs x ``epoch_factors``), ``lr`` (BN vs none over ``learning_rates``),
     ``arch`` (BN vs none over ``archs``), ``defence`` (BN, BN with strong weight decay, BN with the
-    largest batch size, GroupNorm, no norm).
+    largest batch size, GroupNorm, no norm), ``canary_rate`` (BN vs none with ``n_canaries`` set so that
+    canaries make each ``canary_rates`` fraction of the training set).
     """
     if name not in SWEEPS:
         raise ValueError(f"Parameter 'sweep' got {name!r}; allowed values: {', '.join(map(repr, SWEEPS))}.")
@@ -183,6 +194,9 @@ def sweep(cfg, params: ChapterParams, name: str, progress: bool = True) -> list[
         plan = [(f"{lr:g}", n, {"lr": lr}) for lr in params.learning_rates for n in pairs]
     elif name == "arch":
         plan = [(a, n, {"arch": a}) for a in params.archs for n in pairs]
+    elif name == "canary_rate":
+        plan = [(f"{rate:.0%}", n, {"n_canaries": canaries_for_rate(cfg.n_train, rate)})
+                for rate in params.canary_rates for n in pairs]
     else:
         plan = [("BatchNorm", "batch", {}),
                 ("BN + strong weight decay", "batch", {"weight_decay": params.strong_weight_decay}),
