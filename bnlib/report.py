@@ -249,6 +249,13 @@ def _difference_text(shown: Difference) -> str:
     return f"{center} [{low}, {high}]"
 
 
+COMPARISON_LEADS = {
+    "same_schedule": "After the same training schedule",
+    "matched_fit": "At matched fit on one schedule (each model read where it crosses the common fit level)",
+    "matched_fit_annealed": "At matched fit at the end of annealed schedules (both end at the same fit)",
+}
+
+
 def findings(table: dict[str, dict[str, Any]]) -> str:
     """The "What we found" text: for each comparison, one line per verdict naming the privacy effects it
     covers, each with the difference behind the word; then where the numbers come from. Markdown."""
@@ -262,7 +269,7 @@ def findings(table: dict[str, dict[str, Any]]) -> str:
             word = next((w for w in VERDICT_COLORS if row.verdict.startswith(w)), row.verdict)
             effect = row.effect.replace("_", " ")
             by_verdict.setdefault(word, []).append(f"{effect} ({_difference_text(row.difference)})")
-        lead = "After the same training schedule" if comparison == "same_schedule" else "At matched fit"
+        lead = COMPARISON_LEADS.get(comparison, comparison.replace("_", " "))
         lines.append(f"{lead}, the verdict is:\n")
         lines += [f"- **{word}** for {_join(items)};" for word, items in by_verdict.items()]
         lines[-1] = lines[-1][:-1] + "."
