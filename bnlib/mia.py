@@ -350,13 +350,21 @@ def balanced_shadows(keep: np.ndarray, target: int) -> tuple[np.ndarray, np.ndar
     so under the null (no information) LiRA's score is *lower* for members (:func:`null_leave_one_out_auc`
     measures how much; the membership-inference chapter runs it at its T). So one model of the larger
     side is dropped, chosen at random (seeded by the target): dropping a fixed one (say the first) would
-    leak again through whatever sets that model apart from the others.
+    leak again through whatever sets that model apart from the others. With complementary pairs (the
+    project's keep mask) the dropped model is the target's partner, for every example.
     """
     n_models = keep.shape[0]
     if not (keep.sum(0) == n_models // 2).all() or n_models % 2:
         raise ValueError("Parameter 'keep' must be balanced (every example IN for exactly half of an even "
                          "number of models), as ``data.balanced_keep_mask`` makes it.")
     models = np.arange(n_models)[:, None]  # (T, 1)
+    partner = target ^ 1  # the other model of the target's complementary pair (data.balanced_keep_mask)
+    if np.array_equal(keep[partner], ~keep[target]):
+        # The partner is on the larger side for every example: dropping it leaves the same T - 2 shadows, half
+        # IN and half OUT, whatever the answer (nothing to leak), and removes the one model whose training set
+        # is tied to the target's (under the null, a pair's correlated outputs would otherwise leak).
+        use = (models != target) & (models != partner)
+        return keep & use, ~keep & use
     larger_side = (keep != keep[target]) & (models != target)  # (T, N), T/2 models per example
     priority = np.where(larger_side, np.random.default_rng(target).random(keep.shape), -1.0)
     use = (models != target) & (models != priority.argmax(0)[None, :])
@@ -529,18 +537,23 @@ def _resampled_means(resampled: np.ndarray, resamples: Resamples) -> np.ndarray:
         return np.where(present, draws, 0).sum(1) / present.sum(1)
 
 
-def interval(point: np.ndarray, resampled: np.ndarray, resamples: Resamples) -> dict[str, Any]:
+def interval(point: np.ndarray, resampled: np.ndarray, resamples: Resamples, confidence: float = 0.95
+             ) -> dict[str, Any]:
     """Mean over targets with its two-way bootstrap 95% interval, shaped like :func:`bnlib.stats.mean_ci`.
 
     Args:
         point: (T,) per-target values (NaN = not available, e.g. a fit level never reached);
         resampled: (T, B) the same on each resample.
+        confidence: of ``ci``, the percentile interval also returned (e.g. Bonferroni-widened for a family);
+            ``ci95`` is always the 95% one.
     """
     n = int(np.sum(~np.isnan(point)))
     if n == 0:
-        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "n": 0}
-    low, high = np.nanquantile(_resampled_means(resampled, resamples), [0.025, 0.975])
-    return {"mean": float(np.nanmean(point)), "ci95": [float(low), float(high)], "n": n}
+        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "ci": [float("nan")] * 2, "n": 0}
+    means = _resampled_means(resampled, resamples)
+    tail = (1 - confidence) / 2
+    return {"mean": float(np.nanmean(point)), "ci95": [float(q) for q in np.nanquantile(means, [0.025, 0.975])],
+            "ci": [float(q) for q in np.nanquantile(means, [tail, 1 - tail])], "n": n}
 
 
 def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],
