@@ -146,18 +146,53 @@ def in_batch_grad_norms_reference(model: nn.Module, x: torch.Tensor, y: torch.Te
             for i in range(len(x))])
 
 
+def ghost_virtual_batches(model: nn.Module, m: int) -> list[torch.Tensor] | None:
+    """The virtual batches (index tensors) into which ``model``'s ghost BN layers split a batch of m samples in
+    training mode, as ``models.GhostBatchNorm`` does (``tests/test_influence.py`` checks the two agree); None when
+    the model has no ghost BN layer. A model mixing ghost BN with whole-batch BN has no single split: error."""
+    if not any(isinstance(module, models.GhostBatchNorm) for module in model.modules()):
+        return None
+    if any(isinstance(module, _BN) for module in model.modules()):
+        raise ValueError("Parameter 'model' mixes GhostBatchNorm with BatchNorm layers: the counterfactual batch "
+                         "without sample i has no single split into virtual batches; use one kind of BN.")
+    return list(torch.tensor_split(torch.arange(m), max(1, m // models.GHOST_BATCH_SIZE)))
+
+
 def counterfactual_influence_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                        indices: Sequence[int] | None = None) -> torch.Tensor:
     """Definition 3 by two full train-mode batch gradients per sample: on B and on B without i.
+
+    Every pass starts from the model's buffers as given: a BN variant that updates its running statistics in a
+    train-mode pass and normalizes with them (``running``) must not see the passes before it. Under ghost BN
+    the batch without i keeps B's virtual batches, i dropped from its own: the samples of the other virtual
+    batches do not change, so g(B) − g(B∖{i}) = g(C) − g(C∖{i}) with C the virtual batch holding i (each one
+    is passed alone, which the model does not split further: its size is below 2 x ``GHOST_BATCH_SIZE``).
 
     Returns (m,), or (len(indices),) for the samples in ``indices``.
     """
     with _model_state_preserved(model):
         model.train()
-        full = _batch_gradient(model, x, y)
-        every = torch.arange(len(x), device=x.device)
+        start = {name: buffer.clone() for name, buffer in model.named_buffers()}
+
+        def gradient(keep: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                for name, buffer in model.named_buffers():
+                    buffer.copy_(start[name])
+            return _batch_gradient(model, x[keep], y[keep])
+
         chosen = range(len(x)) if indices is None else indices
-        return torch.stack([(full - _batch_gradient(model, x[every != i], y[every != i])).norm() for i in chosen])
+        virtual = ghost_virtual_batches(model, len(x))
+        if virtual is None:
+            every = torch.arange(len(x), device=x.device)
+            full = gradient(every)
+            return torch.stack([(full - gradient(every[every != i])).norm() for i in chosen])
+        own = {int(i): part.to(x.device) for part in virtual for i in part}
+        whole: dict[int, torch.Tensor] = {}  # g(C) per virtual batch, keyed by its first sample
+        for i in map(int, chosen):
+            part = own[i]
+            if int(part[0]) not in whole:
+                whole[int(part[0])] = gradient(part)
+        return torch.stack([(whole[int(own[i][0])] - gradient(own[i][own[i] != i])).norm() for i in map(int, chosen)])
 
 
 # ----------------------------------------------------------------------------- the chain engine

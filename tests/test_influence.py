@@ -2,8 +2,11 @@
 backward passes, two full batch gradients per sample), on MLPs and CNNs with and without BatchNorm, batch
 sizes down to 2, float64; plus the no-BN identities, state restoration and input validation."""
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bnlib import influence, models
@@ -288,3 +291,67 @@ def test_bad_inputs_are_named():
     for method in ("fast", "reference"):  # BatchNorm1d over one example has no variance: PyTorch refuses too
         with pytest.raises(ValueError):
             influence.counterfactual_influence(mlp, x, y, method=method)
+
+
+def _flat_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    loss = F.cross_entropy(model(x), y, reduction="sum")
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+
+
+def _split_by(sizes: list[int]):
+    """A GhostBatchNorm forward that normalizes over the given consecutive virtual batch sizes."""
+    def forward(self, x):
+        return torch.cat([F.batch_norm(part, None, None, self.weight, self.bias, True, 0.0, self.eps)
+                          for part in x.split(sizes)])
+    return forward
+
+
+def _counterfactual_by_fresh_copies(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Definition 3 with every pass on a deep copy of the model as given (buffers included); under ghost BN the
+    batch without i keeps B's virtual batches, i dropped from its own (split sizes given explicitly)."""
+    virtual = influence.ghost_virtual_batches(model, len(x))
+    values = []
+    for i in range(len(x)):
+        keep = torch.arange(len(x)) != i
+        with_i, without_i = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+        if virtual is not None:
+            sizes = [len(part) - int(i in part.tolist()) for part in virtual]
+            for module in without_i.modules():
+                if isinstance(module, models.GhostBatchNorm):
+                    module.forward = _split_by(sizes).__get__(module)
+        values.append((_flat_gradient(with_i, x, y) - _flat_gradient(without_i, x[keep], y[keep])).norm())
+    return torch.stack(values)
+
+
+@pytest.mark.parametrize("m", [5, 16, 37, 50])
+def test_ghost_virtual_batches_are_the_models(m):
+    """The split the counterfactual reference assumes is the model's: its train-mode output on B equals its
+    outputs on each virtual batch passed alone."""
+    model = _model("mlp", "ghost", 8)
+    x, _ = _batch(m, 8)
+    virtual = influence.ghost_virtual_batches(model, m)
+    assert torch.cat(virtual).tolist() == list(range(m))
+    with torch.no_grad():
+        whole = copy.deepcopy(model).train()(x)
+        parts = torch.cat([copy.deepcopy(model).train()(x[part]) for part in virtual])
+    torch.testing.assert_close(whole, parts, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch,size", [("mlp", 8), ("small_cnn", 16)])
+@pytest.mark.parametrize("norm", ["running", "ghost"])
+@pytest.mark.parametrize("trained_buffers", [False, True])
+def test_counterfactual_under_bn_variants_matches_fresh_copies(arch, size, norm, trained_buffers):
+    """Under ``running`` BN every pass starts from the same buffers (not those the previous pass left); under
+    ``ghost`` BN the batch without i keeps B's virtual batches (37 samples: two of 18 and 19)."""
+    model = _model(arch, norm, size)
+    x, y = _batch(37, size)
+    if trained_buffers:  # running statistics initialized and moved away from the first batch's
+        with torch.no_grad():
+            model.train()(_batch(37, size, seed=9)[0] * 2 + 1)
+        model.eval()
+    buffers, training = {name: b.clone() for name, b in model.named_buffers()}, model.training
+    indices = [0, 5, 18, 19, 36]
+    fast = influence.counterfactual_influence(model, x, y, indices=indices)
+    _assert_close(fast, _counterfactual_by_fresh_copies(model, x, y)[indices])
+    assert all(torch.equal(b, buffers[name]) for name, b in model.named_buffers())
+    assert model.training == training
