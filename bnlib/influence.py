@@ -192,22 +192,50 @@ def comparison(tracks: dict[str, list[dict[str, Any]]], level: float) -> list[di
         ``level``), ``ratios`` (norm -> per-seed outlier/inlier ratios), ``summary`` (norm -> ``stats.mean_ci``),
         ``p_value`` (paired t-test of BN vs no norm on the seeds' log ratios) and ``outliers_higher_p``
         (norm -> one-sided Mann-Whitney p that canaries have larger influence than inliers, probe samples of
-        all seeds pooled, at the last checkpoint).
+        all seeds pooled, at the last checkpoint), ``outliers_pooled_ratio`` (norm -> median canary over median
+        inlier influence of those pooled probe samples).
     """
     from scipy.stats import mannwhitneyu
 
     rows = []
     for name in DEFINITION_NAMES:
-        higher = {}
+        higher, pooled = {}, {}
         for norm, runs in tracks.items():
             values = np.concatenate([t[name][-1].flatten().numpy() for t in runs])
             canary = np.concatenate([t["measured_is_canary"].flatten().numpy() for t in runs])
             higher[norm] = float(mannwhitneyu(values[canary], values[~canary], alternative="greater").pvalue)
+            pooled[norm] = float(np.median(values[canary]) / np.median(values[~canary]))
         for kind in ("same_schedule", "matched_fit"):
             ratios = {norm: [float(outlier_inlier_ratios(t, name)[-1]) if kind == "same_schedule" else
                              ratio_at_fit(t, name, level) for t in runs] for norm, runs in tracks.items()}
             test = stats.paired_test(np.log(ratios["batch"]), np.log(ratios["none"]))
             rows.append({"definition": name, "comparison": kind, "ratios": ratios,
                          "summary": {norm: stats.mean_ci(v) for norm, v in ratios.items()},
-                         "p_value": test["t_p_value"], "outliers_higher_p": higher})
+                         "p_value": test["t_p_value"], "outliers_higher_p": higher,
+                         "outliers_pooled_ratio": pooled})
     return rows
+
+
+def canaries_versus_inliers(rows: Sequence[dict[str, Any]], definition_labels: dict[str, str],
+                            norm_labels: dict[str, str]) -> str:
+    """One sentence per network on whether its canaries have larger influence than its inliers at the end of
+    training, read from :func:`comparison`'s rows: the direction word from the pooled median ratio, and
+    "not significant" where the one-sided Mann-Whitney p is 0.05 or more.
+
+    Args:
+        definition_labels: definition name -> how the text names it; norm_labels: norm -> how it names the network.
+    """
+    sentences = []
+    norms = rows[0]["outliers_higher_p"].keys() if rows else ()
+    for norm in norms:
+        parts = []
+        for row in rows:
+            if row["comparison"] != "same_schedule":  # both comparisons share the end-of-training test
+                continue
+            ratio, p = row["outliers_pooled_ratio"][norm], row["outliers_higher_p"][norm]
+            direction = "larger" if ratio > 1 else ("smaller" if ratio < 1 else "the same")
+            verdict = "significant" if p < 0.05 else "not significant"
+            parts.append(f"{definition_labels[row['definition']]}: {direction} (median ratio {ratio:.2f}, "
+                         f"one-sided p = {p:.2g}, {verdict} at the 5% level)")
+        sentences.append(f"With {norm_labels[norm]}, canaries against inliers: " + "; ".join(parts) + ".")
+    return " ".join(sentences)

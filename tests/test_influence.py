@@ -363,3 +363,27 @@ def test_the_experiment_module_re_exports_the_engine():
                  "eval_mode_grad_norms_reference", "in_batch_grad_norms_reference",
                  "counterfactual_influence_reference", "chain_modules", "METHODS", "DEFAULT_MAX_ELEMENTS"):
         assert getattr(influence, name) is getattr(persample, name)
+
+
+def _synthetic_track(canary_scale: float, seed: int) -> dict:
+    """Two checkpoints, one probe batch of 4 inliers and 4 canaries; canaries ``canary_scale`` times the inliers."""
+    generator = torch.Generator().manual_seed(seed)
+    is_canary = torch.tensor([[False] * 4 + [True] * 4])
+    values = torch.rand(2, 1, 8, generator=generator) + 1.0
+    values[..., 4:] *= canary_scale
+    return {"records": [{"inliers_acc": 0.5}, {"inliers_acc": 0.9}], "measured_is_canary": is_canary,
+            **{name: values.clone() for name in influence.DEFINITION_NAMES}}
+
+
+def test_the_canary_sentence_follows_the_direction_and_the_p_value():
+    """Canaries 10x the inliers under BN: larger, significant (24 vs 24 pooled samples); canaries 0.5x under no
+    norm: smaller, not significant (the test is one-sided, for larger)."""
+    tracks = {"batch": [_synthetic_track(10.0, s) for s in range(3)],
+              "none": [_synthetic_track(0.5, s + 10) for s in range(3)]}
+    rows = influence.comparison(tracks, 0.7)
+    assert rows[0]["outliers_pooled_ratio"]["batch"] > 5 and rows[0]["outliers_pooled_ratio"]["none"] < 1
+    labels = {name: name for name in influence.DEFINITION_NAMES}
+    text = influence.canaries_versus_inliers(rows, labels, {"batch": "BN", "none": "no norm"})
+    with_bn, without = text.split("With no norm")
+    assert with_bn.count(": larger") == 3 and with_bn.count(", significant") == 3
+    assert without.count(": smaller") == 3 and without.count("not significant") == 3
