@@ -52,7 +52,7 @@ _CHAINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _chain_modules_cached(model: nn.Module, x: torch.Tensor) -> list[nn.Module] | None:
     """:func:`chain_modules`, remembered per model while its leaf modules and the input's feature shape stay
-    the same (the probe forward pass with hooks costs about a millisecond per call otherwise)."""
+    the same (otherwise every call pays for a probe forward pass with hooks)."""
     leaves = tuple(m for m in model.modules() if next(m.children(), None) is None)
     key = (tuple(x.shape[1:]), x.device, x.dtype)
     known = _CHAINS.get(model)

@@ -212,7 +212,7 @@ def layer_forward(layer: nn.Module, h: torch.Tensor, cache: dict | None = None) 
         return F.linear(h, layer.weight, layer.bias)
     if h.device.type == "cpu" and math.prod(layer.weight.shape[1:]) <= 16:
         # a few input values per output (e.g. a 3x3 conv of a grey image): one matrix product of the unfolded
-        # input is several times faster than the CPU's convolution kernel here
+        # input is faster than the CPU's convolution kernel here (benchmarks/README.md)
         unfolded = F.unfold(merge_rows(h), layer.weight.shape[2:], layer.dilation, layer.padding, layer.stride)
         if cache is not None and h.shape[0] == 1 and (h.shape[2] == 1 or layer.weight.shape[2:] == (1, 1)):
             # the patches (n, L, Q) in the channels-last order the per-sample gradients use: kept for them

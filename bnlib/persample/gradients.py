@@ -50,8 +50,8 @@ def _conv_weight_rows(conv: nn.Conv2d, x: torch.Tensor, dz: torch.Tensor) -> tor
     shape = conv.weight.shape
     if x.shape[0] == 1:  # input shared by the rows: the rows become output channels of one call
         # the field copied to (n, oh, ow, S, C_out), i.e. (n, S C_out, oh, ow) channels-last like x: the CPU's
-        # convolution kernel then runs without converting either operand (measured 1.3-1.7x faster than one
-        # product per row with the unfolded input, and than the kernel on an NCHW copy)
+        # convolution kernel then runs without converting either operand (faster than one product per row
+        # with the unfolded input, and than the kernel on an NCHW copy: benchmarks/README.md)
         inputs = x[0] if x[0].is_contiguous(memory_format=torch.channels_last) else x[0].contiguous(
             memory_format=torch.channels_last)
         grad_field = dz.permute(1, 3, 4, 0, 2).contiguous().view(samples, *dz.shape[3:], rows * channels).permute(
@@ -104,7 +104,7 @@ def _layer_squared_norms(layer: nn.Module, x: torch.Tensor, dz: torch.Tensor, ca
         return g2 * (x[0] ** 2).sum(-1) * ("weight" in names) + g2 * ("bias" in names)
     kernel, positions = math.prod(layer.weight.shape[1:]), math.prod(dz.shape[3:])
     # Gram matrices over output positions: L²(Q + C) multiply-adds against LCQ, but batched products of small
-    # Gram matrices run several times slower per operation than the per-sample product (measured)
+    # Gram matrices run slower per operation than the per-sample product (benchmarks/README.md)
     if 4 * positions * (kernel + dz.shape[2]) < kernel * dz.shape[2]:
         unfolded = F.unfold(x[0], layer.weight.shape[2:], layer.dilation, layer.padding, layer.stride)
         g = dz[0].flatten(2)  # (n, C_out, L)
