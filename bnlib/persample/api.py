@@ -66,6 +66,8 @@ def _chain_modules_cached(model: nn.Module, x: torch.Tensor) -> list[nn.Module] 
 
 def prepare_chain(model: nn.Module, x: torch.Tensor, method: str) -> Chain | None:
     """The chain for the fast path, None for the reference; 'fast' on an unsupported model raises."""
+    if method not in METHODS:
+        raise ValueError(f"Parameter 'method' got {method!r}; allowed values: {', '.join(map(repr, METHODS))}.")
     if method == "reference":
         return None
     modules = _chain_modules_cached(model, x)
