@@ -193,18 +193,19 @@ def comparison(tracks: dict[str, list[dict[str, Any]]], level: float) -> list[di
         ``p_value`` (paired t-test of BN vs no norm on the seeds' log ratios) and ``outliers_higher_p``
         (norm -> one-sided Mann-Whitney p that canaries have larger influence than inliers, probe samples of
         all seeds pooled, at the last checkpoint), ``outliers_pooled_ratio`` (norm -> median canary over median
-        inlier influence of those pooled probe samples).
+        inlier influence of those pooled probe samples), ``pooled_counts`` (norm -> (canaries, inliers) pooled).
     """
     from scipy.stats import mannwhitneyu
 
     rows = []
     for name in DEFINITION_NAMES:
-        higher, pooled = {}, {}
+        higher, pooled, counts = {}, {}, {}
         for norm, runs in tracks.items():
             values = np.concatenate([t[name][-1].flatten().numpy() for t in runs])
             canary = np.concatenate([t["measured_is_canary"].flatten().numpy() for t in runs])
             higher[norm] = float(mannwhitneyu(values[canary], values[~canary], alternative="greater").pvalue)
             pooled[norm] = float(np.median(values[canary]) / np.median(values[~canary]))
+            counts[norm] = (int(canary.sum()), int((~canary).sum()))
         for kind in ("same_schedule", "matched_fit"):
             ratios = {norm: [float(outlier_inlier_ratios(t, name)[-1]) if kind == "same_schedule" else
                              ratio_at_fit(t, name, level) for t in runs] for norm, runs in tracks.items()}
@@ -212,7 +213,7 @@ def comparison(tracks: dict[str, list[dict[str, Any]]], level: float) -> list[di
             rows.append({"definition": name, "comparison": kind, "ratios": ratios,
                          "summary": {norm: stats.mean_ci(v) for norm, v in ratios.items()},
                          "p_value": test["t_p_value"], "outliers_higher_p": higher,
-                         "outliers_pooled_ratio": pooled})
+                         "outliers_pooled_ratio": pooled, "pooled_counts": counts})
     return rows
 
 
@@ -237,5 +238,7 @@ def canaries_versus_inliers(rows: Sequence[dict[str, Any]], definition_labels: d
             verdict = "significant" if p < 0.05 else "not significant"
             parts.append(f"{definition_labels[row['definition']]}: {direction} (median ratio {ratio:.2f}, "
                          f"one-sided p = {p:.2g}, {verdict} at the 5% level)")
-        sentences.append(f"With {norm_labels[norm]}, canaries against inliers: " + "; ".join(parts) + ".")
+        canaries, inliers = rows[0]["pooled_counts"][norm]
+        sentences.append(f"With {norm_labels[norm]}, {canaries} canaries against {inliers} inliers (probe samples "
+                         "of all seeds pooled): " + "; ".join(parts) + ".")
     return " ".join(sentences)

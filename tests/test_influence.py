@@ -376,7 +376,7 @@ def _synthetic_track(canary_scale: float, seed: int) -> dict:
 
 
 def test_the_canary_sentence_follows_the_direction_and_the_p_value():
-    """Canaries 10x the inliers under BN: larger, significant (24 vs 24 pooled samples); canaries 0.5x under no
+    """Canaries 10x the inliers under BN: larger, significant (12 vs 12 pooled samples); canaries 0.5x under no
     norm: smaller, not significant (the test is one-sided, for larger)."""
     tracks = {"batch": [_synthetic_track(10.0, s) for s in range(3)],
               "none": [_synthetic_track(0.5, s + 10) for s in range(3)]}
@@ -385,5 +385,6 @@ def test_the_canary_sentence_follows_the_direction_and_the_p_value():
     labels = {name: name for name in influence.DEFINITION_NAMES}
     text = influence.canaries_versus_inliers(rows, labels, {"batch": "BN", "none": "no norm"})
     with_bn, without = text.split("With no norm")
+    assert "12 canaries against 12 inliers" in with_bn
     assert with_bn.count(": larger") == 3 and with_bn.count(", significant") == 3
     assert without.count(": smaller") == 3 and without.count("not significant") == 3
