@@ -8,7 +8,7 @@ running statistics, a batch of Fashion-MNIST-shaped inputs. Each definition is t
 same inputs, alternately (at least ``--repeats`` times and ``--min-seconds`` per side, best of each), so both
 sides see the same machine load; the script prints both times, their ratio (> 1: the fast path is faster)
 and the largest relative difference of the results. Both sides run with the allocator setting the fast
-paths apply (``influence.tune_allocator``). For definition 2 it also times the two fast strategies
+paths apply (``persample.tune_allocator``). For definition 2 it also times the two fast strategies
 (statistics as seeds vs losses as seeds) to show which one the cost model picked.
 """
 
@@ -19,12 +19,12 @@ import argparse
 import torch
 from timing import devices, timed
 
-from bnlib import influence, models
+from bnlib import models, persample
 
 DEFINITIONS = {
-    "1 eval mode": (influence.eval_mode_grad_norms, influence.eval_mode_grad_norms_reference),
-    "2 in batch": (influence.in_batch_grad_norms, influence.in_batch_grad_norms_reference),
-    "3 counterfactual": (influence.counterfactual_influence, influence.counterfactual_influence_reference),
+    "1 eval mode": (persample.eval_mode_grad_norms, persample.eval_mode_grad_norms_reference),
+    "2 in batch": (persample.in_batch_grad_norms, persample.in_batch_grad_norms_reference),
+    "3 counterfactual": (persample.counterfactual_influence, persample.counterfactual_influence_reference),
 }
 
 
@@ -60,15 +60,15 @@ def benchmark(device: torch.device, width: int, batch: int, repeats: int, min_se
         gap = float(((fast_result - result).abs() / result.abs().max()).max())
         print(f"  {name:18s} {best_naive:8.3f}s {best_fast:8.3f}s {best_naive / best_fast:6.2f}x  {runs:4d} each"
               f"   {gap:.1e}")
-    chain = influence._prepare(model, x, "fast")
+    chain = persample.prepare_chain(model, x, "fast")
     with torch.no_grad():
-        logits = influence._forward(chain, x, "batch")
-        limit = influence.DEFAULT_MAX_ELEMENTS
-        structured = min(timed(device, influence._in_batch_structured, chain, logits, y, limit)[0]
+        logits = persample.chain_forward(chain, x, "batch")
+        limit = persample.DEFAULT_MAX_ELEMENTS
+        structured = min(timed(device, persample.in_batch_by_statistics, chain, logits, y, limit)[0]
                          for _ in range(repeats))
-        per_loss = min(timed(device, influence._in_batch_per_loss, chain, logits, y, range(batch), limit)[0]
+        per_loss = min(timed(device, persample.in_batch_by_losses, chain, logits, y, range(batch), limit)[0]
                        for _ in range(repeats))
-        chosen = "statistics" if influence._structured_is_cheaper(chain, batch) else "losses"
+        chosen = "statistics" if persample.statistics_strategy_is_cheaper(chain, batch) else "losses"
     print(f"  definition 2 strategies: statistics as seeds {structured:.3f}s, losses as seeds {per_loss:.3f}s "
           f"(cost model picks: {chosen})")
 
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; unavailable ones are skipped")
     args = parser.parse_args()
     # both sides run with the allocator setting the fast paths apply (see its docstring)
-    print(f"glibc malloc tuned for reuse of large blocks: {influence.tune_allocator()}")
+    print(f"glibc malloc tuned for reuse of large blocks: {persample.tune_allocator()}")
     for device in devices(args.devices):
         benchmark(device, args.width, args.batch, args.repeats, args.min_seconds)
 

@@ -100,7 +100,13 @@ INFLUENCE_INLIERS = 8  # inliers per probe batch whose influence is computed (ea
 
 def influence_ratio(model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """Geometric mean over probe batches of I(canary) / median I(inliers), I = counterfactual influence in
-    the whole batch, computed for the canary (last) and the first ``INFLUENCE_INLIERS`` inliers (random)."""
+    the whole batch, computed for the canary (last) and the first ``INFLUENCE_INLIERS`` inliers (random).
+
+    For the BN variants I comes from ``persample.counterfactual_influence_reference``: under ``ghost`` the batch
+    without i keeps the batch's virtual batches (i dropped from its own); under ``running`` both passes start
+    from the model's buffers. An untrained ``running`` model has not yet taken its statistics from a batch, so
+    each pass takes them from the batch it sees (no gradient flows through them): at initialization its I
+    includes the shift of the statistics that removing i causes, as a first training step would."""
     ratios = []
     for x, y in batches:
         indices = [*range(min(INFLUENCE_INLIERS, len(x) - 1)), len(x) - 1]

@@ -42,11 +42,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import sympy as sp
-import torch
-from torch import nn
-
-from . import influence as influence_lib
-from . import plots
 
 NORMS = ("batch", "none")
 
@@ -131,7 +126,8 @@ def batch_gradient(norm: str, sums: BatchSums) -> sp.Matrix:
 
 
 def influence_vector(norm: str, rest: BatchSums, x: sp.Matrix, y: sp.Expr) -> sp.Matrix:
-    """(4, 1) difference of the batch gradients with and without the sample (x, y): Definition 1 before the norm."""
+    """(4, 1) difference of the batch gradients with and without the sample (x, y): definition 3
+    (``bnlib.persample``) before the norm."""
     return batch_gradient(norm, rest.with_sample(x, y)) - batch_gradient(norm, rest)
 
 
@@ -349,6 +345,13 @@ def large_batch_window() -> tuple[sp.Expr, sp.Expr]:
     return sp.factor(lower), sp.factor(upper)
 
 
+def large_batch_window_side_ratio() -> sp.Expr:
+    """|r_-| / r_+ of the window as m -> oo, a function of beta only: how much wider the window is on the side
+    where the label lies beyond the fit's extrapolation (r < 0) than on the other."""
+    lower, upper = large_batch_window()
+    return sp.simplify(-lower / upper)
+
+
 @functools.cache
 def typical_label_threshold() -> sp.Expr:
     """As m -> oo, the distance beyond which BN damps an outlier whose label is the inliers' mean label
@@ -366,7 +369,7 @@ def _numeric(norm: str) -> Callable[..., np.ndarray]:
     return sp.lambdify((m, a, a_perp, beta, r), matched_influence(norm).subs(q, Q_OF_M_A), modules="numpy")
 
 
-def influence(norm: str, batch_size: Any, along: Any, across: Any = 0.0, slope: Any = 1.0,
+def numeric_influence(norm: str, batch_size: Any, along: Any, across: Any = 0.0, slope: Any = 1.0,
               residual: Any = 1.0) -> np.ndarray:
     """Matched-setting influence I (numpy, broadcasting) at batch size m, outlier coordinates (a, a_perp),
     inlier slope beta and residual r."""
@@ -379,7 +382,7 @@ def influence(norm: str, batch_size: Any, along: Any, across: Any = 0.0, slope: 
 def amplification(batch_size: Any, along: Any, across: Any = 0.0, slope: Any = 1.0, residual: Any = 1.0) -> np.ndarray:
     """rho = I_batch / I_none in the matched setting (numpy, broadcasting; inf where I_none = 0)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return influence("batch", batch_size, along, across, slope, residual) / influence(
+        return numeric_influence("batch", batch_size, along, across, slope, residual) / numeric_influence(
             "none", batch_size, along, across, slope, residual)
 
 
@@ -403,70 +406,6 @@ def window(batch_size: Any, along: Any, slope: Any = 1.0) -> tuple[np.ndarray, n
     lower, upper = roots.min(0), roots.max(0)
     at_mean = along == 0
     return np.where(at_mean, -np.inf, lower), np.where(at_mean, np.inf, upper)
-
-
-# ----------------------------------------------------------------------------- the toy network in torch
-
-def toy_network(norm: str, weight: Sequence[float], head: float, bias: float, epsilon: float = 1e-5) -> nn.Sequential:
-    """The toy model as torch layers in float64: Linear(2, 1, no bias) -> BatchNorm1d(1, affine=False) or
-    identity -> Linear(1, 1), in train mode (BN uses the batch's statistics)."""
-    _check_norm(norm)
-    unit = nn.Linear(2, 1, bias=False, dtype=torch.float64)
-    head_layer = nn.Linear(1, 1, dtype=torch.float64)
-    with torch.no_grad():
-        unit.weight.copy_(torch.tensor([list(weight)], dtype=torch.float64))
-        head_layer.weight.fill_(head)
-        head_layer.bias.fill_(bias)
-    norm_layer = nn.BatchNorm1d(1, eps=epsilon, affine=False, dtype=torch.float64) if norm == "batch" else nn.Identity()
-    return nn.Sequential(unit, norm_layer, head_layer).train()
-
-
-def _summed_squared_loss_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    loss = 0.5 * ((model(x).squeeze(1) - y) ** 2).sum()
-    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
-
-
-def toy_influence_by_autograd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int) -> float:
-    """Definition 1 on the toy by brute force: the norm of the difference of two autograd gradients of the
-    sum-reduced squared loss, on the batch (x (m, 2), y (m,)) and on the batch without sample ``index``.
-
-    The parameter order is (w_1, w_2, v, c), as in the closed forms.
-    """
-    keep = torch.arange(len(y)) != index
-    return float((_summed_squared_loss_gradient(model, x, y) - _summed_squared_loss_gradient(model, x[keep], y[keep]))
-                 .norm())
-
-
-def toy_per_sample_gradient_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: int) -> float:
-    """The textbook per-sample gradient norm ||grad loss_i|| (sample ``index`` alone through the model)."""
-    return float(_summed_squared_loss_gradient(model, x[index:index + 1], y[index:index + 1]).norm())
-
-
-def matched_instance(batch_size: int, along: float, across: float, slope: float, residual: float,
-                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random batch that satisfies A1-A2 exactly, with the outlier last.
-
-    The m-1 inliers are random, then centered and whitened (mean 0, biased covariance I); their labels are
-    slope * x_1 plus noise orthogonal to (1, x_1, x_2), so that their mean is 0 and their cross-moment with x
-    is (slope, 0). The outlier is (along, across) with label slope * along - residual.
-
-    Returns:
-        x (m, 2) and y (m,) in float64.
-    """
-    if batch_size < 4:
-        raise ValueError(f"Parameter 'batch_size' got {batch_size}; allowed: >= 4 (3 inliers are needed to "
-                         "whiten 2-D inputs exactly).")
-    inliers = torch.randn(batch_size - 1, 2, generator=generator, dtype=torch.float64)
-    inliers = inliers - inliers.mean(0)
-    covariance = inliers.T @ inliers / len(inliers)
-    inliers = inliers @ torch.linalg.inv(torch.linalg.cholesky(covariance)).T  # (m-1, 2), covariance I
-    design = torch.cat([torch.ones(len(inliers), 1, dtype=torch.float64), inliers], 1)  # (m-1, 3)
-    noise = torch.randn(len(inliers), generator=generator, dtype=torch.float64)
-    noise = noise - design @ torch.linalg.lstsq(design, noise).solution
-    labels = slope * inliers[:, 0] + noise
-    x = torch.cat([inliers, torch.tensor([[along, across]], dtype=torch.float64)])
-    y = torch.cat([labels, torch.tensor([slope * along - residual], dtype=torch.float64)])
-    return x, y
 
 
 # ----------------------------------------------------------------------------- the chapter's parameters
@@ -529,233 +468,3 @@ class TheoryParams:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
-# ----------------------------------------------------------------------------- figures for the sliders
-
-def simulated_batch(batch_size: int, distance: float, slope: float, residual: float,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A small 1-D batch as in A1-A2 (coordinate along w only): m-1 whitened inliers with labels
-    slope * x + noise (noise uncorrelated with 1 and x), then the outlier (distance, slope * distance - residual).
-
-    Returns:
-        x (m,), y (m,); the outlier is last.
-    """
-    rng = np.random.default_rng(seed)
-    inliers = rng.standard_normal(batch_size - 1)
-    inliers = (inliers - inliers.mean()) / inliers.std() if batch_size > 2 else np.zeros(1)
-    design = np.stack([np.ones_like(inliers), inliers], 1)  # (m-1, 2)
-    noise = 0.3 * slope * rng.standard_normal(len(inliers))
-    noise = noise - design @ np.linalg.lstsq(design, noise, rcond=None)[0]
-    return np.append(inliers, distance), np.append(slope * inliers + noise, slope * distance - residual)
-
-
-def draw_panels(axes: Sequence[Any], params: TheoryParams, batch_size: int, distance: float) -> None:
-    """The three slider panels at (m, a): amplification curves over a, the amplification window in the
-    (a, r) plane, and a simulated batch with the BN prediction line with and without the outlier."""
-    curves, regimes, batch = axes
-    for ax in axes:
-        ax.clear()
-    slope, residual = params.inlier_slope, params.outlier_residual
-    grid = np.linspace(0.0, params.slider_max_distance, 400)[1:]  # a > 0 (a = 0 is the inlier mean)
-    along, across = params.components(grid)
-    colors = iter(("#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2"))
-    for value in params.residual_curves:
-        curves.plot(grid, amplification(batch_size, along, across, slope, value), color=next(colors, "0.4"),
-                    label=f"r = {value:g}")
-    curves.plot(grid, amplification(batch_size, along, across, slope, slope * along), "k--",
-                label="label = inlier mean (r = βa)")
-    curves.axhline(1.0, color="0.5", lw=0.8)
-    curves.axvline(distance, color="#d62728", lw=1.0)
-    curves.set(yscale="log", ylim=(0.03, 1000), xlabel="outlier distance a", ylabel="ρ = I_BN / I_none",
-               title=f"amplification at m = {batch_size}")
-    curves.legend(fontsize=7, loc="upper left", ncol=2)
-
-    lower, upper = window(batch_size, grid, slope)
-    lower_far, upper_far = window(1e9, grid, slope)
-    regimes.fill_between(grid, lower, upper, color="#d62728", alpha=0.2, lw=0, label=f"BN amplifies (m = {batch_size})")
-    regimes.plot(grid, lower_far, "k:", grid, upper_far, "k:", lw=1)
-    regimes.plot([], [], "k:", label="window as m → ∞")
-    regimes.plot(grid, slope * grid, "k--", lw=1, label="label = inlier mean")
-    regimes.plot([distance], [residual], "o", color="#d62728")
-    regimes.set(xlim=(0, params.slider_max_distance), ylim=(-3 * slope * params.slider_max_distance / 4,
-                                                             slope * params.slider_max_distance / 2),
-                xlabel="outlier distance a (along w)", ylabel="outlier residual r", title="where BN amplifies")
-    regimes.legend(fontsize=7, loc="lower left")
-
-    x, y = simulated_batch(batch_size, distance, slope, residual)
-    mean, std = x.mean(), x.std()
-    line = np.linspace(min(-3.0, x.min()) - 0.5, max(3.0, distance) + 0.5, 50)
-    batch.plot(line, slope * line, color="#1f77b4", label="fit without the outlier (BN or none)")
-    batch.plot(line, slope * (line - mean) / std, color="#d62728", label="BN with the outlier in the batch")
-    batch.scatter(x[:-1], y[:-1], s=8, color="0.3", label=f"{batch_size - 1} inliers")
-    batch.scatter(x[-1:], y[-1:], s=40, marker="*", color="#d62728", label="outlier")
-    batch.set(xlabel="x along w", ylabel="y, f(x)", title=f"a batch: m = {batch_size}, a = {distance:.1f}")
-    batch.legend(fontsize=7, loc="upper left")
-
-
-def panels_png(params: TheoryParams, batch_size: int, distance: float, dpi: int = 80) -> bytes:
-    """:func:`draw_panels` at (m, a) as PNG bytes, for an ``ipywidgets.Image`` (the live sliders): no Output
-    widget is involved, which nbclient can deadlock on when a notebook is executed in batch (nbclient #312)."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.4))
-    draw_panels(axes, params, batch_size, distance)
-    fig.tight_layout()
-    return plots.figure_png(fig, dpi)
-
-
-def slider_animation(params: TheoryParams, batch_sizes: Sequence[int], distances: Sequence[float]):
-    """A matplotlib animation whose frames are :func:`draw_panels` at (batch_sizes[k], distances[k]).
-
-    ``to_jshtml()`` of it is a self-contained slider (inline JavaScript, frames as embedded PNGs).
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.animation import FuncAnimation
-
-    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.4))
-
-    def frame(k: int) -> list:
-        draw_panels(axes, params, int(batch_sizes[k]), float(distances[k]))
-        fig.tight_layout()
-        return []
-
-    animation = FuncAnimation(fig, frame, frames=len(batch_sizes), blit=False)
-    plt.close(fig)
-    return animation
-
-
-# ----------------------------------------------------------------------------- verification against autograd
-
-def _relative_error(value: float, reference: float) -> float:
-    return abs(value - reference) / max(abs(reference), 1e-300)
-
-
-def verify_against_autograd(instances: int, seed: int = 0) -> dict[str, float]:
-    """Largest relative errors of the closed forms against torch autograd on random instances (float64).
-
-    Keys:
-        general_batch, general_none -- the general closed form (any batch of 3..40 samples, any sample of it,
-            random theta, eps in [1e-5, 1]) vs :func:`toy_influence_by_autograd`.
-        matched_batch, matched_none -- the A1-A4 closed forms vs autograd on :func:`matched_instance`
-            batches (m in 4..512; BN with eps = 1e-12, as torch needs eps > 0: O(eps) against unit variance).
-        none_is_per_sample_gradient -- without BN, the counterfactual influence vs the per-sample gradient norm.
-    """
-    generator = torch.Generator().manual_seed(seed)
-
-    def uniform(low: float, high: float) -> float:
-        return low + (high - low) * float(torch.rand(1, generator=generator, dtype=torch.float64))
-
-    errors = {key: 0.0 for key in ("general_batch", "general_none", "matched_batch", "matched_none",
-                                   "none_is_per_sample_gradient")}
-    for _ in range(instances):
-        size = int(torch.randint(3, 41, (1,), generator=generator))  # torch BN refuses a batch of 1
-        x = uniform(0.1, 3.0) * torch.randn(size, 2, generator=generator, dtype=torch.float64) + torch.randn(
-            2, generator=generator, dtype=torch.float64)
-        y = torch.randn(size, generator=generator, dtype=torch.float64)
-        theta = torch.randn(4, generator=generator, dtype=torch.float64).tolist()
-        epsilon, index = 10 ** uniform(-5.0, 0.0), int(torch.randint(0, size, (1,), generator=generator))
-        for norm in NORMS:
-            network = toy_network(norm, theta[:2], theta[2], theta[3], epsilon)
-            reference = toy_influence_by_autograd(network, x, y, index)
-            closed = closed_form_influence(norm, x.numpy(), y.numpy(), index, theta, epsilon)
-            errors[f"general_{norm}"] = max(errors[f"general_{norm}"], _relative_error(closed, reference))
-            if norm == "none":
-                per_sample = toy_per_sample_gradient_norm(network, x, y, index)
-                errors["none_is_per_sample_gradient"] = max(errors["none_is_per_sample_gradient"],
-                                                            _relative_error(reference, per_sample))
-        size = int(torch.randint(4, 513, (1,), generator=generator))
-        along, across, slope = uniform(0.0, 20.0), uniform(-5.0, 5.0), uniform(0.1, 3.0)
-        residual = uniform(-5.0, 5.0)
-        x, y = matched_instance(size, along, across, slope, residual, generator)
-        for norm in NORMS:
-            network = toy_network(norm, (1.0, 0.0), slope, 0.0, MATCHED_TORCH_EPS)
-            reference = toy_influence_by_autograd(network, x, y, size - 1)
-            closed = float(influence(norm, size, along, across, slope, residual))
-            errors[f"matched_{norm}"] = max(errors[f"matched_{norm}"], _relative_error(closed, reference))
-    return errors
-
-
-# ----------------------------------------------------------------------------- the real CNN
-
-def cnn_influence_by_batch_size(model: nn.Module, inlier_x: torch.Tensor, inlier_y: torch.Tensor,
-                                outlier_x: torch.Tensor, outlier_y: torch.Tensor, batch_sizes: Sequence[int],
-                                n_batches: int, inliers_measured: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """Counterfactual influence (``bnlib.influence.counterfactual_influence``, train-mode BN, sum-reduced
-    cross-entropy) of one outlier in a batch of m-1 random inliers, at each batch size m, at fixed weights.
-
-    Outlier k (k < n_batches) is the same at every m; its batch-mates are drawn afresh for each m. The draws
-    depend only on ``seed`` and the sizes, so two models measured with the same seed see the same batches.
-
-    Args:
-        inlier_x, inlier_y: (N, C, H, W), (N,) pool of inliers.
-        outlier_x, outlier_y: (K, C, H, W), (K,) outliers, K >= n_batches.
-        inliers_measured: inliers per batch whose influence is measured too (the first ones of the batch).
-
-    Returns:
-        ``outlier`` (S, n_batches): the outlier's influence; ``inlier`` (S, n_batches): the mean influence of
-        ``inliers_measured`` inliers of the same batch; S = len(batch_sizes).
-    """
-    if n_batches > len(outlier_x):
-        raise ValueError(f"Parameter 'cnn_batches' got {n_batches}; allowed: at most {len(outlier_x)} "
-                         "(one inserted canary per batch).")
-    if max(batch_sizes) > len(inlier_x) + 1:
-        raise ValueError(f"Parameter 'cnn_batch_sizes' got {max(batch_sizes)}; allowed: at most {len(inlier_x) + 1}.")
-    generator = torch.Generator().manual_seed(seed)
-    outliers = torch.randperm(len(outlier_x), generator=generator)[:n_batches]
-    device = next(model.parameters()).device
-    result = {"outlier": np.zeros((len(batch_sizes), n_batches)), "inlier": np.zeros((len(batch_sizes), n_batches))}
-    for s, size in enumerate(batch_sizes):
-        measured = min(inliers_measured, size - 1)
-        for k, outlier in enumerate(outliers.tolist()):
-            mates = torch.randperm(len(inlier_x), generator=generator)[: size - 1]
-            x = torch.cat([inlier_x[mates], outlier_x[outlier:outlier + 1]]).to(device)  # (m, C, H, W)
-            y = torch.cat([inlier_y[mates], outlier_y[outlier:outlier + 1]]).to(device)
-            values = influence_lib.counterfactual_influence(model, x, y, indices=[size - 1, *range(measured)])
-            result["outlier"][s, k] = float(values[0])
-            result["inlier"][s, k] = float(values[1:].mean())
-    return result
-
-
-def log_log_slopes(batch_sizes: Sequence[int], values: np.ndarray) -> np.ndarray:
-    """Least-squares slope of log(value) against log(m) for each column of ``values`` (S, K); returns (K,)."""
-    logs = np.log(np.asarray(batch_sizes, dtype=np.float64))
-    centered = logs - logs.mean()
-    return centered @ (np.log(values) - np.log(values).mean(0)) / (centered @ centered)
-
-
-def squared_standardized_distances(model: nn.Module, reference_x: torch.Tensor,
-                                   probe_x: torch.Tensor) -> list[np.ndarray]:
-    """The toy's a^2 measured at every BatchNorm layer of a network: for each probe sample and channel, the
-    mean over spatial positions of (z - mu)^2 / sigma^2, where z is the layer's input and mu, sigma^2 its
-    per-channel mean and variance over ``reference_x`` (the inliers). This is how much the sample adds to the
-    channel's batch variance, in units of one inlier's share (1 on average for an inlier).
-
-    The forward passes run in eval mode (running statistics in the layers before), weights untouched.
-
-    Returns:
-        one (len(probe_x), C_l) array per BN layer, in forward order.
-    """
-    layers = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
-    inputs: dict[int, torch.Tensor] = {}
-    hooks = [layer.register_forward_hook(lambda module, args, output, k=k: inputs.__setitem__(k, args[0]))
-             for k, layer in enumerate(layers)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(reference_x)
-            reference = dict(inputs)
-            model(probe_x)
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    distances = []
-    for k in range(len(layers)):
-        ref, probe = reference[k].transpose(0, 1).flatten(1), inputs[k]  # (C, N*H*W), (P, C, H, W)
-        mean, variance = ref.mean(1), ref.var(1, unbiased=False)  # (C,)
-        shape = (1, -1) + (1,) * (probe.dim() - 2)
-        squared = (probe - mean.reshape(shape)) ** 2 / variance.reshape(shape)
-        distances.append(squared.flatten(2).mean(2).cpu().numpy() if probe.dim() > 2 else squared.cpu().numpy())
-    return distances

@@ -2,16 +2,19 @@
 backward passes, two full batch gradients per sample), on MLPs and CNNs with and without BatchNorm, batch
 sizes down to 2, float64; plus the no-BN identities, state restoration and input validation."""
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from bnlib import influence, models
+from bnlib import influence, models, persample
 
 DEFINITIONS = {
-    "eval": (influence.eval_mode_grad_norms, influence.eval_mode_grad_norms_reference),
-    "in_batch": (influence.in_batch_grad_norms, influence.in_batch_grad_norms_reference),
-    "counterfactual": (influence.counterfactual_influence, influence.counterfactual_influence_reference),
+    "eval": (persample.eval_mode_grad_norms, persample.eval_mode_grad_norms_reference),
+    "in_batch": (persample.in_batch_grad_norms, persample.in_batch_grad_norms_reference),
+    "counterfactual": (persample.counterfactual_influence, persample.counterfactual_influence_reference),
 }
 
 
@@ -85,11 +88,11 @@ def _custom_chain() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 def _both_strategies(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_elements: int = 2 ** 12) -> tuple[
         torch.Tensor, torch.Tensor]:
-    chain = influence._prepare(model, x, "fast")
+    chain = persample.prepare_chain(model, x, "fast")
     with torch.no_grad():
-        logits = influence._forward(chain, x, "batch")
-        structured = influence._in_batch_structured(chain, logits, y, max_elements)
-        per_loss = influence._in_batch_per_loss(chain, logits, y, range(len(y)), max_elements)
+        logits = persample.chain_forward(chain, x, "batch")
+        structured = persample.in_batch_by_statistics(chain, logits, y, max_elements)
+        per_loss = persample.in_batch_by_losses(chain, logits, y, range(len(y)), max_elements)
     return structured, per_loss
 
 
@@ -103,7 +106,7 @@ def test_both_strategies_of_definition_two_are_exact(size, m, seed, negative, ma
     model = _model("small_cnn", "batch", size, seed=seed, negative=negative)
     x, y = _batch(m, size, seed=seed + 1)
     x[:, :, : size // 3] = 0.3  # constant rows: ties
-    expected = influence.in_batch_grad_norms_reference(model, x, y)
+    expected = persample.in_batch_grad_norms_reference(model, x, y)
     structured, per_loss = _both_strategies(model, x, y, max_elements)
     _assert_close(structured, expected)
     _assert_close(per_loss, expected)
@@ -115,7 +118,7 @@ def test_statistics_strategy_on_chains_without_the_pooled_shortcuts():
     chain_model, x, y = _custom_chain()
     for model, inputs in ((chain_model, x), (_model("mlp", "batch", 8), _batch(6, 8)[0])):
         labels = y if inputs is x else _batch(6, 8)[1]
-        expected = influence.in_batch_grad_norms_reference(model, inputs, labels)
+        expected = persample.in_batch_grad_norms_reference(model, inputs, labels)
         for result in _both_strategies(model, inputs, labels):
             _assert_close(result, expected)
 
@@ -125,7 +128,7 @@ def test_gathered_input_over_the_limit_takes_the_dense_path(monkeypatch):
     model = _model("small_cnn", "batch", 16, seed=2, negative=True)
     x, y = _batch(6, 16, seed=3)
     expected = [reference(model, x, y) for _, reference in DEFINITIONS.values()]
-    monkeypatch.setattr(influence, "GATHER_LIMIT", 0)
+    monkeypatch.setattr(persample.backward, "GATHER_LIMIT", 0)
     for (fast, _), reference in zip(DEFINITIONS.values(), expected, strict=True):
         _assert_close(fast(model, x, y, method="fast"), reference)
     _assert_close(_both_strategies(model, x, y)[0], expected[1])
@@ -135,22 +138,22 @@ def test_the_remembered_chain_follows_changes_of_the_model():
     """The chain layout is remembered per model; replacing a module re-probes it."""
     model = _model("small_cnn", "batch", 16)
     x, y = _batch(4, 16)
-    first = influence.eval_mode_grad_norms(model, x, y, method="fast")
-    _assert_close(influence.eval_mode_grad_norms(model, x, y, method="fast"), first)
+    first = persample.eval_mode_grad_norms(model, x, y, method="fast")
+    _assert_close(persample.eval_mode_grad_norms(model, x, y, method="fast"), first)
     model.features[0][2] = nn.Identity()  # the first ReLU removed: another chain, other values
-    changed = influence.eval_mode_grad_norms(model, x, y, method="fast")
-    _assert_close(changed, influence.eval_mode_grad_norms_reference(model, x, y))
+    changed = persample.eval_mode_grad_norms(model, x, y, method="fast")
+    _assert_close(changed, persample.eval_mode_grad_norms_reference(model, x, y))
     assert float((changed - first).abs().max()) > 1e-6
     model.features[1] = nn.AvgPool2d(2)  # not supported by the fast path: refused, not served from memory
     with pytest.raises(ValueError, match="not a chain"):
-        influence.eval_mode_grad_norms(model, x, y, method="fast")
+        persample.eval_mode_grad_norms(model, x, y, method="fast")
     model.features[1] = nn.MaxPool2d(2)
-    _assert_close(influence.eval_mode_grad_norms(model, x, y, method="fast"), changed)
+    _assert_close(persample.eval_mode_grad_norms(model, x, y, method="fast"), changed)
 
 
 def test_allocator_tuning_is_idempotent_and_reports_itself():
-    first = influence.tune_allocator()
-    assert isinstance(first, bool) and influence.tune_allocator() == first
+    first = persample.tune_allocator()
+    assert isinstance(first, bool) and persample.tune_allocator() == first
 
 
 @pytest.mark.parametrize("definition", DEFINITIONS)
@@ -229,7 +232,7 @@ def test_with_batchnorm_the_definitions_differ():
     assert not torch.allclose(values[0], values[1]) and not torch.allclose(values[1], values[2])
 
 
-@pytest.mark.parametrize("method", influence.METHODS)
+@pytest.mark.parametrize("method", persample.METHODS)
 @pytest.mark.parametrize("training", [True, False])
 def test_model_flag_and_buffers_are_restored(method, training):
     model = _model("small_cnn", "batch", 16)
@@ -251,8 +254,8 @@ def test_indices_select_samples():
     for fast, _ in DEFINITIONS.values():
         every = fast(model, x, y)
         _assert_close(fast(model, x, y, indices=chosen), every[chosen])
-    _assert_close(influence.counterfactual_influence_reference(model, x, y, indices=chosen),
-                  influence.counterfactual_influence_reference(model, x, y)[chosen])
+    _assert_close(persample.counterfactual_influence_reference(model, x, y, indices=chosen),
+                  persample.counterfactual_influence_reference(model, x, y)[chosen])
 
 
 def test_float32_fast_path_agrees_with_the_reference():
@@ -268,23 +271,120 @@ def test_unsupported_network_falls_back_to_the_reference_and_fast_refuses():
     torch.manual_seed(0)
     model = models.build("resnet", "batch", 1, 8, 5, width=4).double()
     x, y = _batch(3, 8)
-    assert influence.chain_modules(model, x) is None
-    _assert_close(influence.in_batch_grad_norms(model, x, y), influence.in_batch_grad_norms_reference(model, x, y))
+    assert persample.chain_modules(model, x) is None
+    _assert_close(persample.in_batch_grad_norms(model, x, y), persample.in_batch_grad_norms_reference(model, x, y))
     with pytest.raises(ValueError, match="'method'"):
-        influence.eval_mode_grad_norms(model, x, y, method="fast")
+        persample.eval_mode_grad_norms(model, x, y, method="fast")
 
 
 def test_bad_inputs_are_named():
     model = _model("small_cnn", "batch", 16)
     x, y = _batch(4, 16)
     with pytest.raises(ValueError, match="'method'.*'auto'"):
-        influence.eval_mode_grad_norms(model, x, y, method="quick")
+        persample.eval_mode_grad_norms(model, x, y, method="quick")
     with pytest.raises(ValueError, match="'x' and 'y'"):
-        influence.in_batch_grad_norms(model, x, y[:3])
+        persample.in_batch_grad_norms(model, x, y[:3])
     with pytest.raises(ValueError, match="without sample i"):
-        influence.counterfactual_influence(model, x[:1], y[:1])
+        persample.counterfactual_influence(model, x[:1], y[:1])
     mlp = _model("mlp", "batch", 8)
     x, y = _batch(2, 8)
     for method in ("fast", "reference"):  # BatchNorm1d over one example has no variance: PyTorch refuses too
         with pytest.raises(ValueError):
-            influence.counterfactual_influence(mlp, x, y, method=method)
+            persample.counterfactual_influence(mlp, x, y, method=method)
+
+
+def _flat_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    loss = F.cross_entropy(model(x), y, reduction="sum")
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+
+
+def _split_by(sizes: list[int]):
+    """A GhostBatchNorm forward that normalizes over the given consecutive virtual batch sizes."""
+    def forward(self, x):
+        return torch.cat([F.batch_norm(part, None, None, self.weight, self.bias, True, 0.0, self.eps)
+                          for part in x.split(sizes)])
+    return forward
+
+
+def _counterfactual_by_fresh_copies(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Definition 3 with every pass on a deep copy of the model as given (buffers included); under ghost BN the
+    batch without i keeps B's virtual batches, i dropped from its own (split sizes given explicitly)."""
+    virtual = persample.ghost_virtual_batches(model, len(x))
+    values = []
+    for i in range(len(x)):
+        keep = torch.arange(len(x)) != i
+        with_i, without_i = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+        if virtual is not None:
+            sizes = [len(part) - int(i in part.tolist()) for part in virtual]
+            for module in without_i.modules():
+                if isinstance(module, models.GhostBatchNorm):
+                    module.forward = _split_by(sizes).__get__(module)
+        values.append((_flat_gradient(with_i, x, y) - _flat_gradient(without_i, x[keep], y[keep])).norm())
+    return torch.stack(values)
+
+
+@pytest.mark.parametrize("m", [5, 16, 37, 50])
+def test_ghost_virtual_batches_are_the_models(m):
+    """The split the counterfactual reference assumes is the model's: its train-mode output on B equals its
+    outputs on each virtual batch passed alone."""
+    model = _model("mlp", "ghost", 8)
+    x, _ = _batch(m, 8)
+    virtual = persample.ghost_virtual_batches(model, m)
+    assert torch.cat(virtual).tolist() == list(range(m))
+    with torch.no_grad():
+        whole = copy.deepcopy(model).train()(x)
+        parts = torch.cat([copy.deepcopy(model).train()(x[part]) for part in virtual])
+    torch.testing.assert_close(whole, parts, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch,size", [("mlp", 8), ("small_cnn", 16)])
+@pytest.mark.parametrize("norm", ["running", "ghost"])
+@pytest.mark.parametrize("trained_buffers", [False, True])
+def test_counterfactual_under_bn_variants_matches_fresh_copies(arch, size, norm, trained_buffers):
+    """Under ``running`` BN every pass starts from the same buffers (not those the previous pass left); under
+    ``ghost`` BN the batch without i keeps B's virtual batches (37 samples: two of 18 and 19)."""
+    model = _model(arch, norm, size)
+    x, y = _batch(37, size)
+    if trained_buffers:  # running statistics initialized and moved away from the first batch's
+        with torch.no_grad():
+            model.train()(_batch(37, size, seed=9)[0] * 2 + 1)
+        model.eval()
+    buffers, training = {name: b.clone() for name, b in model.named_buffers()}, model.training
+    indices = [0, 5, 18, 19, 36]
+    fast = persample.counterfactual_influence(model, x, y, indices=indices)
+    _assert_close(fast, _counterfactual_by_fresh_copies(model, x, y)[indices])
+    assert all(torch.equal(b, buffers[name]) for name, b in model.named_buffers())
+    assert model.training == training
+
+
+def test_the_experiment_module_re_exports_the_engine():
+    """Chapters and other modules call the engine through ``bnlib.influence``."""
+    for name in ("eval_mode_grad_norms", "in_batch_grad_norms", "counterfactual_influence", "tune_allocator",
+                 "eval_mode_grad_norms_reference", "in_batch_grad_norms_reference",
+                 "counterfactual_influence_reference", "chain_modules", "METHODS", "DEFAULT_MAX_ELEMENTS"):
+        assert getattr(influence, name) is getattr(persample, name)
+
+
+def _synthetic_track(canary_scale: float, seed: int) -> dict:
+    """Two checkpoints, one probe batch of 4 inliers and 4 canaries; canaries ``canary_scale`` times the inliers."""
+    generator = torch.Generator().manual_seed(seed)
+    is_canary = torch.tensor([[False] * 4 + [True] * 4])
+    values = torch.rand(2, 1, 8, generator=generator) + 1.0
+    values[..., 4:] *= canary_scale
+    return {"records": [{"inliers_acc": 0.5}, {"inliers_acc": 0.9}], "measured_is_canary": is_canary,
+            **{name: values.clone() for name in influence.DEFINITION_NAMES}}
+
+
+def test_the_canary_sentence_follows_the_direction_and_the_p_value():
+    """Canaries 10x the inliers under BN: larger, significant (12 vs 12 pooled samples); canaries 0.5x under no
+    norm: smaller, not significant (the test is one-sided, for larger)."""
+    tracks = {"batch": [_synthetic_track(10.0, s) for s in range(3)],
+              "none": [_synthetic_track(0.5, s + 10) for s in range(3)]}
+    rows = influence.comparison(tracks, 0.7)
+    assert rows[0]["outliers_pooled_ratio"]["batch"] > 5 and rows[0]["outliers_pooled_ratio"]["none"] < 1
+    labels = {name: name for name in influence.DEFINITION_NAMES}
+    text = influence.canaries_versus_inliers(rows, labels, {"batch": "BN", "none": "no norm"})
+    with_bn, without = text.split("With no norm")
+    assert "12 canaries against 12 inliers" in with_bn
+    assert with_bn.count(": larger") == 3 and with_bn.count(", significant") == 3
+    assert without.count(": smaller") == 3 and without.count("not significant") == 3

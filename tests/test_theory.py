@@ -5,12 +5,12 @@ import pytest
 import sympy as sp
 import torch
 
-from bnlib import config, plots, theory
+from bnlib import config, plots, theory, theory_checks, theory_plots
 from bnlib.theory import a, beta, m, r
 
 
 def test_general_closed_forms_match_autograd_on_random_instances():
-    errors = theory.verify_against_autograd(instances=30, seed=1)
+    errors = theory_checks.verify_against_autograd(instances=30, seed=1)
     assert max(errors.values()) <= 1e-6, errors
 
 
@@ -21,9 +21,9 @@ def test_closed_form_matches_autograd_for_every_sample_of_a_batch(norm, size):
     x = 2.0 * torch.randn(size, 2, generator=generator, dtype=torch.float64) + 1.0  # not centered
     y = torch.randn(size, generator=generator, dtype=torch.float64)
     theta = (0.7, -1.3, 0.9, 0.2)
-    network = theory.toy_network(norm, theta[:2], theta[2], theta[3], epsilon=1e-5)
+    network = theory_checks.toy_network(norm, theta[:2], theta[2], theta[3], epsilon=1e-5)
     for index in range(size):
-        reference = theory.toy_influence_by_autograd(network, x, y, index)
+        reference = theory_checks.toy_influence_by_autograd(network, x, y, index)
         closed = theory.closed_form_influence(norm, x.numpy(), y.numpy(), index, theta, 1e-5)
         assert closed == pytest.approx(reference, rel=1e-6)
 
@@ -32,10 +32,10 @@ def test_without_bn_the_influence_is_the_textbook_per_sample_gradient():
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(9, 2, generator=generator, dtype=torch.float64)
     y = torch.randn(9, generator=generator, dtype=torch.float64)
-    network = theory.toy_network("none", (0.4, 1.1), -0.8, 0.3)
+    network = theory_checks.toy_network("none", (0.4, 1.1), -0.8, 0.3)
     for index in range(9):
-        per_sample = theory.toy_per_sample_gradient_norm(network, x, y, index)
-        assert theory.toy_influence_by_autograd(network, x, y, index) == pytest.approx(per_sample, rel=1e-12)
+        per_sample = theory_checks.toy_per_sample_gradient_norm(network, x, y, index)
+        assert theory_checks.toy_influence_by_autograd(network, x, y, index) == pytest.approx(per_sample, rel=1e-12)
         # closed form: |residual| * ||(v x, w^T x, 1)||
         residual = 0.3 + (-0.8) * (0.4 * x[index, 0] + 1.1 * x[index, 1]) - y[index]
         features = torch.cat([-0.8 * x[index], (0.4 * x[index, 0] + 1.1 * x[index, 1]).reshape(1),
@@ -49,13 +49,13 @@ def test_matched_setting_closed_forms_match_autograd():
     generator = torch.Generator().manual_seed(3)
     for size, along, across, slope, residual in [(4, 0.3, 0.0, 1.0, 1.0), (32, 8.0, 2.0, 0.5, -3.0),
                                                   (129, 20.0, -1.0, 2.0, 0.25), (512, 0.0, 3.0, 1.0, 1.0)]:
-        x, y = theory.matched_instance(size, along, across, slope, residual, generator)
+        x, y = theory_checks.matched_instance(size, along, across, slope, residual, generator)
         assert torch.allclose(x[:-1].mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-12)
         assert torch.allclose(x[:-1].T @ x[:-1] / (size - 1), torch.eye(2, dtype=torch.float64), atol=1e-12)
         for norm in theory.NORMS:
-            network = theory.toy_network(norm, (1.0, 0.0), slope, 0.0, theory.MATCHED_TORCH_EPS)
-            reference = theory.toy_influence_by_autograd(network, x, y, size - 1)
-            assert float(theory.influence(norm, size, along, across, slope, residual)) == pytest.approx(
+            network = theory_checks.toy_network(norm, (1.0, 0.0), slope, 0.0, theory.MATCHED_TORCH_EPS)
+            reference = theory_checks.toy_influence_by_autograd(network, x, y, size - 1)
+            assert float(theory.numeric_influence(norm, size, along, across, slope, residual)) == pytest.approx(
                 reference, rel=1e-6)
 
 
@@ -121,8 +121,8 @@ def test_large_batch_window_and_typical_label_threshold():
 
 def test_bn_influence_does_not_vanish_for_a_sample_the_fit_predicts():
     # r = 0: no influence without BN, but removing the sample still changes the batch statistics
-    assert float(theory.influence("none", 128, 4.0, residual=0.0)) == 0.0
-    assert float(theory.influence("batch", 128, 4.0, residual=0.0)) > 1.0
+    assert float(theory.numeric_influence("none", 128, 4.0, residual=0.0)) == 0.0
+    assert float(theory.numeric_influence("batch", 128, 4.0, residual=0.0)) > 1.0
 
 
 def test_params_validate_and_fail_fast():
@@ -135,7 +135,7 @@ def test_params_validate_and_fail_fast():
     with pytest.raises(ValueError, match="frames"):
         config.load("quick", extras=theory.TheoryParams, frames=1)
     with pytest.raises(ValueError, match="norm"):
-        theory.influence("group", 8, 1.0)
+        theory.numeric_influence("group", 8, 1.0)
 
 
 def test_offline_slider_has_no_outside_reference():
@@ -143,7 +143,7 @@ def test_offline_slider_has_no_outside_reference():
 
     matplotlib.use("Agg")
     _, params = config.load("smoke", extras=theory.TheoryParams)
-    html = plots.offline_jshtml(theory.slider_animation(params, [4, 64], [2.0, 2.0]), dpi=30)
+    html = plots.offline_jshtml(theory_plots.slider_animation(params, [4, 64], [2.0, 2.0]), dpi=30)
     assert 'type="range"' in html and "font-awesome" not in html and "https://" not in html
 
 
@@ -160,3 +160,11 @@ def test_cnn_parameters_are_checked_against_the_data():
     cfg, params = config.load("smoke", extras=theory.TheoryParams, cnn_batches=500)
     with pytest.raises(ValueError, match="cnn_batches"):
         params.check_against(cfg)
+
+
+def test_the_window_is_wider_beyond_the_extrapolation_by_one_plus_root_two_squared():
+    """As m -> oo at beta = 1 the window's ends are -(√2 + 1) and √2 − 1 times (1 + a²)/(2a): |r_-|/r_+ = (1 + √2)²
+    (the chapter once typed 1 + √2)."""
+    ratio = theory.large_batch_window_side_ratio().subs(beta, 1)
+    assert sp.simplify(ratio - (1 + sp.sqrt(2)) ** 2) == 0
+    assert float(ratio) == pytest.approx(5.828427, rel=1e-6)
