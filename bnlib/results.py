@@ -129,7 +129,9 @@ def code_of(module: str, root: Path = PACKAGE_ROOT) -> tuple[str, ...]:
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
         for file in files:
             todo += [m for m in _imported_modules(file, root) if m not in seen]
-    return tuple(sorted(seen - set(NOT_DECIDING)))
+    folders = {name for name in seen if (root / name).is_dir()}
+    inside = {name for name in seen if any(name.startswith(f"{folder}/") for folder in folders)}
+    return tuple(sorted(seen - set(NOT_DECIDING) - inside))
 
 
 def code_hash(modules: tuple[str, ...], root: Path = PACKAGE_ROOT) -> str:
