@@ -232,7 +232,7 @@ def train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs:
                   noise_multiplier: float, max_grad_norm: float, momentum: float = 0.9, weight_decay: float = 0.0,
                   schedule: str = "onecycle", seed: int = 0, max_steps: int | None = None) -> PrivateTraining:
     """Train ``model`` in place with DP-SGD (see :func:`make_private`), the learning rate following
-    ``train.learning_rate``; ``max_steps`` stops early (for timing). Leaves the model in eval mode."""
+    ``train.learning_rate``; ``max_steps`` stops early. Leaves the model in eval mode."""
     torch.manual_seed(seed)
     private = make_private(model, x, y, batch_size=batch_size, lr=lr, noise_multiplier=noise_multiplier,
                            max_grad_norm=max_grad_norm, momentum=momentum, weight_decay=weight_decay, seed=seed)
@@ -245,8 +245,8 @@ def train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs:
             for group in private.optimizer.param_groups:
                 group["lr"] = train.learning_rate(step, total, lr, schedule)
             step += 1
-            if len(xb) == 0:  # an empty Poisson batch (probability (1 - q)^n, negligible here): noise only
-                continue
+            if len(xb) == 0:  # an empty Poisson batch (probability (1 - q)^n, negligible here) is skipped; the
+                continue      # step still counts in epsilon (steps below), which can only overstate it
             private.optimizer.zero_grad(set_to_none=True)
             with _quiet_hooks():
                 F.cross_entropy(private.module(xb), yb).backward()
@@ -292,7 +292,8 @@ def model_delta(n_examples: int, delta: float) -> float:
 def train_dp_population(cfg, norm: str, noise_multiplier: float, params: ChapterParams,
                         progress: bool = True) -> Population:
     """``params.setting_models`` models of ``norm`` trained with DP-SGD, each on its half of the pool (the keep
-    mask of a zoo of that size), cached model by model. Epsilon is the same for every model (same n, q, steps)."""
+    mask of a zoo of that size), cached model by model. ``epsilon``: the largest over the models (their n differ
+    slightly, hence q = 1 / ceil(n / batch_size) and delta = 1/n)."""
     check_dp_norm(norm)
     n_models = params.setting_models
     experiment, pool_x, test_x = zoo_lib.zoo_inputs(cfg)
@@ -318,9 +319,11 @@ def train_dp_population(cfg, norm: str, noise_multiplier: float, params: Chapter
                     "sample_rate": private.sample_rate, "steps": cfg.epochs * private.steps_per_epoch,
                     "n_train": int(keep[t].sum())}
         stored.append(entry.get_or_compute(f"model_{t}", compute))
-    first = stored[0]
-    delta = model_delta(first["n_train"], params.delta)
-    spent = epsilon(noise_multiplier, first["sample_rate"], first["steps"], delta, params.accountant)
+    # models train on slightly different n (the keep mask balances examples, not models): report the largest
+    # epsilon over models, each at its own delta = 1/n, and the largest of those deltas
+    budgets = {(s["sample_rate"], s["steps"], model_delta(s["n_train"], params.delta)) for s in stored}
+    spent = max(epsilon(noise_multiplier, rate, steps, delta, params.accountant) for rate, steps, delta in budgets)
+    delta = max(delta for _, _, delta in budgets)
     return Population(f"{models_label(norm)} + DP-SGD", norm, keep, torch.stack([s["logits"] for s in stored]),
                       pool_y, experiment.pool_is_outlier, torch.stack([s["test_logits"] for s in stored]),
                       experiment.test_y, epsilon=spent, noise_multiplier=noise_multiplier, delta=delta)
