@@ -204,7 +204,7 @@ def make_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_si
     for module in model.modules():
         if isinstance(module, nn.ReLU):
             module.inplace = False
-    dataset = torch.utils.data.TensorDataset(x, y)
+    dataset = torch.utils.data.TensorDataset(x, y)  # on the model's device; Poisson indices are drawn on the CPU
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size,
                                          generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -305,16 +305,17 @@ def train_dp_population(cfg, norm: str, noise_multiplier: float, params: Chapter
     spec = (cfg.arch, norm, pool_x.shape[1], pool_x.shape[-1], experiment.num_classes, cfg.width)
     from tqdm.auto import tqdm
 
+    device = train.resolve_device(cfg.device)
     stored = []
     for t in tqdm(range(n_models), desc=f"DP-SGD {norm}, noise {noise_multiplier:g}", disable=not progress):
         def compute(t: int = t) -> dict[str, Any]:
             torch.manual_seed(1000 + t)
-            model = models.build(*spec)
-            private = train_private(model, pool_x[keep[t]], pool_y[keep[t]], epochs=cfg.epochs,
+            model = models.build(*spec).to(device)
+            private = train_private(model, pool_x[keep[t]].to(device), pool_y[keep[t]].to(device), epochs=cfg.epochs,
                                     batch_size=cfg.batch_size, lr=params.dp_lr, noise_multiplier=noise_multiplier,
                                     max_grad_norm=params.max_grad_norm, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay, schedule=cfg.schedule, seed=1000 + t)
-            return {"state_dict": {k: v.clone() for k, v in model.state_dict().items()},
+            return {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                     "logits": train.predict_logits(model, pool_x), "test_logits": train.predict_logits(model, test_x),
                     "sample_rate": private.sample_rate, "steps": cfg.epochs * private.steps_per_epoch,
                     "n_train": int(keep[t].sum())}
@@ -451,10 +452,12 @@ def seconds_per_model(cfg, setting: Setting, params: ChapterParams) -> float:
     CPU) times the steps of one model. Measured afresh on every run, whether the models are cached or not."""
     point = replace(cfg, **dict(setting.overrides))
     experiment, pool_x, _ = zoo_lib.zoo_inputs(point)
+    device = train.resolve_device(cfg.device)
     half = len(pool_x) // 2  # a model trains on half of the pool
-    x, y = pool_x[:half], experiment.pool_y[:half]
+    x, y = pool_x[:half].to(device), experiment.pool_y[:half].to(device)
     torch.manual_seed(0)
-    model = models.build(cfg.arch, setting.norm, pool_x.shape[1], pool_x.shape[-1], experiment.num_classes, cfg.width)
+    model = models.build(cfg.arch, setting.norm, pool_x.shape[1], pool_x.shape[-1], experiment.num_classes,
+                         cfg.width).to(device)
     if setting.noise_multiplier is None:
         steps_per_model = point.epochs * (half // point.batch_size)
         optimizer = torch.optim.SGD(model.parameters(), lr=point.lr, momentum=point.momentum,
@@ -474,6 +477,8 @@ def seconds_per_model(cfg, setting: Setting, params: ChapterParams) -> float:
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(module(xb), yb).backward()
             optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             durations.append(time.perf_counter() - start)
     return float(np.median(durations[1:])) * steps_per_model
 
