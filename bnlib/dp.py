@@ -1,0 +1,579 @@
+"""What to do about it: DP-SGD (Opacus) beside the cheap mitigations, as accuracy against outlier leakage.
+
+Every *setting* is a small model population trained like the shared zoo (T models, each on a random half
+of the pool, balanced keep mask), so each model has its own IN and OUT canaries and the model is the unit
+of replication. Settings:
+
+    BatchNorm, no norm            the shared zoos (``zoo.train_zoo(cfg, norm)``, ``cfg.n_models`` models)
+    GroupNorm, BN + strong weight decay, BN with a large batch
+                                  ``zoo.train_zoo`` with ``n_models = params.setting_models`` and the change
+    GroupNorm (or no norm) + DP-SGD at each noise multiplier
+                                  trained here with Opacus (:func:`train_private`): per-sample clipping at
+                                  ``max_grad_norm``, Gaussian noise, Poisson sampling (each example joins
+                                  each step independently with probability q = batch_size / n, as the
+                                  DP-SGD analysis assumes); epsilon from Opacus's accountant at
+                                  delta = 1/n, n = each model's training-set size
+
+Measured per setting (:func:`measure`):
+    test accuracy          per model, mean with a t interval over models (n = models)
+    canary memorization    per model: accuracy on its IN canaries minus on its OUT canaries (n = models)
+    outlier LiRA TPR       LiRA (online, global variance; ``mia.attack_scores``) leave-one-out over the
+                           population; the ROC of all targets on the outliers pooled (as the LiRA reference
+                           does), TPR at ``low_fpr``; interval from the two-way bootstrap over targets and
+                           examples (``mia.Resamples``). With N pooled outlier non-member scores, TPR at FPR f
+                           allows floor(f N) false positives (``n_negatives`` says N).
+
+BatchNorm cannot be trained with DP-SGD: :func:`check_dp_norm` says why and what to use instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_curve
+from torch import nn
+
+from . import data as data_lib
+from . import mia, models, results, stats, train
+from . import zoo as zoo_lib
+from .config import NORMS
+
+DP_NORMS = ("group", "layer", "none")  # normalizers whose output for one example ignores its batch-mates
+COUPLED_NORMS = ("batch", "ghost", "running")
+ACCOUNTANTS = ("rdp", "prv")
+ATTACK = "lira_online_global"  # the membership-inference chapter's headline attack
+
+
+@dataclass(frozen=True)
+class ChapterParams:
+    """Parameters of the "what to do" chapter (validated by ``config.load(..., extras=ChapterParams)``)."""
+
+    noise_multipliers: tuple[float, ...] = field(default=(0.5, 0.8, 1.2, 2.0, 4.0), metadata={
+        "positive": True, "doc": "DP-SGD noise std / clipping norm, one setting each"})
+    max_grad_norm: float = field(default=1.0, metadata={"positive": True, "doc": "DP-SGD per-sample clipping norm C"})
+    delta: float = field(default=0.0, metadata={
+        "minimum": 0.0, "doc": "DP delta; 0 = 1/n, n = training examples of each model"})
+    accountant: str = field(default="rdp", metadata={"choices": ACCOUNTANTS, "doc": "Opacus privacy accountant"})
+    dp_norms: tuple[str, ...] = field(default=("group", "none"), metadata={
+        "choices": NORMS, "doc": "normalizers trained with DP-SGD (not BatchNorm: see the chapter)"})
+    dp_lr: float = field(default=0.5, metadata={"positive": True, "doc": "peak learning rate of DP-SGD"})
+    setting_models: int = field(default=8, metadata={"minimum": 4, "doc": "models per setting beyond the shared zoos"})
+    strong_weight_decay: float = field(default=5e-3, metadata={"positive": True, "doc": "weight decay of that defence"})
+    large_batch: int = field(default=512, metadata={"minimum": 2, "doc": "batch size of the large-batch BN defence"})
+    low_fpr: float = field(default=0.01, metadata={"positive": True, "doc": "FPR at which the LiRA TPR is read"})
+    n_bootstrap: int = field(default=500, metadata={"positive": True, "doc": "bootstrap resamples"})
+    timing_steps: int = field(default=6, metadata={"positive": True, "doc": "training steps timed per setting"})
+
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": dict(noise_multipliers=(1.0, 4.0), dp_norms=("group",), setting_models=4, large_batch=64,
+                      n_bootstrap=100, timing_steps=2),
+        "quick": dict(noise_multipliers=(0.7, 2.0), dp_norms=("group",), setting_models=4),
+        "paper": dict(),
+    }
+
+    def __post_init__(self) -> None:
+        check_privacy(noise_multipliers=self.noise_multipliers, max_grad_norm=self.max_grad_norm,
+                      delta=None if self.delta == 0 else self.delta)
+        for norm in self.dp_norms:
+            check_dp_norm(norm)
+        if self.setting_models % 2:
+            raise ValueError(f"Parameter 'setting_models' got {self.setting_models}; allowed: an even number >= 4 "
+                             "(every example is IN for exactly half of the models).")
+        if not self.low_fpr < 1:
+            raise ValueError(f"Parameter 'low_fpr' got {self.low_fpr!r}; allowed: a value in (0, 1).")
+
+
+def check_dp_norm(norm: str) -> None:
+    """Fail unless ``norm`` can be trained with DP-SGD.
+
+    Raises:
+        ValueError: for BatchNorm and its variants, explaining why (per-sample gradients under BN) and
+            naming the alternatives.
+    """
+    if norm in COUPLED_NORMS:
+        raise ValueError(
+            f"DP-SGD cannot train norm={norm!r}: DP-SGD clips each example's own gradient, and under BatchNorm "
+            "an example's output (so its loss and gradient) depends on the other examples of its batch through "
+            "the batch mean and variance (the running-statistics variant leaks batch statistics into its "
+            "buffers without noise), so per-sample gradients are not defined and one example's influence is "
+            "not bounded by the clipping norm. Opacus refuses these layers too (its ModuleValidator.fix "
+            f"replaces BatchNorm with GroupNorm). Allowed: {', '.join(map(repr, DP_NORMS))}.")
+    if norm not in DP_NORMS:
+        raise ValueError(f"Parameter 'dp_norms' got {norm!r}; allowed values: {', '.join(map(repr, DP_NORMS))}.")
+
+
+def check_privacy(*, noise_multipliers: tuple[float, ...] = (), max_grad_norm: float | None = None,
+                  delta: float | None = None, epsilon: float | None = None) -> None:
+    """Validate DP-SGD's privacy parameters before any work; errors name the parameter and what is allowed."""
+    for noise in noise_multipliers:
+        if not (math.isfinite(noise) and noise > 0):
+            raise ValueError(f"Parameter 'noise_multipliers' got {noise!r}; allowed: finite values > 0 "
+                             "(noise standard deviation in units of the clipping norm).")
+    if max_grad_norm is not None and not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        raise ValueError(f"Parameter 'max_grad_norm' got {max_grad_norm!r}; allowed: a finite value > 0.")
+    if delta is not None and not 0 < delta < 1:
+        raise ValueError(f"Parameter 'delta' got {delta!r}; allowed: a value in (0, 1), well below 1/n "
+                         "for n training examples (0 in the chapter means 1/n).")
+    if epsilon is not None and not (math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"Parameter 'epsilon' got {epsilon!r}; allowed: a finite value > 0.")
+
+
+def check_config(cfg, params: ChapterParams) -> None:
+    """Fail fast on combinations that cannot run (before any training)."""
+    mia.check_zoo_size(cfg.n_models)
+    half = (cfg.n_train + 2 * cfg.n_canaries) // 2
+    for name, value in (("large_batch", params.large_batch), ("batch_size", cfg.batch_size)):
+        if value > half:
+            raise ValueError(f"Parameter {name!r} ({value}) exceeds a model's training set "
+                             f"(half the pool: {half}); allowed: 2..{half}.")
+
+
+# ----------------------------------------------------------------------------- privacy accounting
+
+def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
+    """Epsilon of ``steps`` DP-SGD steps with Poisson sampling rate ``sample_rate``, from Opacus's accountant.
+
+    Args:
+        accountant: ``rdp`` (Renyi DP, an upper bound) or ``prv`` (privacy random variables, tighter).
+    """
+    from opacus.accountants import create_accountant
+
+    check_privacy(noise_multipliers=(noise_multiplier,), delta=delta)
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"Parameter 'accountant' got {accountant!r}; allowed values: "
+                         f"{', '.join(map(repr, ACCOUNTANTS))}.")
+    if not 0 < sample_rate <= 1 or steps < 1:
+        raise ValueError(f"Sampling rate {sample_rate!r} and steps {steps!r}; allowed: 0 < rate <= 1, steps >= 1.")
+    ledger = create_accountant(mechanism=accountant)
+    ledger.history = [(noise_multiplier, sample_rate, steps)]
+    return float(ledger.get_epsilon(delta=delta))
+
+
+def noise_for_epsilon(target_epsilon: float, sample_rate: float, steps: int, delta: float,
+                      accountant: str = "rdp") -> float:
+    """The noise multiplier that spends ``target_epsilon`` in ``steps`` steps (Opacus's search)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    check_privacy(epsilon=target_epsilon, delta=delta)
+    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                      steps=steps, accountant=accountant))
+
+
+# ----------------------------------------------------------------------------- DP-SGD training
+
+@dataclass
+class PrivateTraining:
+    """Opacus's objects for one model: ``module`` (a GradSampleModule: after ``backward`` each parameter
+    holds ``grad_sample`` (B, *shape)), ``optimizer`` (DPOptimizer: clips, sums, adds noise), ``loader``
+    (Poisson sampling), with ``sample_rate`` and ``steps_per_epoch``."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: torch.utils.data.DataLoader
+    sample_rate: float
+    steps_per_epoch: int
+
+
+def make_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, lr: float,
+                 noise_multiplier: float, max_grad_norm: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 seed: int = 0) -> PrivateTraining:
+    """Wrap ``model`` (modified in place: in-place ReLUs become out-of-place, which Opacus's hooks need) for
+    DP-SGD on (x (n, C, H, W), y (n,)) with Poisson sampling of expected size ``batch_size``.
+
+    Raises:
+        ValueError: for a model with BatchNorm (see :func:`check_dp_norm`) or bad privacy parameters.
+    """
+    from opacus import PrivacyEngine
+    from opacus.validators import ModuleValidator
+
+    check_privacy(noise_multipliers=(noise_multiplier,), max_grad_norm=max_grad_norm)
+    if any(isinstance(m, (nn.modules.batchnorm._BatchNorm, models._BatchNormVariant)) for m in model.modules()):
+        check_dp_norm("batch")
+    problems = ModuleValidator.validate(model, strict=False)
+    if problems:
+        raise ValueError(f"Opacus cannot train this model with DP-SGD: {problems}")
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    dataset = torch.utils.data.TensorDataset(x, y)  # on the model's device; Poisson indices are drawn on the CPU
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size,
+                                         generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    with warnings.catch_warnings():  # "secure RNG turned off": fine for research, said in the chapter
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        engine = PrivacyEngine(accountant="rdp")  # accounting is done by :func:`epsilon`, not by the engine
+        module, optimizer, private_loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm, poisson_sampling=True,
+            noise_generator=torch.Generator().manual_seed(10_000 + seed))
+    return PrivateTraining(module, optimizer, private_loader, sample_rate=1 / len(loader),
+                           steps_per_epoch=len(loader))
+
+
+@contextlib.contextmanager
+def _quiet_hooks() -> Iterator[None]:
+    """Silence torch's note that Opacus's backward hook on the first layer fires for its output only (the
+    input images need no gradient); the per-sample gradients of the parameters are unaffected."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        yield
+
+
+def train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
+                  noise_multiplier: float, max_grad_norm: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                  schedule: str = "onecycle", seed: int = 0, max_steps: int | None = None) -> PrivateTraining:
+    """Train ``model`` in place with DP-SGD (see :func:`make_private`), the learning rate following
+    ``train.learning_rate``; ``max_steps`` stops early. Leaves the model in eval mode."""
+    torch.manual_seed(seed)
+    private = make_private(model, x, y, batch_size=batch_size, lr=lr, noise_multiplier=noise_multiplier,
+                           max_grad_norm=max_grad_norm, momentum=momentum, weight_decay=weight_decay, seed=seed)
+    total, step = epochs * private.steps_per_epoch, 0
+    private.module.train()
+    for _ in range(epochs):
+        for xb, yb in private.loader:
+            if max_steps is not None and step >= max_steps:
+                break
+            for group in private.optimizer.param_groups:
+                group["lr"] = train.learning_rate(step, total, lr, schedule)
+            step += 1
+            if len(xb) == 0:  # an empty Poisson batch (probability (1 - q)^n, negligible here) is skipped; the
+                continue      # step still counts in epsilon (steps below), which can only overstate it
+            private.optimizer.zero_grad(set_to_none=True)
+            with _quiet_hooks():
+                F.cross_entropy(private.module(xb), yb).backward()
+            private.optimizer.step()
+    model.eval()
+    return private
+
+
+# ----------------------------------------------------------------------------- model populations
+
+@dataclass
+class Population:
+    """One setting's models, read like a ``zoo.Zoo``: keep (T, N) bool, logits (T, N, C), labels (N,),
+    is_outlier (N,), test_logits (T, n_test, C), test_labels (n_test,); ``epsilon`` for DP settings."""
+
+    setting: str
+    norm: str
+    keep: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor
+    is_outlier: torch.Tensor
+    test_logits: torch.Tensor
+    test_labels: torch.Tensor
+    epsilon: float | None = None
+    noise_multiplier: float | None = None
+    delta: float | None = None
+
+    @classmethod
+    def from_zoo(cls, setting: str, zoo: zoo_lib.Zoo) -> Population:
+        return cls(setting, zoo.norm, zoo.keep, zoo.logits, zoo.labels, zoo.is_outlier, zoo.test_logits,
+                   zoo.test_labels)
+
+    @property
+    def n_models(self) -> int:
+        return self.keep.shape[0]
+
+
+def model_delta(n_examples: int, delta: float) -> float:
+    """The delta of a model trained on ``n_examples``: ``delta``, or 1/n when ``delta`` is 0."""
+    return 1.0 / n_examples if delta == 0 else delta
+
+
+def train_dp_population(cfg, norm: str, noise_multiplier: float, params: ChapterParams,
+                        progress: bool = True) -> Population:
+    """``params.setting_models`` models of ``norm`` trained with DP-SGD, each on its half of the pool (the keep
+    mask of a zoo of that size), cached model by model. ``epsilon``: the largest over the models (their n differ
+    slightly, hence q = 1 / ceil(n / batch_size) and delta = 1/n)."""
+    check_dp_norm(norm)
+    n_models = params.setting_models
+    experiment, pool_x, test_x = zoo_lib.zoo_inputs(cfg)
+    pool_y = experiment.pool_y
+    keep = data_lib.balanced_keep_mask(n_models, len(pool_y), seed=cfg.seeds[0])
+    entry = results.Entry("dp_zoo", {
+        **cfg.result_key(), "n_models": n_models, "norm": norm, "data_seed": cfg.seeds[0],
+        "noise_multiplier": noise_multiplier, "max_grad_norm": params.max_grad_norm, "dp_lr": params.dp_lr})
+    spec = (cfg.arch, norm, pool_x.shape[1], pool_x.shape[-1], experiment.num_classes, cfg.width)
+    from tqdm.auto import tqdm
+
+    device = train.resolve_device(cfg.device)
+    stored = []
+    for t in tqdm(range(n_models), desc=f"DP-SGD {norm}, noise {noise_multiplier:g}", disable=not progress):
+        def compute(t: int = t) -> dict[str, Any]:
+            torch.manual_seed(1000 + t)
+            model = models.build(*spec).to(device)
+            private = train_private(model, pool_x[keep[t]].to(device), pool_y[keep[t]].to(device), epochs=cfg.epochs,
+                                    batch_size=cfg.batch_size, lr=params.dp_lr, noise_multiplier=noise_multiplier,
+                                    max_grad_norm=params.max_grad_norm, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, schedule=cfg.schedule, seed=1000 + t)
+            return {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                    "logits": train.predict_logits(model, pool_x), "test_logits": train.predict_logits(model, test_x),
+                    "sample_rate": private.sample_rate, "steps": cfg.epochs * private.steps_per_epoch,
+                    "n_train": int(keep[t].sum())}
+        stored.append(entry.get_or_compute(f"model_{t}", compute))
+    # models train on slightly different n (the keep mask balances examples, not models): report the largest
+    # epsilon over models, each at its own delta = 1/n, and the largest of those deltas
+    budgets = {(s["sample_rate"], s["steps"], model_delta(s["n_train"], params.delta)) for s in stored}
+    spent = max(epsilon(noise_multiplier, rate, steps, delta, params.accountant) for rate, steps, delta in budgets)
+    delta = max(delta for _, _, delta in budgets)
+    return Population(f"{models_label(norm)} + DP-SGD", norm, keep, torch.stack([s["logits"] for s in stored]),
+                      pool_y, experiment.pool_is_outlier, torch.stack([s["test_logits"] for s in stored]),
+                      experiment.test_y, epsilon=spent, noise_multiplier=noise_multiplier, delta=delta)
+
+
+def models_label(norm: str) -> str:
+    from .plots import NORM_LABELS
+
+    return NORM_LABELS.get(norm, norm)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of the trade-off: ``key`` (summary name), ``label``, the norm, the ``cfg`` fields changed,
+    and the DP-SGD noise multiplier (None = ordinary SGD)."""
+
+    key: str
+    label: str
+    norm: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    noise_multiplier: float | None = None
+
+
+def settings(cfg, params: ChapterParams) -> list[Setting]:
+    """The chapter's settings, in display order (see the module docstring)."""
+    small = (("n_models", params.setting_models),)
+    plan = [Setting("batch", "BatchNorm", "batch"), Setting("none", "no norm", "none"),
+            Setting("group", "GroupNorm", "group", small),
+            Setting("batch_strong_weight_decay", f"BN, weight decay {params.strong_weight_decay:g}", "batch",
+                    (*small, ("weight_decay", params.strong_weight_decay))),
+            Setting("batch_large_batch", f"BN, batch {params.large_batch}", "batch",
+                    (*small, ("batch_size", params.large_batch)))]
+    plan += [Setting(f"{norm}_dp_sgd_noise_{noise:g}", f"{models_label(norm)} + DP-SGD", norm, small, noise)
+             for norm in params.dp_norms for noise in params.noise_multipliers]
+    return plan
+
+
+def population(cfg, setting: Setting, params: ChapterParams, progress: bool = True) -> Population:
+    """Train (or load) the models of one setting."""
+    if setting.noise_multiplier is not None:
+        result = train_dp_population(cfg, setting.norm, setting.noise_multiplier, params, progress)
+        return replace(result, setting=setting.label)
+    return Population.from_zoo(setting.label, zoo_lib.train_zoo(replace(cfg, **dict(setting.overrides)),
+                                                               setting.norm, progress=progress))
+
+
+# ----------------------------------------------------------------------------- measurements
+
+def canary_memorization(keep: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                        is_outlier: torch.Tensor) -> np.ndarray:
+    """(T,) per model: accuracy on its IN outliers minus accuracy on its OUT outliers.
+
+    Args: keep (T, N) bool, logits (T, N, C), labels (N,), is_outlier (N,) bool.
+    """
+    correct = (logits.argmax(-1) == labels).float()  # (T, N)
+    inside, outside = keep & is_outlier, ~keep & is_outlier
+    return ((correct * inside).sum(1) / inside.sum(1) - (correct * outside).sum(1) / outside.sum(1)).numpy()
+
+
+def pooled_tpr(scores: np.ndarray, is_member: np.ndarray, fpr_level: float,
+               weights: np.ndarray | None = None) -> float:
+    """TPR at FPR <= ``fpr_level`` of one ROC over all (weighted) scores: scores, is_member, weights (n,)."""
+    fpr, tpr, _ = roc_curve(is_member, scores, sample_weight=weights, drop_intermediate=False)
+    return float(tpr[fpr <= fpr_level].max())
+
+
+def pooled_tpr_interval(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, fpr_level: float,
+                        n_bootstrap: int, seed: int = 0) -> dict[str, Any]:
+    """TPR at ``fpr_level`` of the ROC pooled over targets on the examples of ``mask``, with a two-way
+    bootstrap interval (targets and examples resampled, ``mia.Resamples``).
+
+    Args:
+        scores, keep: (T, N); mask: (N,) bool.
+    Returns:
+        ``{"mean": pooled TPR, "ci95": [lo, hi], "n": T targets, "n_negatives": pooled non-member scores}``.
+    """
+    scores, keep = scores[:, mask], keep[:, mask]
+    n_targets, n_examples = scores.shape
+    point = pooled_tpr(scores.ravel(), keep.ravel(), fpr_level)
+    resamples = mia.Resamples.draw(n_targets, n_examples, n_bootstrap, seed=seed)
+    draws = []
+    for targets, weights in zip(resamples.targets, resamples.weights, strict=True):
+        chosen_keep = keep[targets]  # (T, n) a resample's targets
+        if chosen_keep[:, weights > 0].all() or not chosen_keep[:, weights > 0].any():
+            continue
+        draws.append(pooled_tpr(scores[targets].ravel(), chosen_keep.ravel(), fpr_level,
+                                np.tile(weights, n_targets)))
+    low, high = np.quantile(draws, [0.025, 0.975]) if draws else (float("nan"), float("nan"))
+    return {"mean": point, "ci95": [float(low), float(high)], "n": int(n_targets),
+            "n_negatives": int((~keep).sum())}
+
+
+def measure(population_: Population, params: ChapterParams) -> dict[str, Any]:
+    """Accuracy and outlier leakage of one setting.
+
+    Returns:
+        ``test_accuracy``, ``canary_memorization``: ``stats.mean_ci`` over models (n = models);
+        ``lira_tpr``: :func:`pooled_tpr_interval` on the outliers; ``epsilon``: float or None.
+    """
+    p = population_
+    test_accuracy = (p.test_logits.argmax(-1) == p.test_labels).float().mean(1).numpy()
+    signals = mia.Signals.from_logits(p.keep, p.logits, p.labels, p.test_logits, p.test_labels)
+    scores = mia.attack_scores(signals, ATTACK)  # (T, N), leave-one-out
+    outliers = p.is_outlier.numpy().astype(bool)
+    return {"setting": p.setting, "norm": p.norm, "epsilon": p.epsilon, "noise_multiplier": p.noise_multiplier,
+            "delta": p.delta,
+            "n_models": p.n_models, "test_accuracy": stats.mean_ci(test_accuracy),
+            "canary_memorization": stats.mean_ci(canary_memorization(p.keep, p.logits, p.labels, p.is_outlier)),
+            "lira_tpr": pooled_tpr_interval(scores, p.keep.numpy().astype(bool), outliers, params.low_fpr,
+                                            params.n_bootstrap)}
+
+
+def pareto_front(accuracy: np.ndarray, leakage: np.ndarray) -> np.ndarray:
+    """(S,) bool: settings that no other setting beats on both axes (accuracy at least as high and leakage
+    at least as low, one of them strictly)."""
+    accuracy, leakage = np.asarray(accuracy, float), np.asarray(leakage, float)
+    better_or_equal = (accuracy[None, :] >= accuracy[:, None]) & (leakage[None, :] <= leakage[:, None])
+    strictly = (accuracy[None, :] > accuracy[:, None]) | (leakage[None, :] < leakage[:, None])
+    return ~np.any(better_or_equal & strictly, axis=1)
+
+
+def seconds_per_model(cfg, setting: Setting, params: ChapterParams) -> float:
+    """Training time of one model of ``setting`` on this machine: the median time of ``params.timing_steps``
+    single training steps (after one warm-up step; the median resists other processes' bursts on a shared
+    CPU) times the steps of one model. Measured afresh on every run, whether the models are cached or not."""
+    point = replace(cfg, **dict(setting.overrides))
+    experiment, pool_x, _ = zoo_lib.zoo_inputs(point)
+    device = train.resolve_device(cfg.device)
+    half = len(pool_x) // 2  # a model trains on half of the pool
+    x, y = pool_x[:half].to(device), experiment.pool_y[:half].to(device)
+    torch.manual_seed(0)
+    model = models.build(cfg.arch, setting.norm, pool_x.shape[1], pool_x.shape[-1], experiment.num_classes,
+                         cfg.width).to(device)
+    if setting.noise_multiplier is None:
+        steps_per_model = point.epochs * (half // point.batch_size)
+        optimizer = torch.optim.SGD(model.parameters(), lr=point.lr, momentum=point.momentum,
+                                    weight_decay=point.weight_decay)
+        module, batches = model, ((x[:point.batch_size], y[:point.batch_size]) for _ in iter(int, 1))
+    else:
+        private = make_private(model, x, y, batch_size=point.batch_size, lr=params.dp_lr,
+                               noise_multiplier=setting.noise_multiplier, max_grad_norm=params.max_grad_norm)
+        steps_per_model = point.epochs * private.steps_per_epoch
+        module, optimizer = private.module, private.optimizer
+        batches = (batch for _ in iter(int, 1) for batch in private.loader if len(batch[0]))
+    module.train()
+    durations = []
+    with _quiet_hooks():
+        for _, (xb, yb) in zip(range(params.timing_steps + 1), batches, strict=False):
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(module(xb), yb).backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            durations.append(time.perf_counter() - start)
+    return float(np.median(durations[1:])) * steps_per_model
+
+
+# ----------------------------------------------------------------------------- the chapter's rows, figure, summary
+
+LEAKAGE = {"canary_memorization": "canary memorization (IN − OUT accuracy)",
+           "lira_tpr": "LiRA TPR on outliers at the low FPR"}
+
+
+def run(cfg, params: ChapterParams, progress: bool = True) -> list[dict[str, Any]]:
+    """Every setting trained (or loaded), measured and timed: one row per setting, in display order, with the
+    keys of :func:`measure` plus ``key``, ``label`` (with epsilon for DP settings), ``seconds_per_model``,
+    ``pareto_memorization`` and ``pareto_lira`` (on the Pareto front of accuracy against that leakage)."""
+    rows = []
+    for setting in settings(cfg, params):
+        row = measure(population(cfg, setting, params, progress), params)
+        label = setting.label if row["epsilon"] is None else f"{setting.label}, ε = {row['epsilon']:.2g}"
+        rows.append({**row, "key": setting.key, "label": label,
+                     "seconds_per_model": seconds_per_model(cfg, setting, params)})
+    accuracy = np.array([r["test_accuracy"]["mean"] for r in rows])
+    for name, short in (("canary_memorization", "memorization"), ("lira_tpr", "lira")):
+        front = pareto_front(accuracy, np.array([r[name]["mean"] for r in rows]))
+        for row, on_front in zip(rows, front, strict=True):
+            row[f"pareto_{short}"] = bool(on_front)
+    return rows
+
+
+def tradeoff_figure(rows: list[dict[str, Any]], low_fpr: float):
+    """Two panels, test accuracy (x) against each leakage measure (y): one point per setting with 95% intervals
+    on both axes, DP-SGD points labelled with epsilon, the Pareto front (high accuracy, low leakage) drawn."""
+    import matplotlib.pyplot as plt
+
+    from .plots import NORM_COLORS
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    for ax, (name, short) in zip(axes, (("canary_memorization", "memorization"), ("lira_tpr", "lira")), strict=True):
+        for row in rows:
+            x, y = row["test_accuracy"], row[name]
+            marker = "s" if row["epsilon"] is not None else "o"
+            ax.errorbar(x["mean"], y["mean"], xerr=[[x["mean"] - x["ci95"][0]], [x["ci95"][1] - x["mean"]]],
+                        yerr=[[max(y["mean"] - y["ci95"][0], 0)], [max(y["ci95"][1] - y["mean"], 0)]],
+                        fmt=marker, color=NORM_COLORS.get(row["norm"], "k"), capsize=2, alpha=0.85,
+                        markerfacecolor="none" if not row[f"pareto_{short}"] else None)
+            ax.annotate(row["label"], (x["mean"], y["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        front = sorted((r for r in rows if r[f"pareto_{short}"]), key=lambda r: r["test_accuracy"]["mean"])
+        ax.step([r["test_accuracy"]["mean"] for r in front], [r[name]["mean"] for r in front], where="post",
+                color="0.3", linestyle="--", linewidth=1, label="Pareto front (filled markers)")
+        ylabel = LEAKAGE[name].replace("low FPR", f"{low_fpr:g} FPR")
+        ax.set(xlabel="test accuracy (higher is better)", ylabel=f"{ylabel} (lower is better)")
+        ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _cell(stat: dict[str, Any]) -> str:
+    return f"{stat['mean']:.3f} [{stat['ci95'][0]:.3f}, {stat['ci95'][1]:.3f}]"
+
+
+def table_markdown(rows: list[dict[str, Any]], low_fpr: float) -> str:
+    """Setting, models, test accuracy, canary memorization, LiRA TPR (pooled negatives), epsilon, s per model."""
+    lines = [f"| setting | models | test accuracy | canary memorization | LiRA TPR at {low_fpr:g} FPR "
+             "(outlier negatives) | ε | s per model |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        eps = "–" if row["epsilon"] is None else f"{row['epsilon']:.2g} (σ = {row['noise_multiplier']:g})"
+        lines.append(f"| {row['setting']} | {row['n_models']} | {_cell(row['test_accuracy'])} | "
+                     f"{_cell(row['canary_memorization'])} | {_cell(row['lira_tpr'])} "
+                     f"({row['lira_tpr']['n_negatives']}) | {eps} | {row['seconds_per_model']:.1f} |")
+    return "\n".join(lines)
+
+
+def summary_metrics(rows: list[dict[str, Any]], params: ChapterParams) -> dict[str, dict[str, Any]]:
+    """Report rows (``results.metric_entry`` shape): one metric per measure, one entry per setting key, each
+    with its ``epsilon`` (None without DP-SGD); plus ``epsilon``, ``delta``, ``accountant`` of the DP settings."""
+    pct = f"{params.low_fpr * 100:g}".replace(".", "p")
+    described = {
+        "test_accuracy": ("dp_sgd_tradeoff_test_accuracy", "higher test accuracy",
+                          "Test accuracy per model, mean over the models of each setting (n = models)."),
+        "canary_memorization": ("dp_sgd_tradeoff_canary_memorization", "more outlier memorization",
+                                "Per model: accuracy on its IN canaries minus on its OUT canaries; mean over "
+                                "models (n = models)."),
+        "lira_tpr": (f"dp_sgd_tradeoff_outlier_lira_tpr_at_{pct}pct_fpr", "more outlier leakage",
+                     f"LiRA (online, global variance) TPR at {params.low_fpr:g} FPR on the outliers, ROC pooled over "
+                     "targets (leave-one-out); n = targets; interval: bootstrap over targets and examples."),
+    }
+    dp_rows = [r for r in rows if r["epsilon"] is not None]
+    privacy = {"epsilon": {r["key"]: r["epsilon"] for r in dp_rows}, "delta": {r["key"]: r["delta"] for r in dp_rows},
+               "noise_multiplier": {r["key"]: r["noise_multiplier"] for r in dp_rows},
+               "accountant": params.accountant, "max_grad_norm": params.max_grad_norm}
+    metrics = {}
+    for measure_name, (metric, higher, description) in described.items():
+        per_setting = {r["key"]: {**{k: r[measure_name][k] for k in ("mean", "ci95", "n")}, "epsilon": r["epsilon"],
+                                  "setting": r["setting"]} for r in rows}
+        metrics[f"{metric}_same_schedule"] = {**results.metric_entry(
+            per_setting, p_value=None, test="none (a trade-off: intervals only)", higher_means=higher,
+            description=description + " Settings: BN, no norm, GroupNorm, BN defences, GroupNorm + DP-SGD.",
+            comparison="same_schedule"), **privacy}
+    return metrics
