@@ -298,10 +298,11 @@ def train_dp_population(cfg, norm: str, noise_multiplier: float, params: Chapter
     n_models = params.setting_models
     experiment, pool_x, test_x = zoo_lib.zoo_inputs(cfg)
     pool_y = experiment.pool_y
-    keep = data_lib.balanced_keep_mask(n_models, len(pool_y), seed=cfg.seeds[0])
+    keep = data_lib.balanced_keep_mask(n_models, len(pool_y), seed=cfg.seeds[0], strata=experiment.pool_is_outlier)
     entry = results.Entry("dp_zoo", {
         **cfg.result_key(), "n_models": n_models, "norm": norm, "data_seed": cfg.seeds[0],
-        "noise_multiplier": noise_multiplier, "max_grad_norm": params.max_grad_norm, "dp_lr": params.dp_lr})
+        "noise_multiplier": noise_multiplier, "max_grad_norm": params.max_grad_norm, "dp_lr": params.dp_lr},
+        code=results.code_of("dp"))
     spec = (cfg.arch, norm, pool_x.shape[1], pool_x.shape[-1], experiment.num_classes, cfg.width)
     from tqdm.auto import tqdm
 

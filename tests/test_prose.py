@@ -87,6 +87,11 @@ ALLOWED: dict[str, list[str]] = {
         "95 % CI", "95 % t-intervals",  # nominal levels
         "above or below 1", "ratio near 1",  # the toy's threshold of amplification
     ],
+    "chapters/what_to_do": [
+        "a larger batch",  # the name of a setting
+        "both higher accuracy and lower leakage",  # the definition of the Pareto front
+        "fewer noise levels, fewer models per setting",  # what the reduced grid is
+    ],
     "chapters/data_and_models": [
         "28×28",  # Fashion-MNIST's image size, a fact of the files
         "8×8",  # load_digits' image size, a fact of the files
