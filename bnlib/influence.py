@@ -6,7 +6,6 @@ here for the chapters and modules that call them through ``bnlib.influence``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -164,8 +163,7 @@ def matched_fit_level(tracks: Sequence[dict[str, Any]], params: InfluenceParams)
     run reaches, rounded down to 0.01."""
     if params.fit_level > 0:
         return params.fit_level
-    reached = min(max(r["inliers_acc"] for r in track["records"]) for track in tracks)
-    return math.floor(reached * 100) / 100
+    return stats.common_top_level([[r["inliers_acc"] for r in track["records"]] for track in tracks], resolution=0.01)
 
 
 def ratio_at_fit(track: dict[str, Any], name: str, level: float) -> float:
