@@ -67,9 +67,13 @@ class Zoo:
     checkpoint_logits: torch.Tensor
     test_logits: torch.Tensor
     test_labels: torch.Tensor
-    members: results.Entry
     entry: results.Entry
     arch_spec: tuple
+    members: results.Entry | None = None  # None: the members live in ``entry`` (a zoo built by hand)
+
+    def __post_init__(self) -> None:
+        if self.members is None:
+            self.members = self.entry
 
     @property
     def n_models(self) -> int:
