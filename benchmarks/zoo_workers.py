@@ -66,9 +66,9 @@ def main() -> None:
 
     reference = zoos["1 worker"]
     for label, seconds in times.items():
-        same = all(torch.equal(reference.entry.load(zoo.member_name(t))["state_dict"][name], tensor)
+        same = all(torch.equal(reference.members.load(zoo.member_name(t))["state_dict"][name], tensor)
                    for t in range(args.models)
-                   for name, tensor in zoos[label].entry.load(zoo.member_name(t))["state_dict"].items())
+                   for name, tensor in zoos[label].members.load(zoo.member_name(t))["state_dict"].items())
         rate = 60 * args.models / seconds
         print(f"{label:>12s}: {seconds:7.1f} s  {rate:6.2f} models/min  "
               f"{times['1 worker'] / seconds:5.2f}x  bit-identical to 1 worker: {same}")

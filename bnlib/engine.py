@@ -118,12 +118,12 @@ def wait(submitted: Submitted, progress: bool = True) -> list[dict]:
     from distributed import as_completed
     from tqdm.auto import tqdm
 
-    members = sum(len(group) for _, group in submitted.groups)
+    sizes = {future.key: len(group) for future, (_, group) in zip(submitted.futures, submitted.groups, strict=True)}
     reports = []
-    with tqdm(total=members, desc="zoo members (dask)", disable=not progress) as bar:
+    with tqdm(total=sum(sizes.values()), desc="zoo members (dask)", disable=not progress) as bar:
         for future in as_completed(submitted.futures):
             reports.append(future.result())
-            bar.update(len(submitted.groups[submitted.futures.index(future)][1]))
+            bar.update(sizes[future.key])
     return reports
 
 

@@ -53,8 +53,10 @@ class Zoo:
         checkpoint_epochs: (E,) epochs at which ``checkpoint_logits`` were taken (the last = final).
         checkpoint_logits: (E, T, N, C) float16 eval-mode logits during training.
         test_logits: (T, n_test, C) float32 eval-mode logits on the test set; test_labels: (n_test,).
-        entry: the cache entry, one ``model_{t}`` per member (``run_task`` lists its fields);
-            ``state_dict(t)`` / ``model(t)`` load model t from it.
+        members: the members' cache entry, one ``model_{t}`` per member (``run_task`` lists its fields),
+            shared by zoos of every size; ``state_dict(t)`` / ``model(t)`` load model t from it.
+        entry: the cache entry for results computed from the whole zoo of T members (``n_models`` is
+            part of its key, so a grown zoo never reads a smaller zoo's measurement).
     """
 
     norm: str
@@ -68,13 +70,18 @@ class Zoo:
     test_labels: torch.Tensor
     entry: results.Entry
     arch_spec: tuple
+    members: results.Entry | None = None  # None: the members live in ``entry`` (a zoo built by hand)
+
+    def __post_init__(self) -> None:
+        if self.members is None:
+            self.members = self.entry
 
     @property
     def n_models(self) -> int:
         return self.keep.shape[0]
 
     def state_dict(self, t: int) -> dict[str, torch.Tensor]:
-        return self.entry.load(f"model_{t}")["state_dict"]
+        return self.members.load(member_name(t))["state_dict"]
 
     def model(self, t: int) -> nn.Module:
         """Model t, rebuilt and loaded (``weights_only=True``), in eval mode on the CPU."""
@@ -106,7 +113,14 @@ def zoo_config(cfg, norm: str) -> dict:
 
 
 def zoo_entry(cfg, norm: str) -> results.Entry:
+    """The members' entry: ``model_{t}`` for every t ever trained, whatever ``n_models`` asked for it."""
     return results.Entry("zoo", zoo_config(cfg, norm), code=results.code_of("zoo"))
+
+
+def zoo_results_entry(cfg, norm: str) -> results.Entry:
+    """The entry for results of the whole zoo of ``cfg.n_models`` members (``Zoo.entry``)."""
+    return results.Entry("zoo_results", {**zoo_config(cfg, norm), "n_models": cfg.n_models},
+                         code=results.code_of("zoo"))
 
 
 def member_name(t: int) -> str:
@@ -308,5 +322,5 @@ def load_zoo(cfg, norm: str, inputs=None) -> Zoo:
         checkpoint_epochs=stored[0]["checkpoint_epochs"].float(),
         checkpoint_logits=torch.stack([s["checkpoint_logits"] for s in stored], dim=1),
         test_logits=torch.stack([s["test_logits"] for s in stored]), test_labels=experiment.test_y,
-        entry=entry, arch_spec=zoo_spec(cfg, norm, experiment, pool_x),
+        members=entry, entry=zoo_results_entry(cfg, norm), arch_spec=zoo_spec(cfg, norm, experiment, pool_x),
     )

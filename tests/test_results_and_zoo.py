@@ -36,13 +36,13 @@ def test_zoo_resumes_without_retraining(smoke_cfg):
     assert (first.keep.sum(0) == smoke_cfg.n_models // 2).all()
     assert first.logits.shape == (smoke_cfg.n_models, len(first.labels), 10)
     # simulate an interrupted run: model 1 missing
-    path = first.entry.path("model_1")
-    stamps = {t: os.stat(first.entry.path(f"model_{t}")).st_mtime_ns for t in range(smoke_cfg.n_models)}
+    path = first.members.path("model_1")
+    stamps = {t: os.stat(first.members.path(f"model_{t}")).st_mtime_ns for t in range(smoke_cfg.n_models)}
     path.unlink()
     second = zoo.train_zoo(smoke_cfg, "batch", progress=False)
     for t in range(smoke_cfg.n_models):
         if t != 1:
-            assert os.stat(first.entry.path(f"model_{t}")).st_mtime_ns == stamps[t]
+            assert os.stat(first.members.path(f"model_{t}")).st_mtime_ns == stamps[t]
     assert torch.allclose(second.logits, first.logits)  # retrained model 1 is bit-identical (seeded)
     model = second.model(0)
     assert not model.training

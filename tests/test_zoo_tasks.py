@@ -18,7 +18,7 @@ def _cfg(**overrides):
 
 def _members_equal(first: zoo.Zoo, second: zoo.Zoo, members) -> None:
     for t in members:
-        a, b = first.entry.load(zoo.member_name(t)), second.entry.load(zoo.member_name(t))
+        a, b = first.members.load(zoo.member_name(t)), second.members.load(zoo.member_name(t))
         assert a.keys() == b.keys()
         for name in ("keep", "logits", "test_logits", "checkpoint_logits", "checkpoint_epochs"):
             assert torch.equal(a[name], b[name]), (t, name)
@@ -53,10 +53,11 @@ def test_keep_mask_extends_row_by_row_in_complementary_pairs():
 def test_growing_a_zoo_trains_only_the_new_members(monkeypatch, tmp_path, sequential_zoos):
     monkeypatch.setenv("BNLIB_CACHE", str(tmp_path))
     small = zoo.train_zoo(_cfg(n_models=2), "batch", progress=False)
-    stamps = {t: os.stat(small.entry.path(zoo.member_name(t))).st_mtime_ns for t in range(2)}
+    stamps = {t: os.stat(small.members.path(zoo.member_name(t))).st_mtime_ns for t in range(2)}
     grown = zoo.train_zoo(_cfg(n_models=6), "batch", progress=False)
-    assert grown.entry.folder == small.entry.folder  # n_models is not part of the key
-    assert {t: os.stat(grown.entry.path(zoo.member_name(t))).st_mtime_ns for t in range(2)} == stamps
+    assert grown.members.folder == small.members.folder  # n_models is not part of the members' key
+    assert grown.entry.folder != small.entry.folder  # but it is of whole-zoo results (e.g. mia.query_zoo's)
+    assert {t: os.stat(grown.members.path(zoo.member_name(t))).st_mtime_ns for t in range(2)} == stamps
     assert torch.equal(grown.logits[:2], small.logits) and torch.equal(grown.keep[:2], small.keep)
     assert (grown.keep.sum(0) == 3).all()
     _members_equal(grown, sequential_zoos["batch"], range(6))  # same bits as a zoo trained at once
