@@ -219,7 +219,7 @@ def study(cfg, norms: Sequence[str] = ("batch", "none"), progress: bool = True) 
 
 def comparisons(found: dict[str, Any], group: str = "outliers", score: str = "hard", n_bootstrap: int = 2000
                 ) -> dict[str, dict[str, Any]]:
-    """The three comparisons (:data:`COMPARISONS`) of BN against no normalization for one group and score
+    """The three comparisons (``config.COMPARISONS``) of BN against no normalization for one group and score
     (see :func:`compare`), from a :func:`study`."""
     populations, annealed = found["populations"], found["annealed"]["populations"]
     positions = {norm: found["crossings"][norm]["position"] for norm in ("batch", "none")}

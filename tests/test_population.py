@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bnlib import population
+from bnlib import config, population
 
 
 def test_closest_length_finds_the_schedule_that_ends_at_the_target_with_few_calls():
@@ -38,7 +38,7 @@ def test_study_on_smoke_gives_three_paired_comparisons(smoke_cfg):
     annealed = found["annealed"]
     assert annealed["populations"][annealed["slower"]] is pops[annealed["slower"]]
     compared = population.comparisons(found, n_bootstrap=200)
-    assert set(compared) == set(population.COMPARISONS)
+    assert set(compared) == set(config.COMPARISONS)
     same = compared["same_schedule"]
     n_models = smoke_cfg.n_models * len(smoke_cfg.pools)
     assert same["difference"]["n"] == n_models and same["difference"]["unit"] == "models"
@@ -48,5 +48,5 @@ def test_study_on_smoke_gives_three_paired_comparisons(smoke_cfg):
     assert np.isclose(same["batch"]["mean"], per_model.mean())
     entries = population.metric_entries(smoke_cfg, found, compared, "canary_memorization", what="canary memorization",
                                         higher_means="more memorization")
-    assert set(entries) == {f"canary_memorization_{c}" for c in population.COMPARISONS}
+    assert set(entries) == {f"canary_memorization_{c}" for c in config.COMPARISONS}
     assert all(e["unit"] == "models" and "n counts models" in e["description"] for e in entries.values())
