@@ -509,29 +509,35 @@ def run(cfg, params: ChapterParams, progress: bool = True) -> list[dict[str, Any
 
 
 def tradeoff_figure(rows: list[dict[str, Any]], low_fpr: float):
-    """Two panels, test accuracy (x) against each leakage measure (y): one point per setting with 95% intervals
-    on both axes, DP-SGD points labelled with epsilon, the Pareto front (high accuracy, low leakage) drawn."""
+    """Two panels, test accuracy (x) against each leakage measure (y): one numbered point per setting with 95%
+    intervals on both axes (squares: DP-SGD, labelled with epsilon in the legend), the Pareto front (high
+    accuracy, low leakage; filled markers) drawn as a staircase."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     from .plots import NORM_COLORS
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.4))
     for ax, (name, short) in zip(axes, (("canary_memorization", "memorization"), ("lira_tpr", "lira")), strict=True):
-        for row in rows:
+        for number, row in enumerate(rows, start=1):
             x, y = row["test_accuracy"], row[name]
-            marker = "s" if row["epsilon"] is not None else "o"
             ax.errorbar(x["mean"], y["mean"], xerr=[[x["mean"] - x["ci95"][0]], [x["ci95"][1] - x["mean"]]],
                         yerr=[[max(y["mean"] - y["ci95"][0], 0)], [max(y["ci95"][1] - y["mean"], 0)]],
-                        fmt=marker, color=NORM_COLORS.get(row["norm"], "k"), capsize=2, alpha=0.85,
-                        markerfacecolor="none" if not row[f"pareto_{short}"] else None)
-            ax.annotate(row["label"], (x["mean"], y["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                        fmt="s" if row["epsilon"] is not None else "o", color=NORM_COLORS.get(row["norm"], "k"),
+                        capsize=2, alpha=0.85, markerfacecolor=None if row[f"pareto_{short}"] else "none")
+            ax.annotate(str(number), (x["mean"], y["mean"]), textcoords="offset points", xytext=(4, 3), fontsize=8)
         front = sorted((r for r in rows if r[f"pareto_{short}"]), key=lambda r: r["test_accuracy"]["mean"])
         ax.step([r["test_accuracy"]["mean"] for r in front], [r[name]["mean"] for r in front], where="post",
-                color="0.3", linestyle="--", linewidth=1, label="Pareto front (filled markers)")
+                color="0.3", linestyle="--", linewidth=1)
         ylabel = LEAKAGE[name].replace("low FPR", f"{low_fpr:g} FPR")
-        ax.set(xlabel="test accuracy (higher is better)", ylabel=f"{ylabel} (lower is better)")
-        ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
+        ax.set(xlabel="test accuracy (higher is better)", ylabel=f"{ylabel}\n(lower is better)")
+    handles = [Line2D([], [], marker="s" if row["epsilon"] is not None else "o", linestyle="none",
+                      color=NORM_COLORS.get(row["norm"], "k"), label=f"{number}. {row['label']}")
+               for number, row in enumerate(rows, start=1)]
+    handles.append(Line2D([], [], color="0.3", linestyle="--", label="Pareto front (its points filled)"))
+    legend_rows = -(-len(handles) // 3)
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.045 * legend_rows + 0.02, 1, 1))
     return fig
 
 
