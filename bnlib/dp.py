@@ -29,6 +29,7 @@ BatchNorm cannot be trained with DP-SGD: :func:`check_dp_norm` says why and what
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import math
 import time
 import warnings
@@ -301,7 +302,8 @@ def train_dp_population(cfg, norm: str, noise_multiplier: float, params: Chapter
     keep = data_lib.balanced_keep_mask(n_models, len(pool_y), seed=cfg.seeds[0], strata=experiment.pool_is_outlier)
     entry = results.Entry("dp_zoo", {
         **cfg.result_key(), "n_models": n_models, "norm": norm, "data_seed": cfg.seeds[0],
-        "noise_multiplier": noise_multiplier, "max_grad_norm": params.max_grad_norm, "dp_lr": params.dp_lr},
+        "noise_multiplier": noise_multiplier, "max_grad_norm": params.max_grad_norm, "dp_lr": params.dp_lr,
+        "opacus": importlib.metadata.version("opacus")},  # its per-sample gradients and noise decide the models
         code=results.code_of("dp"))
     spec = (cfg.arch, norm, pool_x.shape[1], pool_x.shape[-1], experiment.num_classes, cfg.width)
     from tqdm.auto import tqdm
