@@ -65,7 +65,7 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, column
     return fig
 
 
-def forest_plot(rows: Sequence, width: float = 8.0):
+def forest_plot(rows: Sequence, width: float = 6.0):
     """The landing page's forest plot: one row per effect, BN against no-BN with its 95% interval, grouped by
     comparison, coloured by verdict. Differences (BN - no-BN) on a linear axis with a zero line; ratios
     (BN / no-BN) on a log axis of their own with a line at 1. A row without an interval (too few
@@ -73,7 +73,8 @@ def forest_plot(rows: Sequence, width: float = 8.0):
 
     Args:
         rows: ``report.ForestRow`` values, in display order (``report.forest_rows``).
-        width: inches; drawn at 110 dpi this fills the page's text column at 100% zoom with 10 pt text.
+        width: inches; the text column is about 600 px wide at 100% zoom, so 6 in at 110 dpi shows the
+            10 pt labels at about 10 pt (a wider figure is scaled down, and its text with it).
     Returns:
         The figure.
     """
@@ -98,8 +99,11 @@ def forest_plot(rows: Sequence, width: float = 8.0):
                     ax.plot([d.low, d.high], [y, y], color=color, linewidth=2.2, solid_capstyle="butt")
                 face = color if d.low is not None else "white"  # hollow: no interval
                 ax.plot(d.mean, y, "o", markersize=7, color=color, markerfacecolor=face)
-                name = row.effect.replace("_outlier_inlier_ratio", " (outlier/inlier)").replace("_", " ")
-                labels.append((y, name if d.low is not None else f"{name} [{d.n_text.split(' per')[0]}]", False))
+                if d.low is None:  # say beside the marker how many replicates there are
+                    ax.annotate(d.n_text.split(" per")[0], (d.mean, y), xytext=(7, 0), textcoords="offset points",
+                                va="center", fontsize=9, color="0.35")
+                name = row.effect.replace("_outlier_inlier_ratio", " (out/in)").replace("_", " ")
+                labels.append((y, name, False))
                 y -= 1
             y -= 0.5
         ax.axvline(1.0 if scale == "log" else 0.0, color="k", linewidth=0.9)
@@ -122,9 +126,9 @@ def forest_plot(rows: Sequence, width: float = 8.0):
         axes.flat[0].axis("off")
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=v) for v, c in VERDICT_COLORS.items()]
     handles.append(plt.Line2D([], [], marker="o", linestyle="", color="0.3", markerfacecolor="white",
-                              label="too few replicates for an interval"))
-    fig.legend(handles=handles, loc="upper center", ncol=3, fontsize=9.5, bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))
+                              label="too few replicates for an interval (n beside it)"))
+    fig.legend(handles=handles, loc="upper center", ncol=2, fontsize=9.5, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.8 / fig.get_figheight()))
     return fig
 
 

@@ -355,17 +355,21 @@ def _escape(cell: str) -> str:
 
 
 def measurements_markdown(table: dict[str, dict[str, Any]], links: dict[str, str] | None = None) -> str:
-    """The "All measurements" table (MyST Markdown); ``links``: chapter -> document, for ``{doc}`` links."""
+    """The "All measurements" table (MyST Markdown); ``links``: chapter -> document, for ``{doc}`` links.
+    When every row comes from one result set, the set is said once above the table instead of in a column."""
     all_rows = measurement_rows(table)
     if len(all_rows) == 1:
         return "*No chapter results yet: run `make book`.*"
-    lines = ["| " + " | ".join(all_rows[0]) + " |", "|" + "---|" * len(all_rows[0])]
+    sets = sorted({row[-1] for row in all_rows[1:]})
+    keep = len(all_rows[0]) if len(sets) > 1 else len(all_rows[0]) - 1
+    lead = [f"All rows come from the result set `{sets[0]}`.", ""] if len(sets) == 1 else []
+    lines = [*lead, "| " + " | ".join(all_rows[0][:keep]) + " |", "|" + "---|" * keep]
     for metric, row in zip(table, all_rows[1:], strict=True):
         chapter = table[metric].get("chapter")
         label = f"`{metric}`"
         if links and chapter in links:
             label = f"{{doc}}`{metric.replace('_', ' ')} </{links[chapter]}>`"
-        lines.append("| " + " | ".join([label, *(_escape(c) for c in row[1:])]) + " |")
+        lines.append("| " + " | ".join([label, *(_escape(c) for c in row[1:keep])]) + " |")
     return "\n".join(lines)
 
 

@@ -141,6 +141,7 @@ def test_measurement_rows_one_per_metric_with_unit_and_set():
     markdown = report.measurements_markdown(TABLE, {"memorization": "chapters/memorization"})
     assert "{doc}`canary memorization same schedule </chapters/memorization>`" in markdown
     assert "| `test_accuracy_same_schedule` |" in markdown
+    assert markdown.startswith("All rows come from the result set `quick`.") and "| set |" not in markdown
 
 
 def test_forest_plot_draws_one_marker_per_row_hollow_without_an_interval():
