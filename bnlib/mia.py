@@ -59,6 +59,7 @@ from a bootstrap over targets and examples (:class:`Resamples`).
 from __future__ import annotations
 
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -645,6 +646,36 @@ def pooled_difference(a: dict[str, Any], b: dict[str, Any], metric: str) -> dict
     shaped like :func:`paired_difference`."""
     return _bootstrap_difference(float(a["point"][metric] - b["point"][metric]),
                                  a["resampled"][metric] - b["resampled"][metric], min(a["n_targets"], b["n_targets"]))
+
+
+def pooled_over_pools(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], n_bootstrap: int | None = None,
+                      chunk: int = 4_000_000) -> dict[str, Any]:
+    """:func:`pooled_estimate` with the targets of several independent data pools in one ROC: each pool's
+    targets are attacked with their own pool's shadows, and their scores pooled.
+
+    Args:
+        parts: per pool, ``(scores (T, N), keep (T, N), mask (N,))``.
+        n_bootstrap: resamples of a bootstrap stratified by pool (targets and examples resampled within each
+            pool, each pool with its own seeded draw, the pool's index); None: the point only.
+    Returns:
+        like :func:`pooled_estimate`, ``n_targets`` summed over the pools.
+    """
+    scores = np.concatenate([s[:, m].ravel() for s, _, m in parts])
+    members = np.concatenate([k[:, m].ravel() for _, k, m in parts])
+    out: dict[str, Any] = {"point": roc_metrics(scores, members), "n_members": int(members.sum()),
+                           "n_nonmembers": int((~members).sum()), "n_targets": sum(len(s) for s, _, _ in parts)}
+    if n_bootstrap is not None:
+        weights = []  # per pool, (B, T n) multiplicity of each (target, example) score
+        for pool, (part_scores, _, mask) in enumerate(parts):
+            draw = Resamples.draw(len(part_scores), int(mask.sum()), n_bootstrap, seed=pool)
+            copies = np.stack([np.bincount(row, minlength=len(part_scores)) for row in draw.targets])
+            weights.append((copies[:, :, None] * draw.weights[:, None, :]).reshape(n_bootstrap, -1))
+        per_chunk = max(1, chunk // scores.size)
+        parts_out = [weighted_roc_metrics(scores, members,
+                                          np.concatenate([w[start:start + per_chunk] for w in weights], 1))
+                     for start in range(0, n_bootstrap, per_chunk)]
+        out["resampled"] = {m: np.concatenate([part[m] for part in parts_out]) for m in METRICS}
+    return out
 
 
 # ----------------------------------------------------------------------------- querying a zoo

@@ -416,3 +416,32 @@ def test_queries_use_only_the_augmentation_training_used():
     assert config.load("paper", extras=mia.ChapterParams)[1].query_augment == mia.TRAINING_AUGMENT
     with pytest.raises(ValueError, match="'query_augment'"):
         mia.check_config(cfg, dataclasses.replace(params, query_augment="flip"))
+
+
+def test_pooled_over_pools_is_the_roc_of_all_pools_targets_and_its_resamples_match_a_loop():
+    rng = np.random.default_rng(3)
+    parts = []
+    for n_targets, n_examples in ((4, 30), (6, 20)):
+        keep = data.balanced_keep_mask(n_targets, n_examples, seed=n_targets).numpy()
+        scores = rng.normal(size=(n_targets, n_examples)) + 0.7 * keep
+        parts.append((scores, keep, rng.random(n_examples) < 0.6))
+    pooled = mia.pooled_over_pools(parts, n_bootstrap=5)
+    everything = np.concatenate([s[:, m].ravel() for s, _, m in parts])
+    members = np.concatenate([k[:, m].ravel() for _, k, m in parts])
+    assert pooled["point"] == mia.roc_metrics(everything, members)
+    assert pooled["n_targets"] == 10 and pooled["n_nonmembers"] == int((~members).sum())
+    # one pool alone is the single-zoo pooled estimate
+    single = mia.pooled_over_pools(parts[:1])["point"]
+    assert single == mia.pooled_estimate(*parts[0])["point"]
+    # resample b: each pool's own draw (seed = its index), (target, example) scores repeated by multiplicity
+    b = 3
+    repeated_scores, repeated_members = [], []
+    for pool, (scores, keep, mask) in enumerate(parts):
+        draw = mia.Resamples.draw(len(scores), int(mask.sum()), 5, seed=pool)
+        for t in draw.targets[b]:
+            for n, copies in enumerate(draw.weights[b]):
+                repeated_scores += [scores[t, mask][n]] * int(copies)
+                repeated_members += [keep[t, mask][n]] * int(copies)
+    expected = mia.roc_metrics(np.array(repeated_scores), np.array(repeated_members))
+    for metric, value in expected.items():
+        assert np.isclose(pooled["resampled"][metric][b], value), metric
