@@ -184,14 +184,21 @@ def test_chapter_executes_at_smoke_and_writes_dp_sgd_rows(tmp_path):
     import papermill
 
     env_cache = tmp_path / "cache"
+    before = os.environ.get("BNLIB_CACHE")
     os.environ["BNLIB_CACHE"] = str(env_cache)
     try:
         papermill.execute_notebook(str(ROOT / "chapters/what_to_do.ipynb"), str(tmp_path / "out.ipynb"),
                                    parameters={"profile": "smoke"}, cwd=str(ROOT / "chapters"), progress_bar=False)
-    finally:
-        del os.environ["BNLIB_CACHE"]
-    completed = subprocess.run([sys.executable, "-m", "bnlib", "report", "--json"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=120, env={**os.environ, "BNLIB_CACHE": str(env_cache)})
+    finally:  # the session's cache (conftest.py) for the tests that follow
+        if before is None:
+            del os.environ["BNLIB_CACHE"]
+        else:
+            os.environ["BNLIB_CACHE"] = before
+    # a plain papermill run writes its own result set, beside any book's: report that one
+    (result_set,) = [folder.name for folder in (env_cache / "summaries").iterdir()]
+    completed = subprocess.run([sys.executable, "-m", "bnlib", "report", "--json", "--set", result_set], cwd=ROOT,
+                               capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "BNLIB_CACHE": str(env_cache)})
     assert completed.returncode == 0, completed.stderr
     table = json.loads(completed.stdout)
     rows = {name: entry for name, entry in table.items() if "dp_sgd" in name}

@@ -23,7 +23,7 @@ def test_paper_profile_runs_every_norm_at_tiny_size():
         run = runs.train_run(cfg, norm, seed=0, progress=False)
         assert torch.isfinite(torch.tensor(run.final["test_loss"]))
     population = zoo.train_zoo(cfg, "batch", progress=False)
-    assert population.logits.shape == (2, 128 + 16, 10)
+    assert population.logits.shape == (2, 128 + 8, 10)  # the pool: inliers and the inserted canaries
 
 
 def test_paper_profile_vgg_learns_its_training_set():

@@ -89,7 +89,7 @@ ALLOWED: dict[str, list[str]] = {
     ],
     "chapters/what_to_do": [
         "a larger batch",  # the name of a setting
-        "both higher accuracy and lower leakage",  # the definition of the Pareto front
+        "both higher mean accuracy and lower mean leakage",  # the definition of the Pareto front
         "fewer noise levels, fewer models per setting",  # what the reduced grid is
     ],
     "chapters/data_and_models": [
