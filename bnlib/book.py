@@ -171,7 +171,7 @@ def _kernel_environment(**variables: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _remove_stale_runs(output: Path) -> None:
+def remove_stale_runs(output: Path) -> None:
     """Delete what killed runs left beside ``output`` (``.<name>.<pid>.running.ipynb`` whose process is gone)."""
     for leftover in output.parent.glob(f".{output.name}.*.running.ipynb"):
         pid = leftover.name[len(output.name) + 2:].split(".")[0]
@@ -205,7 +205,7 @@ def execute(document: str, parameters: dict[str, Any], build_dir: Path | None = 
             run_result_set(document, parameters, root)
     output = executed_path(document, build_dir, result_set)
     stamp = fingerprint(document, parameters, root, result_set)
-    _remove_stale_runs(output)
+    remove_stale_runs(output)
     if not force and output.exists():
         previous = nbformat.read(output, as_version=4).metadata.get("bnlib", {})
         if previous.get("fingerprint") == stamp and previous.get("status") == "ok":

@@ -221,7 +221,7 @@ def make_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_si
 
 
 @contextlib.contextmanager
-def _quiet_hooks() -> Iterator[None]:
+def quiet_hooks() -> Iterator[None]:
     """Silence torch's note that Opacus's backward hook on the first layer fires for its output only (the
     input images need no gradient); the per-sample gradients of the parameters are unaffected."""
     with warnings.catch_warnings():
@@ -249,7 +249,7 @@ def train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs:
             if len(xb) == 0:  # an empty Poisson batch (probability (1 - q)^n, negligible here) is skipped; the
                 continue      # step still counts in epsilon (steps below), which can only overstate it
             private.optimizer.zero_grad(set_to_none=True)
-            with _quiet_hooks():
+            with quiet_hooks():
                 F.cross_entropy(private.module(xb), yb).backward()
             private.optimizer.step()
     model.eval()
@@ -474,7 +474,7 @@ def seconds_per_model(cfg, setting: Setting, params: ChapterParams) -> float:
         batches = (batch for _ in iter(int, 1) for batch in private.loader if len(batch[0]))
     module.train()
     durations = []
-    with _quiet_hooks():
+    with quiet_hooks():
         for _, (xb, yb) in zip(range(params.timing_steps + 1), batches, strict=False):
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)

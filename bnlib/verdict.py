@@ -57,7 +57,7 @@ def _model_counts(rng: np.random.Generator, n_models: int, n_bootstrap: int, poo
     return counts
 
 
-def _resampled_means(values: np.ndarray, model_counts: np.ndarray, example_counts: np.ndarray) -> np.ndarray:
+def resampled_means(values: np.ndarray, model_counts: np.ndarray, example_counts: np.ndarray) -> np.ndarray:
     """(B,) statistic on each resample of values (T, N) given model counts (B, T), example counts (B, N).
 
     A model's mean over examples is sum_n w_n x_tn / sum_n w_n [x_tn finite]: two matrix products
@@ -137,11 +137,11 @@ def cluster_bootstrap_difference(batch: np.ndarray, none: np.ndarray, *, paired:
 
     if paired:
         models, examples = _model_counts(rng, a.shape[0], n_bootstrap, pools), example_counts(a.shape[1])
-        resampled = _resampled_means(a, models, examples) - _resampled_means(b, models, examples)
+        resampled = resampled_means(a, models, examples) - resampled_means(b, models, examples)
         n = int((np.isfinite(a).any(1) & np.isfinite(b).any(1)).sum())
     else:
-        resampled = (_resampled_means(a, _model_counts(rng, a.shape[0], n_bootstrap, None), example_counts(a.shape[1]))
-                     - _resampled_means(b, _model_counts(rng, b.shape[0], n_bootstrap, None),
+        resampled = (resampled_means(a, _model_counts(rng, a.shape[0], n_bootstrap, None), example_counts(a.shape[1]))
+                     - resampled_means(b, _model_counts(rng, b.shape[0], n_bootstrap, None),
                                         example_counts(b.shape[1])))
         n = min(_n_models(a), _n_models(b))
     return _summary(_point(a) - _point(b), resampled, n, unit)
@@ -155,7 +155,7 @@ def cluster_bootstrap_mean(values: np.ndarray, *, pools: np.ndarray | None = Non
     rng = np.random.default_rng(seed)
     models = _model_counts(rng, a.shape[0], n_bootstrap, None if pools is None else np.asarray(pools))
     examples = rng.multinomial(a.shape[1], np.full(a.shape[1], 1 / a.shape[1]), size=n_bootstrap).astype(float)
-    return _summary(_point(a), _resampled_means(a, models, examples), _n_models(a), unit)
+    return _summary(_point(a), resampled_means(a, models, examples), _n_models(a), unit)
 
 
 def detectable_difference(se: float, alpha: float = 0.05, power: float = 0.8) -> float:

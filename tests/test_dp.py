@@ -81,7 +81,7 @@ def test_per_sample_gradients_match_a_loop_and_clipped_norms_are_at_most_c():
     private = dp.make_private(_group_cnn(), x, y, batch_size=8, lr=0.1, noise_multiplier=1.0, max_grad_norm=clip)
     xb, yb = x[:8], y[:8]
     private.optimizer.zero_grad(set_to_none=True)
-    with dp._quiet_hooks():
+    with dp.quiet_hooks():
         F.cross_entropy(private.module(xb), yb).backward()
     params = [p for p in private.module.parameters() if p.requires_grad]
     per_sample = torch.cat([p.grad_sample.reshape(len(xb), -1) for p in params], dim=1)  # (B, P)

@@ -187,5 +187,5 @@ def test_a_killed_runs_leftover_is_removed(tmp_path):
     alive = tmp_path / f".memorization.ipynb.{os.getppid()}.running.ipynb"  # a live process (our parent)
     dead.write_text("{}")
     alive.write_text("{}")
-    book._remove_stale_runs(output)
+    book.remove_stale_runs(output)
     assert not dead.exists() and alive.exists()

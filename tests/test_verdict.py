@@ -37,7 +37,7 @@ def test_resampled_statistic_matches_an_explicit_loop():
     values = np.where(rng.random((5, 7)) < 0.3, np.nan, rng.normal(size=(5, 7)))
     models = rng.multinomial(5, np.full(5, 0.2), size=4)
     examples = rng.multinomial(7, np.full(7, 1 / 7), size=4).astype(float)
-    fast = verdict._resampled_means(values, models, examples)
+    fast = verdict.resampled_means(values, models, examples)
     for b in range(4):
         rows = np.repeat(np.arange(5), models[b])
         cols = np.repeat(np.arange(7), examples[b].astype(int))
