@@ -237,8 +237,3 @@ def read_at_level(curves: dict[str, np.ndarray], level: float, key: str = "memor
     epochs = np.broadcast_to(curves["epoch"][:, None], curves["fit"].shape)
     return {"value": at_positions(curves[key], positions), "epoch": at_positions(epochs, positions),
             "position": positions}
-
-
-def fit_levels_below(top: float, fractions: Sequence[float] = (0.9, 0.95, 1.0)) -> tuple[float, ...]:
-    """Fit levels by a stated rule: fixed fractions of ``top`` (the highest level every model reaches)."""
-    return tuple(round(top * f, 4) for f in fractions)

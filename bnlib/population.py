@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from . import memorization, stats, train, verdict
+from . import memorization, results, stats, train, verdict
 from . import zoo as zoo_lib
 
 CALIBRATION_MEMBERS = 2  # members of the small zoos that calibrate an annealed schedule (a complementary pair)
@@ -250,8 +250,6 @@ def metric_entries(cfg, found: dict[str, Any], compared: dict[str, dict[str, Any
                    what: str, higher_means: str) -> dict[str, dict[str, Any]]:
     """``results.metric_entry``-shaped entries ``{name}_{comparison}`` for the three comparisons, each with its
     cluster-bootstrap ``difference`` (used by ``verdict.annotate``) and ``unit``."""
-    from . import results
-
     where = describe_design(cfg, found)
     pools, models = len(cfg.pools), cfg.n_models
     out = {}

@@ -26,6 +26,7 @@ from typing import Any
 from scipy import stats as scipy_stats
 
 from . import results
+from . import verdict as verdict_lib
 from .config import COMPARISONS, NORMS
 
 MIN_REPLICATES = 3  # below this, an interval from the replicates is not shown
@@ -266,7 +267,7 @@ def findings(table: dict[str, dict[str, Any]]) -> str:
     for comparison in [c for c in COMPARISONS if any(r.comparison == c for r in rows)]:
         by_verdict: dict[str, list[str]] = {}
         for row in (r for r in rows if r.comparison == comparison):
-            word = next((w for w in VERDICT_COLORS if row.verdict.startswith(w)), row.verdict)
+            word = verdict_lib.leading_words(row.verdict)
             effect = row.effect.replace("_", " ")
             by_verdict.setdefault(word, []).append(f"{effect} ({_difference_text(row.difference)})")
         lead = COMPARISON_LEADS.get(comparison, comparison.replace("_", " "))

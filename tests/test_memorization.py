@@ -200,7 +200,6 @@ def test_read_at_level_and_positions_per_model():
     np.testing.assert_allclose(read["epoch"], [5.0, 6.0])
     np.testing.assert_allclose(read["value"], [0.6, 0.6])
     assert np.isnan(memorization.read_at_level(curves, 0.95)["value"]).all()
-    assert memorization.fit_levels_below(0.8) == (0.72, 0.76, 0.8)
 
 
 def test_stack_pools_keeps_each_pools_models_in_its_own_columns():
