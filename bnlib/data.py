@@ -420,7 +420,7 @@ def balanced_keep_mask(n_models: int, n_examples: int, seed: int, strata: torch.
         first = torch.zeros(n_examples, dtype=torch.bool)
         for label in np.unique(labels):
             members = np.flatnonzero(labels == label)
-            order = members[rng.permutation(len(members))] if strata is not None else rng.permutation(n_examples)
+            order = members[rng.permutation(len(members))]  # without strata: one stratum, all examples
             first[torch.from_numpy(order[:len(members) // 2])] = True
         rows += [first, ~first]
     return torch.stack(rows[:n_models])

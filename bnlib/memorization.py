@@ -148,25 +148,20 @@ def zoo_canary_curves(population) -> dict[str, np.ndarray]:
 
     Returns:
         ``epoch`` (E,) the checkpoint epochs; ``fit`` (E, T) accuracy on the model's own training inliers;
-        ``memorization``, ``in_acc``, ``out_acc`` (E, T); ``loss_gap`` (E, T) mean loss on OUT minus on IN
-        canaries.
+        ``memorization``, ``in_acc``, ``out_acc`` (E, T).
     """
     logits = population.checkpoint_logits.float()  # (E, T, N, C)
     labels, keep, outlier = population.labels, population.keep, population.is_outlier
     correct = (logits.argmax(-1) == labels).float()  # (E, T, N)
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 2), labels.repeat(logits.shape[0] * logits.shape[1]),
-                                             reduction="none").view(correct.shape)
 
     def mean_over(mask: torch.Tensor, values: torch.Tensor) -> np.ndarray:  # mask (T, N), values (E, T, N)
         mask = mask.float()
         return ((values * mask).sum(-1) / mask.sum(-1)).numpy()
 
-    in_canary, out_canary = keep & outlier, ~keep & outlier
-    in_acc, out_acc = mean_over(in_canary, correct), mean_over(out_canary, correct)
+    in_acc, out_acc = mean_over(keep & outlier, correct), mean_over(~keep & outlier, correct)
     return {"epoch": population.checkpoint_epochs.numpy().astype(float),
             "fit": mean_over(keep & ~outlier, correct), "memorization": in_acc - out_acc,
-            "in_acc": in_acc, "out_acc": out_acc,
-            "loss_gap": mean_over(out_canary, loss) - mean_over(in_canary, loss)}
+            "in_acc": in_acc, "out_acc": out_acc}
 
 
 def crossing_positions(fit: np.ndarray, level: float) -> np.ndarray:
