@@ -90,8 +90,9 @@ def learning_rate_at(cfg, epochs: float, epoch: float) -> float:
 
 
 def crossings(cfg, population: Population, level: float) -> dict[str, Any]:
-    """Where each member first crosses ``level``: ``position`` (sum T,) fractional checkpoint index, ``epoch``
-    and ``learning_rate`` there (NaN for a member that never crosses it or starts above it), and their means."""
+    """Where each member first crosses ``level``: ``position`` (per pool, (T,) fractional checkpoint index),
+    ``epoch`` and ``learning_rate`` there ((sum T,); NaN for a member that never crosses it or starts above it),
+    and their means."""
     read = [memorization.read_at_level(curve, level) for curve in population.curves]
     epoch = np.concatenate([r["epoch"] for r in read])
     rate = np.array([learning_rate_at(cfg, population.epochs, e) for e in epoch])
