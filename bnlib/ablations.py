@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import config, influence, memorization, mia, models, results, runs, stats
 from . import data as data_lib
-from . import influence, memorization, mia, models, results, runs, stats
 from .config import ARCHS, NORMS
 
 
@@ -196,7 +196,7 @@ def sweep(cfg, params: ChapterParams, name: str, progress: bool = True) -> list[
     """
     if name not in SWEEPS:
         raise ValueError(f"Parameter 'sweep' got {name!r}; allowed values: {', '.join(map(repr, SWEEPS))}.")
-    pairs = ("batch", "none")
+    pairs = config.COMPARED_NORMS
     plan: list[tuple[str, str, dict[str, Any]]] = []  # (setting label, norm, overrides)
     if name == "batch_size":
         plan = [(str(b), n, {"batch_size": b}) for b in params.batch_sizes for n in pairs]

@@ -45,7 +45,7 @@ class ExperimentConfig:
     arch: str = field(default="small_cnn", metadata={"choices": ARCHS, "doc": "network family"})
     width: int = field(default=16, metadata={"positive": True, "doc": "channels of the first layer"})
     norms: tuple[str, ...] = field(
-        default=("batch", "none"), metadata={"choices": NORMS, "doc": "normalizers compared"}
+        default=COMPARED_NORMS, metadata={"choices": NORMS, "doc": "normalizers compared"}
     )
     outlier_kind: str = field(
         default="ood_digits", metadata={"choices": OUTLIER_KINDS, "doc": "what the canaries are"}
@@ -202,6 +202,15 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
         raise ValueError(
             f"Parameter 'n_models' must be >= 2 (each example is IN for half of the models); got {cfg.n_models}."
         )
+
+
+def check_compared_norms(cfg: ExperimentConfig) -> None:
+    """Fail fast unless ``cfg.norms`` holds both arms of the headline comparison (``COMPARED_NORMS``)."""
+    missing = [norm for norm in COMPARED_NORMS if norm not in cfg.norms]
+    if missing:
+        raise ValueError(f"Parameter 'norms' got {cfg.norms!r}; this chapter compares BatchNorm with no "
+                         f"normalization, so it must contain {' and '.join(map(repr, COMPARED_NORMS))} "
+                         f"(missing: {', '.join(map(repr, missing))}).")
 
 
 def load(profile: str = "quick", extras: type | None = None, **overrides: Any):

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import config, models, results, stats, train
 from . import data as data_lib
-from . import models, results, stats, train
 from .persample import (
     DEFAULT_MAX_ELEMENTS,
     METHODS,
@@ -32,8 +32,8 @@ from .persample import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_ELEMENTS", "DEFINITION_NAMES", "METHODS", "InfluenceParams", "Method", "chain_modules",
-    "check_params", "comparison", "counterfactual_influence", "counterfactual_influence_reference",
+    "DEFAULT_MAX_ELEMENTS", "DEFINITION_NAMES", "METHODS", "ChapterParams", "Method", "chain_modules",
+    "check_config", "comparison", "counterfactual_influence", "counterfactual_influence_reference",
     "eval_mode_grad_norms", "eval_mode_grad_norms_reference", "ghost_virtual_batches", "in_batch_grad_norms",
     "in_batch_grad_norms_reference", "matched_fit_level", "outlier_inlier_ratios", "probe_layout", "ratio_at_fit",
     "track_influence", "tune_allocator",
@@ -45,8 +45,8 @@ _DEFINITIONS = dict(zip(DEFINITION_NAMES, (eval_mode_grad_norms, in_batch_grad_n
 
 
 @dataclass(frozen=True)
-class InfluenceParams:
-    """Parameters of the influence chapter (validated by ``config.load(..., extras=InfluenceParams)``)."""
+class ChapterParams:
+    """Parameters of the influence chapter (validated by ``config.load(..., extras=ChapterParams)``)."""
 
     probe_batches: int = field(default=2, metadata={
         "positive": True, "doc": "fixed probe batches (of batch_size training examples) measured at each checkpoint"})
@@ -69,7 +69,7 @@ class InfluenceParams:
                              "allowed: 0 (automatic) or a value in (0, 1].")
 
 
-def check_params(cfg, params: InfluenceParams) -> None:
+def check_config(cfg, params: ChapterParams) -> None:
     """Cross-checks of the chapter's parameters against the experiment's, before any work."""
     if params.probe_canaries + params.probe_inliers > cfg.batch_size:
         raise ValueError(f"Parameters 'probe_canaries' ({params.probe_canaries}) + 'probe_inliers' "
@@ -82,13 +82,10 @@ def check_params(cfg, params: InfluenceParams) -> None:
     if params.probe_batches * (cfg.batch_size - params.probe_canaries) > cfg.n_train:
         raise ValueError(f"Parameter 'probe_batches' ({params.probe_batches}) needs more distinct inliers than "
                          f"'n_train' ({cfg.n_train}) holds; allowed: probe_batches * batch_size <= n_train.")
-    missing = [norm for norm in ("batch", "none") if norm not in cfg.norms]
-    if missing:
-        raise ValueError(f"Parameter 'norms' got {cfg.norms!r}; this chapter compares BatchNorm with no "
-                         f"normalization, so it must contain 'batch' and 'none' (missing: {', '.join(missing)}).")
+    config.check_compared_norms(cfg)
 
 
-def probe_layout(is_canary: torch.Tensor, batch_size: int, params: InfluenceParams, seed: int) -> tuple[
+def probe_layout(is_canary: torch.Tensor, batch_size: int, params: ChapterParams, seed: int) -> tuple[
         torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fixed probe batches drawn from the training set like training batches, with ``probe_canaries`` canaries.
 
@@ -109,7 +106,7 @@ def probe_layout(is_canary: torch.Tensor, batch_size: int, params: InfluencePara
     return members, measured, is_canary[members.gather(1, measured)]
 
 
-def track_influence(cfg, params: InfluenceParams, norm: str, seed: int, progress: bool = True) -> dict[str, Any]:
+def track_influence(cfg, params: ChapterParams, norm: str, seed: int, progress: bool = True) -> dict[str, Any]:
     """Train as ``runs.train_run`` does (same data draw, initialization and batches) and measure the three
     definitions on the fixed probe batches at initialization and after every epoch. Cached.
 
@@ -158,7 +155,7 @@ def outlier_inlier_ratios(track: dict[str, Any], name: str) -> np.ndarray:
     return np.median(values[:, canary], axis=1) / np.median(values[:, ~canary], axis=1)
 
 
-def matched_fit_level(tracks: Sequence[dict[str, Any]], params: InfluenceParams) -> float:
+def matched_fit_level(tracks: Sequence[dict[str, Any]], params: ChapterParams) -> float:
     """The chapter's matched-fit level: ``params.fit_level``, or (0) the highest inlier train accuracy that every
     run reaches, rounded down to 0.01."""
     if params.fit_level > 0:

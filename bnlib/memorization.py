@@ -46,13 +46,9 @@ class ChapterParams:
 COMPARED = config.COMPARED_NORMS  # the two arms of every headline comparison
 
 
-def check_norms(cfg) -> None:
+def check_config(cfg, params: ChapterParams | None = None) -> None:
     """Fail fast unless ``cfg.norms`` holds both arms of the comparison (BN and no normalization)."""
-    missing = [norm for norm in COMPARED if norm not in cfg.norms]
-    if missing:
-        raise ValueError(f"Parameter 'norms' got {cfg.norms!r}; this chapter compares BatchNorm with no "
-                         f"normalization, so it must contain {' and '.join(map(repr, COMPARED))} "
-                         f"(missing: {', '.join(map(repr, missing))}).")
+    config.check_compared_norms(cfg)
 
 
 # ----------------------------------------------------------------------------- canaries of one run

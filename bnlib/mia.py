@@ -69,7 +69,7 @@ from scipy import special
 from scipy import stats as scipy_stats
 from sklearn.metrics import auc, roc_curve
 
-from . import ensemble, memorization, results, stats, train
+from . import config, ensemble, results, stats, train
 from . import zoo as zoo_lib
 
 ATTACKS = ("loss", "confidence", "lira_online", "lira_offline", "lira_online_global", "lira_offline_global",
@@ -107,7 +107,7 @@ class ChapterParams:
 def check_config(cfg, params: ChapterParams | None = None) -> None:
     """Fail fast unless the zoo can be attacked leave-one-out, both arms (BN, no norm) are present and the
     queries use only the augmentations training used."""
-    memorization.check_norms(cfg)
+    config.check_compared_norms(cfg)
     check_zoo_size(cfg.n_models)
     if params is not None and params.query_augment != TRAINING_AUGMENT:
         raise ValueError(f"Parameter 'query_augment' is {params.query_augment!r}; allowed: {TRAINING_AUGMENT!r}, the "

@@ -9,6 +9,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from . import config
+
 NORM_COLORS = {"batch": "#d62728", "group": "#2ca02c", "layer": "#9467bd", "none": "#1f77b4",
                "ghost": "#ff7f0e", "running": "#8c564b"}
 NORM_LABELS = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm", "none": "no norm",
@@ -167,7 +169,7 @@ def figure_png(fig, dpi: int = 80) -> bytes:
     return buffer.getvalue()
 
 
-def memorization_against_fit(found: dict, level: float, norms: Sequence[str] = ("batch", "none")):
+def memorization_against_fit(found: dict, level: float, norms: Sequence[str] = config.COMPARED_NORMS):
     """The main figure of the memorization chapter, from ``population.study``: per norm, fit along training
     (left), canary memorization against inlier fit (middle; mean over models with a min-max band; the dotted
     line is the matched-fit level) and where each model crosses that level (right: epoch and learning rate)."""

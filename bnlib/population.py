@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from . import memorization, results, stats, train, verdict
+from . import config, memorization, results, stats, train, verdict
 from . import zoo as zoo_lib
 
 CALIBRATION_MEMBERS = 2  # members of the small zoos that calibrate an annealed schedule (a complementary pair)
@@ -197,13 +197,13 @@ def compare(batch: Population, none: Population, group: str = "outliers", score:
     difference = verdict.cluster_bootstrap_difference(values["batch"], values["none"], paired=True, pools=pools,
                                                       n_bootstrap=n_bootstrap, seed=seed, unit="models")
     per_norm = {}
-    for name in ("batch", "none"):
+    for name in config.COMPARED_NORMS:
         summary = verdict.cluster_bootstrap_mean(values[name], pools=pools, n_bootstrap=n_bootstrap, seed=seed)
         per_norm[name] = {"mean": summary["mean"], "ci95": summary["ci95"], "n": summary["n"]}
     return {**per_norm, "difference": difference}
 
 
-def study(cfg, norms: Sequence[str] = ("batch", "none"), progress: bool = True) -> dict[str, Any]:
+def study(cfg, norms: Sequence[str] = config.COMPARED_NORMS, progress: bool = True) -> dict[str, Any]:
     """Train (or load) everything the three comparisons need: the populations on the common schedule, the
     top fit level and each member's crossing of it, and the annealed populations.
 
@@ -223,7 +223,7 @@ def comparisons(found: dict[str, Any], group: str = "outliers", score: str = "ha
     """The three comparisons (``config.COMPARISONS``) of BN against no normalization for one group and score
     (see :func:`compare`), from a :func:`study`."""
     populations, annealed = found["populations"], found["annealed"]["populations"]
-    positions = {norm: found["crossings"][norm]["position"] for norm in ("batch", "none")}
+    positions = {norm: found["crossings"][norm]["position"] for norm in config.COMPARED_NORMS}
     return {
         "same_schedule": compare(populations["batch"], populations["none"], group, score, n_bootstrap=n_bootstrap),
         "matched_fit": compare(populations["batch"], populations["none"], group, score, positions=positions,
@@ -240,10 +240,10 @@ def describe_design(cfg, found: dict[str, Any]) -> dict[str, str]:
         "same_schedule": f"at the end of the common {cfg.epochs}-epoch schedule",
         "matched_fit": (f"where each model's inlier fit first crosses {found['level']:.3f} (the highest level every "
                         "model of both norms reaches), interpolated between epochs; mean epoch there: " + ", ".join(
-                            f"{norm} {cross[norm]['mean_epoch']:.1f}" for norm in ("batch", "none"))),
+                            f"{norm} {cross[norm]['mean_epoch']:.1f}" for norm in config.COMPARED_NORMS)),
         "matched_fit_annealed": (f"at the end of schedules that end at the same fit ({annealed['target_fit']:.3f}, "
                                  "the slower norm's final fit): " + ", ".join(
-                                     f"{norm} {lengths[norm]} epochs" for norm in ("batch", "none"))),
+                                     f"{norm} {lengths[norm]} epochs" for norm in config.COMPARED_NORMS)),
     }
 
 
@@ -256,7 +256,7 @@ def metric_entries(cfg, found: dict[str, Any], compared: dict[str, dict[str, Any
     out = {}
     for comparison, result in compared.items():
         entry = results.metric_entry(
-            {norm: result[norm] for norm in ("batch", "none")}, p_value=result["difference"]["p_value"],
+            {norm: result[norm] for norm in config.COMPARED_NORMS}, p_value=result["difference"]["p_value"],
             test=(f"cluster bootstrap over {pools} data pools x {models} models x examples, paired by pool, model "
                   "index and example (two-sided percentile p)"),
             higher_means=higher_means, description=f"{what}, {where[comparison]}; n counts models.",

@@ -25,7 +25,7 @@ from typing import Any
 
 from scipy import stats as scipy_stats
 
-from . import results
+from . import config, results
 from . import verdict as verdict_lib
 from .config import COMPARISONS, NORMS
 
@@ -176,7 +176,7 @@ def provisional_verdict(metric: str, entry: dict[str, Any]) -> str:
     else "no difference detected"."""
     p = entry.get("p_value_holm", entry.get("p_value"))
     shown = difference(metric, entry)
-    counts = [int((entry.get(norm) or {}).get("n", 0)) for norm in ("batch", "none")]
+    counts = [int((entry.get(norm) or {}).get("n", 0)) for norm in config.COMPARED_NORMS]
     if p is None or math.isnan(p) or shown is None or min(counts) < MIN_REPLICATES:
         return "inconclusive"
     if p >= ALPHA:
@@ -322,7 +322,7 @@ def measurement_rows(table: dict[str, dict[str, Any]]) -> list[list[str]]:
                 f"[{_number(shown.low, shown.scale)}, {_number(shown.high, shown.scale)}]")
             if shown.note and shown.low is not None:
                 interval += f" ({shown.note})"
-        counts = [int((entry.get(n) or {}).get("n", 0)) for n in ("batch", "none")]
+        counts = [int((entry.get(n) or {}).get("n", 0)) for n in config.COMPARED_NORMS]
         p = entry.get("p_value_holm", entry.get("p_value"))
         p_text = "–" if p is None or math.isnan(p) else f"{p:.2g}" + (" (Holm)" if "p_value_holm" in entry else "")
         n_text = count_text(counts[0], entry) if counts[0] == counts[1] else \

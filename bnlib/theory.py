@@ -43,7 +43,9 @@ from typing import Any, ClassVar
 import numpy as np
 import sympy as sp
 
-NORMS = ("batch", "none")
+from . import config
+
+NORMS = config.COMPARED_NORMS
 
 # ----------------------------------------------------------------------------- symbols
 
@@ -411,8 +413,8 @@ def window(batch_size: Any, along: Any, slope: Any = 1.0) -> tuple[np.ndarray, n
 # ----------------------------------------------------------------------------- the chapter's parameters
 
 @dataclass(frozen=True)
-class TheoryParams:
-    """Parameters of the theory chapter (papermill), validated by ``config.load(..., extras=TheoryParams)``."""
+class ChapterParams:
+    """Parameters of the theory chapter (papermill), validated by ``config.load(..., extras=ChapterParams)``."""
 
     inlier_slope: float = field(default=1.0, metadata={
         "positive": True, "doc": "beta: slope of the inlier labels along the unit's weight (= fitted head weight)"})
@@ -452,15 +454,6 @@ class TheoryParams:
             raise ValueError(f"Parameter 'cnn_batch_sizes' got {self.cnn_batch_sizes!r}; allowed: at least two "
                              "distinct integers >= 2 (a trend needs two points).")
 
-    def check_against(self, cfg) -> None:
-        """Fail fast when the CNN measurement asks for more than the data holds (``cfg``: ExperimentConfig)."""
-        if max(self.cnn_batch_sizes) > cfg.n_train + 1:
-            raise ValueError(f"Parameter 'cnn_batch_sizes' got {max(self.cnn_batch_sizes)}; allowed: at most "
-                             f"n_train + 1 = {cfg.n_train + 1} (m - 1 inliers and one canary per batch).")
-        if self.cnn_batches > cfg.n_canaries:
-            raise ValueError(f"Parameter 'cnn_batches' got {self.cnn_batches}; allowed: at most n_canaries = "
-                             f"{cfg.n_canaries} (one inserted canary per batch).")
-
     def components(self, distance: Any) -> tuple[Any, Any]:
         """(a along w, a_perp across w) of an outlier at ``distance`` in the direction ``outlier_angle``."""
         angle = math.radians(self.outlier_angle)
@@ -468,3 +461,18 @@ class TheoryParams:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def check_config(cfg, params: ChapterParams) -> None:
+    """Fail fast when the CNN measurement asks for more than the data holds (``cfg``: ExperimentConfig)."""
+    if max(params.cnn_batch_sizes) > cfg.n_train + 1:
+        raise ValueError(f"Parameter 'cnn_batch_sizes' got {max(params.cnn_batch_sizes)}; allowed: at most "
+                         f"n_train + 1 = {cfg.n_train + 1} (m - 1 inliers and one canary per batch).")
+    if params.cnn_batches > cfg.n_canaries:
+        raise ValueError(f"Parameter 'cnn_batches' got {params.cnn_batches}; allowed: at most n_canaries = "
+                         f"{cfg.n_canaries} (one inserted canary per batch).")
+
+
+# the theory chapter's parameter table: the experiment parameters its CNN measurement uses, and its own
+SHOWN_PARAMETERS = ("profile", "batch_size", "arch", "width", "epochs", "seeds") + tuple(
+    f.name for f in dataclasses.fields(ChapterParams))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import plots
-from .theory import TheoryParams, amplification, window
+from .theory import ChapterParams, amplification, window
 
 
 def simulated_batch(batch_size: int, distance: float, slope: float, residual: float,
@@ -29,7 +29,7 @@ def simulated_batch(batch_size: int, distance: float, slope: float, residual: fl
     return np.append(inliers, distance), np.append(slope * inliers + noise, slope * distance - residual)
 
 
-def draw_panels(axes: Sequence[Any], params: TheoryParams, batch_size: int, distance: float) -> None:
+def draw_panels(axes: Sequence[Any], params: ChapterParams, batch_size: int, distance: float) -> None:
     """The three slider panels at (m, a): amplification curves over a, the amplification window in the
     (a, r) plane, and a simulated batch with the BN prediction line with and without the outlier."""
     curves, regimes, batch = axes
@@ -73,7 +73,7 @@ def draw_panels(axes: Sequence[Any], params: TheoryParams, batch_size: int, dist
     batch.legend(fontsize=7, loc="upper left")
 
 
-def panels_png(params: TheoryParams, batch_size: int, distance: float, dpi: int = 80) -> bytes:
+def panels_png(params: ChapterParams, batch_size: int, distance: float, dpi: int = 80) -> bytes:
     """:func:`draw_panels` at (m, a) as PNG bytes, for an ``ipywidgets.Image`` (the live sliders): no Output
     widget is involved, which nbclient can deadlock on when a notebook is executed in batch (nbclient #312)."""
     import matplotlib.pyplot as plt
@@ -84,7 +84,7 @@ def panels_png(params: TheoryParams, batch_size: int, distance: float, dpi: int 
     return plots.figure_png(fig, dpi)
 
 
-def slider_animation(params: TheoryParams, batch_sizes: Sequence[int], distances: Sequence[float]):
+def slider_animation(params: ChapterParams, batch_sizes: Sequence[int], distances: Sequence[float]):
     """A matplotlib animation whose frames are :func:`draw_panels` at (batch_sizes[k], distances[k]).
 
     ``to_jshtml()`` of it is a self-contained slider (inline JavaScript, frames as embedded PNGs).

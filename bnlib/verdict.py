@@ -29,6 +29,8 @@ import numpy as np
 from scipy import stats as scipy_stats
 from statsmodels.stats.multitest import multipletests
 
+from . import config
+
 VERDICTS = ("BN higher", "no-BN higher", "no difference detected", "inconclusive")
 MIN_REPLICATES = 3  # fewer replicates than this: the bootstrap cannot say anything
 
@@ -212,7 +214,7 @@ def _se_of(entry: Mapping[str, Any]) -> float:
     positively correlated paired norms this overstates the SE, so the detectable difference is conservative)."""
     if "difference" in entry and entry["difference"].get("se") is not None:
         return float(entry["difference"]["se"])
-    halves = [(entry[norm]["ci95"][1] - entry[norm]["ci95"][0]) / 2 for norm in ("batch", "none")]
+    halves = [(entry[norm]["ci95"][1] - entry[norm]["ci95"][0]) / 2 for norm in config.COMPARED_NORMS]
     return float(math.sqrt(sum((h / scipy_stats.norm.ppf(0.975)) ** 2 for h in halves)))
 
 

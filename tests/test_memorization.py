@@ -126,8 +126,8 @@ def test_chapter_params_profiles_and_bad_values():
 
 def test_check_norms_and_describe_difference(smoke_cfg):
     with pytest.raises(ValueError, match="'norms'.*'none'"):
-        memorization.check_norms(config.load("smoke", norms="batch,group"))
-    memorization.check_norms(smoke_cfg)
+        memorization.check_config(config.load("smoke", norms="batch,group"))
+    memorization.check_config(smoke_cfg)
     text = memorization.describe_difference({"mean": 0.1, "ci95": [0.05, 0.15], "n": 3}, 0.01, "t-test")
     assert "+0.100" in text and "p = 0.01" in text and "significant" in text and "not" not in text
     assert "not significant" in memorization.describe_difference({"mean": 0.1, "ci95": [-1, 1], "n": 3}, 0.4, "t")

@@ -126,14 +126,14 @@ def test_bn_influence_does_not_vanish_for_a_sample_the_fit_predicts():
 
 
 def test_params_validate_and_fail_fast():
-    cfg, params = config.load("smoke", extras=theory.TheoryParams)
+    cfg, params = config.load("smoke", extras=theory.ChapterParams)
     assert params.frames == 4 and cfg.profile == "smoke"
     with pytest.raises(ValueError, match="outlier_angle"):
-        config.load("quick", extras=theory.TheoryParams, outlier_angle=120)
+        config.load("quick", extras=theory.ChapterParams, outlier_angle=120)
     with pytest.raises(ValueError, match="slider_batch_sizes"):
-        config.load("quick", extras=theory.TheoryParams, slider_batch_sizes="64,8")
+        config.load("quick", extras=theory.ChapterParams, slider_batch_sizes="64,8")
     with pytest.raises(ValueError, match="frames"):
-        config.load("quick", extras=theory.TheoryParams, frames=1)
+        config.load("quick", extras=theory.ChapterParams, frames=1)
     with pytest.raises(ValueError, match="norm"):
         theory.numeric_influence("group", 8, 1.0)
 
@@ -142,7 +142,7 @@ def test_offline_slider_has_no_outside_reference():
     import matplotlib
 
     matplotlib.use("Agg")
-    _, params = config.load("smoke", extras=theory.TheoryParams)
+    _, params = config.load("smoke", extras=theory.ChapterParams)
     html = plots.offline_jshtml(theory_plots.slider_animation(params, [4, 64], [2.0, 2.0]), dpi=30)
     assert 'type="range"' in html and "font-awesome" not in html and "https://" not in html
 
@@ -154,12 +154,12 @@ def test_at_mean_limit_has_the_compact_form():
 
 
 def test_cnn_parameters_are_checked_against_the_data():
-    cfg, params = config.load("smoke", extras=theory.TheoryParams, cnn_batch_sizes="4,1000")
+    cfg, params = config.load("smoke", extras=theory.ChapterParams, cnn_batch_sizes="4,1000")
     with pytest.raises(ValueError, match="cnn_batch_sizes"):
-        params.check_against(cfg)
-    cfg, params = config.load("smoke", extras=theory.TheoryParams, cnn_batches=500)
+        theory.check_config(cfg, params)
+    cfg, params = config.load("smoke", extras=theory.ChapterParams, cnn_batches=500)
     with pytest.raises(ValueError, match="cnn_batches"):
-        params.check_against(cfg)
+        theory.check_config(cfg, params)
 
 
 def test_the_window_is_wider_beyond_the_extrapolation_by_one_plus_root_two_squared():

@@ -1,0 +1,159 @@
+"""What every chapter notebook does, in one place: set-up from its parameters cell, the parameter table, glue,
+interval text, Markdown tables and the chapter's summary.
+
+A chapter notebook reads as narrative + a call + a figure::
+
+    from bnlib import chapter
+    _names_before = set(globals())
+    # parameters cell (papermill)
+    ch = chapter.start("memorization", globals(), _names_before)   # validates, shows the parameter table
+    cfg, params = ch.cfg, ch.params
+    ...
+    ch.glue(n_pools=len(cfg.pools), canary_rate=0.04)              # values the prose quotes
+    ch.finish(metrics)                                             # the chapter's summary (report, landing page)
+
+One convention for every chapter: its module (``CHAPTER_MODULES``) holds a frozen dataclass ``ChapterParams``
+(the chapter's own parameters, beside :class:`bnlib.config.ExperimentConfig`) and ``check_config(cfg, params)``,
+the cross-checks that fail before any long work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import config, results
+
+# chapter (notebook name) -> module of bnlib with its ChapterParams and check_config (None: the experiment config only)
+CHAPTER_MODULES: dict[str, str | None] = {
+    "data_and_models": None,
+    "memorization": "memorization",
+    "influence": "influence",
+    "membership_inference": "mia",
+    "theory": "theory",
+    "ablations": "ablations",
+    "what_to_do": "dp",
+}
+
+MIN_INTERVAL_REPLICATES = 3  # below this an interval is not printed (it would not mean anything): "2 runs"
+
+
+def module_of(name: str):
+    """The bnlib module of chapter ``name`` (None for a chapter with the experiment config only)."""
+    if name not in CHAPTER_MODULES:
+        raise ValueError(f"Unknown chapter {name!r}; allowed: {', '.join(map(repr, CHAPTER_MODULES))}.")
+    module = CHAPTER_MODULES[name]
+    return None if module is None else importlib.import_module(f"bnlib.{module}")
+
+
+def params_class(name: str) -> type | None:
+    """The ``ChapterParams`` dataclass of chapter ``name`` (None: it has no parameters of its own)."""
+    module = module_of(name)
+    return None if module is None else module.ChapterParams
+
+
+def accepted_parameters(name: str) -> set[str]:
+    """Every parameter chapter ``name`` accepts: ``profile``, the experiment config's and its own."""
+    names = {"profile"} | {f.name for f in dataclasses.fields(config.ExperimentConfig)}
+    extras = params_class(name)
+    return names | ({f.name for f in dataclasses.fields(extras)} if extras else set())
+
+
+@dataclass
+class Chapter:
+    """A running chapter: its validated configuration, its own parameters and its start time."""
+
+    name: str
+    cfg: Any
+    params: Any = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Every parameter of the run, as stored with its summary."""
+        own = dataclasses.asdict(self.params) if self.params is not None else {}
+        return {**self.cfg.to_dict(), **own}
+
+    def parameter_table(self, shown: Sequence[str] | None = None) -> str:
+        """Markdown table of the run's parameters (``shown``: these names only, in this order)."""
+        settings = self.settings
+        names = list(settings) if shown is None else list(shown)
+        return markdown_table(("parameter", "value"), ((f"`{k}`", f"`{settings[k]}`") for k in names))
+
+    def glue(self, **values: Any) -> None:
+        """myst-nb ``glue`` every value under its keyword, without displaying it (the prose quotes it)."""
+        glue_values(values)
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def finish(self, metrics: Mapping[str, Mapping[str, Any]]) -> Path:
+        """Store the chapter's headline metrics (``results.metric_entry`` values) with its settings."""
+        return results.write_summary(self.name, dict(metrics), self.settings)
+
+    def glue_timing(self, **seconds: float) -> None:
+        """Glue ``chapter_seconds``, ``profile_name`` and each ``<key>`` of ``seconds`` rounded (e.g.
+        ``seconds_population=123.4``)."""
+        self.glue(chapter_seconds=round(self.elapsed()), profile_name=self.cfg.profile,
+                  **{key: round(value) for key, value in seconds.items()})
+
+
+def start(name: str, namespace: Mapping[str, Any], names_before: set[str], show: bool = True,
+          shown: Sequence[str] | None = None) -> Chapter:
+    """Validate the parameters a notebook defined (its parameters cell and what papermill injected) and show them.
+
+    Args:
+        name: the chapter (a key of ``CHAPTER_MODULES``).
+        namespace: the notebook's ``globals()``.
+        names_before: ``set(globals())`` taken just before the parameters cell, so that any name the parameters
+            cell or papermill added is a parameter (an unknown one is an error, not silently ignored).
+        show: display the parameter table.
+        shown: the parameters the table lists (None: all).
+
+    Raises:
+        ValueError: naming the bad parameter and what is allowed, before any long work.
+    """
+    module = module_of(name)
+    overrides = config.notebook_parameters(dict(namespace), names_before)
+    if module is None:
+        chapter = Chapter(name, config.load(**overrides))
+    else:
+        cfg, params = config.load(extras=module.ChapterParams, **overrides)
+        module.check_config(cfg, params)
+        chapter = Chapter(name, cfg, params)
+    if show:
+        from IPython.display import Markdown, display
+
+        display(Markdown(chapter.parameter_table(shown)))
+    return chapter
+
+
+def glue_values(values: Mapping[str, Any]) -> None:
+    """myst-nb ``glue`` of every ``name: value`` pair, not displayed."""
+    from myst_nb import glue
+
+    for key, value in values.items():
+        glue(key, value, display=False)
+
+
+def interval(summary: Mapping[str, Any], number_format: str = ".3f", unit: str = "runs") -> str:
+    """``mean [low, high]`` of a ``stats.mean_ci``-shaped summary; with fewer than ``MIN_INTERVAL_REPLICATES``
+    replicates the interval means nothing, so the text is ``mean (2 runs)`` instead (``unit`` names them)."""
+    mean = f"{summary['mean']:{number_format}}"
+    n = summary.get("n")
+    if n is not None and n < MIN_INTERVAL_REPLICATES:
+        return f"{mean} ({n} {unit})"
+    low, high = summary["ci95"]
+    return f"{mean} [{low:{number_format}}, {high:{number_format}}]"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table: ``header`` names the columns; each row's cells are written with ``str``."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
