@@ -17,10 +17,22 @@ NORM_LABELS = {"batch": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm",
                "ghost": "ghost BN", "running": "BN, running statistics"}
 
 
+DPI = 110  # figure.dpi: a figure W inches wide is W * DPI CSS px wide on the page (retina PNG: 2x the pixels)
+COLUMN_PX = 700  # the book's text column at 100% zoom, in CSS px; a wider figure is scaled down, text and all
+COLUMN_INCHES = COLUMN_PX / DPI  # the width of a full-column figure
+MIN_FONT = 9  # pt: the smallest text any figure may draw (at a full-column width it shows at >= 9 pt)
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, height: float = 3.6, width: float | None = None, **kwargs):
+    """``plt.subplots`` at the text column's width (``width`` in inches to draw a narrower one): the book shows
+    it at its natural size, so its text shows at the size it was drawn (>= ``MIN_FONT``)."""
+    return plt.subplots(nrows, ncols, figsize=(COLUMN_INCHES if width is None else width, height), **kwargs)
+
+
 def set_style() -> None:
     """Apply the book's matplotlib style (call once per notebook)."""
     plt.rcParams.update({
-        "figure.dpi": 110, "savefig.dpi": 110, "figure.figsize": (6.4, 3.6),
+        "figure.dpi": DPI, "savefig.dpi": DPI, "figure.figsize": (6.4, 3.6),
         "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
         "font.size": 10, "legend.frameon": False,
     })
