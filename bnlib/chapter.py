@@ -157,3 +157,57 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the parameters cell
+# Papermill reads a chapter's parameters from its cell tagged "parameters", so every chapter must declare each
+# parameter its configuration accepts. The cell is generated from the dataclasses (one source: the field's doc
+# and allowed values), and a test checks that every chapter's cell is the generated one.
+
+PARAMETERS_HEADER = ('# Papermill parameters, generated from bnlib\'s configuration (python -m bnlib params {name} '
+                     '--write-cell).\n# None means "the profile\'s default": python -m bnlib params {name} lists them.')
+
+
+def _comment(spec: dataclasses.Field) -> str:
+    doc = spec.metadata.get("doc", "")
+    choices = spec.metadata.get("choices")
+    listed = "tuple" in str(spec.type)
+    if choices:
+        doc += ("; comma-separated, of: " if listed else ": ") + " | ".join(map(str, choices))
+    elif listed:
+        doc += "; comma-separated"
+    if "=" in doc:  # papermill would read "name = value  # a = b" as a value
+        raise ValueError(f"The doc of parameter {spec.name!r} contains '=', which papermill cannot read in a "
+                         f"comment: {doc!r}")
+    return doc
+
+
+def parameters_cell(name: str) -> str:
+    """The source of chapter ``name``'s parameters cell: ``profile = "quick"``, then every parameter of the
+    experiment config and of the chapter's own ``ChapterParams`` as ``name = None  # doc: allowed values``."""
+    specs = [f for f in dataclasses.fields(config.ExperimentConfig) if f.name != "profile"]
+    extras = params_class(name)
+    lines = [PARAMETERS_HEADER.format(name=name),
+             f'profile = "quick"  # {" | ".join(config.PROFILE_NAMES)}']
+    lines += [f"{spec.name} = None  # {_comment(spec)}" for spec in specs]
+    if extras is not None:
+        lines.append("# the chapter's own")
+        lines += [f"{spec.name} = None  # {_comment(spec)}" for spec in dataclasses.fields(extras)]
+    return "\n".join(lines)
+
+
+def write_parameters_cell(name: str, root: Path = results.REPO_ROOT) -> bool:
+    """Rewrite chapter ``name``'s parameters cell with :func:`parameters_cell` (a no-op if it is already so).
+    Returns whether the notebook changed."""
+    import json
+
+    path = root / "chapters" / f"{name}.ipynb"
+    notebook = json.loads(path.read_text())
+    cell = next(c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    text = parameters_cell(name)
+    if "".join(cell["source"]) == text:
+        return False
+    lines = text.split("\n")
+    cell["source"] = [line + "\n" for line in lines[:-1]] + [lines[-1]]
+    results.atomic_write_bytes(path, (json.dumps(notebook, indent=1, ensure_ascii=False) + "\n").encode())
+    return True

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from . import book, report, results
+from . import book, chapter, report, results
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--set", dest="result_set", help="a result set by name (`run` prints it), e.g. quick-1a2b3c4d")
     params = commands.add_parser("params", help="list a chapter's papermill parameters and defaults")
     params.add_argument("chapter")
+    params.add_argument("--write-cell", action="store_true",
+                        help="rewrite the chapter's parameters cell from bnlib's configuration (for maintainers)")
     zoo_cmd = commands.add_parser("zoo", help="train the model zoo of every norm into the cache (here or on a cluster)")
     zoo_cmd.add_argument("--profile", choices=("smoke", "quick", "paper"), default="quick")
     zoo_cmd.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
@@ -74,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             print(report.as_json(table) if args.json else report.text(table, result_set))
         elif args.command == "params":
             document = book.resolve_chapter(args.chapter)
+            if args.write_cell:
+                changed = chapter.write_parameters_cell(Path(document).name)
+                print(f"{document}.ipynb: parameters cell {'rewritten' if changed else 'already up to date'}")
+                return 0
             for name, spec in book.declared_parameters(document).items():
                 print(f"{name:16s} {spec['default']:>24s}  {spec.get('help', '')}")
         elif args.command == "zoo":

@@ -41,7 +41,7 @@ class ExperimentConfig:
 
     profile: str = field(default="quick", metadata={"choices": PROFILE_NAMES, "doc": "size preset"})
     dataset: str = field(default="fashion_mnist", metadata={"choices": DATASETS, "doc": "in-distribution data"})
-    data_root: str = field(default="", metadata={"doc": "folder with dataset files ('' = standard places)"})
+    data_root: str = field(default="", metadata={"doc": "folder with dataset files (empty: the standard places)"})
     arch: str = field(default="small_cnn", metadata={"choices": ARCHS, "doc": "network family"})
     width: int = field(default=16, metadata={"positive": True, "doc": "channels of the first layer"})
     norms: tuple[str, ...] = field(
@@ -61,13 +61,13 @@ class ExperimentConfig:
     momentum: float = field(default=0.9, metadata={"minimum": 0.0, "doc": "SGD momentum"})
     weight_decay: float = field(default=5e-4, metadata={"minimum": 0.0, "doc": "L2 penalty"})
     schedule: str = field(default="onecycle", metadata={"choices": SCHEDULES, "doc": "learning-rate schedule"})
-    n_models: int = field(default=16, metadata={"positive": True, "doc": "model-zoo size T per norm"})
+    n_models: int = field(default=16, metadata={"positive": True, "doc": "models per norm in each pool (T)"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"minimum": 0, "doc": "independent runs"})
     pools: tuple[int, ...] = field(default=(0, 1), metadata={
         "minimum": 0, "doc": "independent data draws of the model zoo (each holds n_models models per norm)"})
     device: str = field(default="auto", metadata={"choices": DEVICES, "doc": "where to train"})
     workers: int = field(
-        default=0, metadata={"minimum": 0, "doc": "zoo worker processes (0 = one per CPU core on a CPU, 1 on a GPU)"}
+        default=0, metadata={"minimum": 0, "doc": "zoo worker processes (0: one per CPU core on a CPU, 1 on a GPU)"}
     )
     allow_download: bool = field(
         default=False, metadata={"doc": "fetch missing datasets with torchvision (needs internet)"}

@@ -32,3 +32,24 @@ def test_parameters_cell_declares_exactly_what_the_config_accepts(document):
     declared = set(papermill.inspect_notebook(str(ROOT / f"{document}.ipynb")))
     accepted = accepted_parameters(document)
     assert declared == accepted, f"missing: {sorted(accepted - declared)}, not accepted: {sorted(declared - accepted)}"
+
+
+@pytest.mark.parametrize("name", list(chapter.CHAPTER_MODULES))
+def test_parameters_cell_is_the_generated_one(name):
+    """The cell is generated from the dataclasses (``python -m bnlib params <chapter> --write-cell``): one source
+    for the name, the doc and the allowed values of every parameter."""
+    cell = next(c for c in nbformat.read(ROOT / "chapters" / f"{name}.ipynb", as_version=4).cells
+                if "parameters" in c.metadata.get("tags", []))
+    assert cell.source == chapter.parameters_cell(name), f"run: python -m bnlib params {name} --write-cell"
+
+
+def test_a_doc_with_an_equals_sign_is_refused(monkeypatch):
+    import dataclasses as dc
+
+    @dc.dataclass(frozen=True)
+    class Bad:
+        x: int = dc.field(default=0, metadata={"doc": "0 = automatic"})
+
+    monkeypatch.setattr(chapter, "params_class", lambda name: Bad)
+    with pytest.raises(ValueError, match="'x' contains '='"):
+        chapter.parameters_cell("memorization")
