@@ -253,8 +253,11 @@ def glued_values(notebook: nbformat.NotebookNode) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for cell in notebook.cells:
         for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
-            text = output.get("data", {}).get("text/plain")
+            record = output.get("metadata", {}).get("scrapbook", {})
+            name = record.get("name")
+            # glue(..., display=False) stores the value under its scrapbook prefix, a displayed one as text/plain
+            data = output.get("data", {})
+            text = data.get(record.get("mime_prefix", "") + "text/plain", data.get("text/plain"))
             if name is None or text is None:
                 continue
             try:

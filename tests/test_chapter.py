@@ -75,3 +75,21 @@ def test_finish_writes_the_summary_with_every_setting(tmp_path, monkeypatch):
     assert path == tmp_path / "summaries" / "smoke" / "memorization.json"
     assert stored["metrics"]["m"]["batch"]["mean"] == 1.0
     assert stored["config"] == json.loads(json.dumps(ch.settings))
+
+
+def test_glued_values_reads_hidden_and_displayed_glue():
+    """``glue(..., display=False)`` (what the chapters use) stores its value under the scrapbook prefix, a
+    displayed glue as text/plain: the data file of every chapter page must hold both."""
+    import nbformat
+
+    from bnlib import book
+
+    def output(name, data, prefix):
+        return nbformat.v4.new_output("display_data", data=data,
+                                      metadata={"scrapbook": {"name": name, "mime_prefix": prefix}})
+
+    cell = nbformat.v4.new_code_cell(outputs=[
+        output("hidden", {"application/papermill.record/text/plain": "0.25"}, "application/papermill.record/"),
+        output("shown", {"text/plain": "'BN higher'"}, ""),
+    ])
+    assert book.glued_values(nbformat.v4.new_notebook(cells=[cell])) == {"hidden": 0.25, "shown": "BN higher"}
