@@ -1,4 +1,4 @@
-"""Known-answer tests of the membership-inference attacks and metrics (bnlib.mia)."""
+"""Known-answer tests of the membership-inference attacks and metrics (bnlib.mia, mia_attacks, mia_eval)."""
 
 import dataclasses
 import math
