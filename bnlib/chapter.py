@@ -144,10 +144,12 @@ def glue_values(values: Mapping[str, Any]) -> None:
 def interval(summary: Mapping[str, Any], number_format: str = ".3f", unit: str = "runs") -> str:
     """``mean [low, high]`` of a ``stats.mean_ci``-shaped summary; with fewer than ``MIN_INTERVAL_REPLICATES``
     replicates the interval means nothing, so the text is ``mean (2 runs)`` instead (``unit`` names them)."""
-    mean = f"{summary['mean']:{number_format}}"
     n = summary.get("n")
+    if n == 0:
+        return f"– (no {unit})"
+    mean = f"{summary['mean']:{number_format}}"
     if n is not None and n < MIN_INTERVAL_REPLICATES:
-        return f"{mean} ({n} {unit})"
+        return f"{mean} ({n} {unit[:-1] if n == 1 and unit.endswith('s') else unit})"
     low, high = summary["ci95"]
     return f"{mean} [{low:{number_format}}, {high:{number_format}}]"
 
