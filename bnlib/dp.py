@@ -1,29 +1,18 @@
-"""What to do about it: DP-SGD (Opacus) beside the cheap mitigations, as accuracy against outlier leakage.
+"""DP-SGD (Opacus) for the "what to do" chapter: its parameters and checks, privacy accounting, and the
+training of a private model population.
 
-Every *setting* is a small model population trained like the shared zoo (T models, each on a random half
-of the pool, balanced keep mask), so each model has its own IN and OUT canaries and the model is the unit
-of replication. Settings:
-
-    BatchNorm, no norm            the shared zoos (``zoo.train_zoo(cfg, norm)``, ``cfg.n_models`` models)
-    GroupNorm, BN + strong weight decay, BN with a large batch
-                                  ``zoo.train_zoo`` with ``n_models = params.setting_models`` and the change
-    GroupNorm (or no norm) + DP-SGD at each noise multiplier
-                                  trained here with Opacus (:func:`train_private`): per-sample clipping at
-                                  ``max_grad_norm``, Gaussian noise, Poisson sampling (each example joins
-                                  each step independently with probability q = batch_size / n, as the
-                                  DP-SGD analysis assumes); epsilon from Opacus's accountant at
-                                  delta = 1/n, n = each model's training-set size
-
-Measured per setting (:func:`measure`):
-    test accuracy          per model, mean with a t interval over models (n = models)
-    canary memorization    per model: accuracy on its IN canaries minus on its OUT canaries (n = models)
-    outlier LiRA TPR       LiRA (online, global variance; ``mia.attack_scores``) leave-one-out over the
-                           population; the ROC of all targets on the outliers pooled (as the LiRA reference
-                           does), TPR at ``low_fpr``; interval from the two-way bootstrap over targets and
-                           examples (``mia.Resamples``). With N pooled outlier non-member scores, TPR at FPR f
-                           allows floor(f N) false positives (``n_negatives`` says N).
+A private *setting* is a small model population trained like the shared zoo (T models, each on a random half
+of the pool, balanced keep mask), so each model has its own IN and OUT canaries and the model is the unit of
+replication: GroupNorm (or no norm) trained here with Opacus (:func:`train_private`): per-sample clipping
+at ``max_grad_norm``, Gaussian noise, Poisson sampling (each example joins each step independently with
+probability q = batch_size / n, as the DP-SGD analysis assumes); epsilon from Opacus's accountant at
+delta = 1/n, n = each model's training-set size (:func:`train_dp_population`).
 
 BatchNorm cannot be trained with DP-SGD: :func:`check_dp_norm` says why and what to use instead.
+
+The trade-off against the cheap mitigations (the settings, what is measured, the Pareto front, the table,
+figure and summary) is :mod:`bnlib.dp_tradeoff`. This module holds only what decides a private model: its
+source (with its imports) is in the cache key of every model it trains, so presentation code lives apart.
 """
 
 from __future__ import annotations
@@ -31,27 +20,23 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import math
-import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_curve
 from torch import nn
 
 from . import data as data_lib
-from . import mia, models, results, stats, train
+from . import mia, models, results, train
 from . import zoo as zoo_lib
 from .config import NORMS
 
 DP_NORMS = ("group", "layer", "none")  # normalizers whose output for one example ignores its batch-mates
 COUPLED_NORMS = ("batch", "ghost", "running")
 ACCOUNTANTS = ("rdp", "prv")
-ATTACK = "lira_online_global"  # the membership-inference chapter's headline attack
 
 
 @dataclass(frozen=True)
@@ -337,252 +322,3 @@ def models_label(norm: str) -> str:
     from .plots import NORM_LABELS
 
     return NORM_LABELS.get(norm, norm)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One point of the trade-off: ``key`` (summary name), ``label``, the norm, the ``cfg`` fields changed,
-    and the DP-SGD noise multiplier (None = ordinary SGD)."""
-
-    key: str
-    label: str
-    norm: str
-    overrides: tuple[tuple[str, Any], ...] = ()
-    noise_multiplier: float | None = None
-
-
-def settings(cfg, params: ChapterParams) -> list[Setting]:
-    """The chapter's settings, in display order (see the module docstring)."""
-    small = (("n_models", params.setting_models),)
-    plan = [Setting("batch", "BatchNorm", "batch"), Setting("none", "no norm", "none"),
-            Setting("group", "GroupNorm", "group", small),
-            Setting("batch_strong_weight_decay", f"BN, weight decay {params.strong_weight_decay:g}", "batch",
-                    (*small, ("weight_decay", params.strong_weight_decay))),
-            Setting("batch_large_batch", f"BN, batch {params.large_batch}", "batch",
-                    (*small, ("batch_size", params.large_batch)))]
-    plan += [Setting(f"{norm}_dp_sgd_noise_{noise:g}", f"{models_label(norm)} + DP-SGD", norm, small, noise)
-             for norm in params.dp_norms for noise in params.noise_multipliers]
-    return plan
-
-
-def population(cfg, setting: Setting, params: ChapterParams, progress: bool = True) -> Population:
-    """Train (or load) the models of one setting."""
-    if setting.noise_multiplier is not None:
-        result = train_dp_population(cfg, setting.norm, setting.noise_multiplier, params, progress)
-        return replace(result, setting=setting.label)
-    return Population.from_zoo(setting.label, zoo_lib.train_zoo(replace(cfg, **dict(setting.overrides)),
-                                                               setting.norm, progress=progress))
-
-
-# ----------------------------------------------------------------------------- measurements
-
-def canary_memorization(keep: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
-                        is_outlier: torch.Tensor) -> np.ndarray:
-    """(T,) per model: accuracy on its IN outliers minus accuracy on its OUT outliers.
-
-    Args: keep (T, N) bool, logits (T, N, C), labels (N,), is_outlier (N,) bool.
-    """
-    correct = (logits.argmax(-1) == labels).float()  # (T, N)
-    inside, outside = keep & is_outlier, ~keep & is_outlier
-    return ((correct * inside).sum(1) / inside.sum(1) - (correct * outside).sum(1) / outside.sum(1)).numpy()
-
-
-def pooled_tpr(scores: np.ndarray, is_member: np.ndarray, fpr_level: float,
-               weights: np.ndarray | None = None) -> float:
-    """TPR at FPR <= ``fpr_level`` of one ROC over all (weighted) scores: scores, is_member, weights (n,)."""
-    fpr, tpr, _ = roc_curve(is_member, scores, sample_weight=weights, drop_intermediate=False)
-    return float(tpr[fpr <= fpr_level].max())
-
-
-def pooled_tpr_interval(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, fpr_level: float,
-                        n_bootstrap: int, seed: int = 0) -> dict[str, Any]:
-    """TPR at ``fpr_level`` of the ROC pooled over targets on the examples of ``mask``, with a two-way
-    bootstrap interval (targets and examples resampled, ``mia.Resamples``).
-
-    Args:
-        scores, keep: (T, N); mask: (N,) bool.
-    Returns:
-        ``{"mean": pooled TPR, "ci95": [lo, hi], "n": T targets, "n_negatives": pooled non-member scores}``.
-    """
-    scores, keep = scores[:, mask], keep[:, mask]
-    n_targets, n_examples = scores.shape
-    point = pooled_tpr(scores.ravel(), keep.ravel(), fpr_level)
-    resamples = mia.Resamples.draw(n_targets, n_examples, n_bootstrap, seed=seed)
-    draws = []
-    for targets, weights in zip(resamples.targets, resamples.weights, strict=True):
-        chosen_keep = keep[targets]  # (T, n) a resample's targets
-        if chosen_keep[:, weights > 0].all() or not chosen_keep[:, weights > 0].any():
-            continue
-        draws.append(pooled_tpr(scores[targets].ravel(), chosen_keep.ravel(), fpr_level,
-                                np.tile(weights, n_targets)))
-    low, high = np.quantile(draws, [0.025, 0.975]) if draws else (float("nan"), float("nan"))
-    return {"mean": point, "ci95": [float(low), float(high)], "n": int(n_targets),
-            "n_negatives": int((~keep).sum())}
-
-
-def measure(population_: Population, params: ChapterParams) -> dict[str, Any]:
-    """Accuracy and outlier leakage of one setting.
-
-    Returns:
-        ``test_accuracy``, ``canary_memorization``: ``stats.mean_ci`` over models (n = models);
-        ``lira_tpr``: :func:`pooled_tpr_interval` on the outliers; ``epsilon``: float or None.
-    """
-    p = population_
-    test_accuracy = (p.test_logits.argmax(-1) == p.test_labels).float().mean(1).numpy()
-    signals = mia.Signals.from_logits(p.keep, p.logits, p.labels, p.test_logits, p.test_labels)
-    scores = mia.attack_scores(signals, ATTACK)  # (T, N), leave-one-out
-    outliers = p.is_outlier.numpy().astype(bool)
-    return {"setting": p.setting, "norm": p.norm, "epsilon": p.epsilon, "noise_multiplier": p.noise_multiplier,
-            "delta": p.delta,
-            "n_models": p.n_models, "test_accuracy": stats.mean_ci(test_accuracy),
-            "canary_memorization": stats.mean_ci(canary_memorization(p.keep, p.logits, p.labels, p.is_outlier)),
-            "lira_tpr": pooled_tpr_interval(scores, p.keep.numpy().astype(bool), outliers, params.low_fpr,
-                                            params.n_bootstrap)}
-
-
-def pareto_front(accuracy: np.ndarray, leakage: np.ndarray) -> np.ndarray:
-    """(S,) bool: settings that no other setting beats on both axes (accuracy at least as high and leakage
-    at least as low, one of them strictly)."""
-    accuracy, leakage = np.asarray(accuracy, float), np.asarray(leakage, float)
-    better_or_equal = (accuracy[None, :] >= accuracy[:, None]) & (leakage[None, :] <= leakage[:, None])
-    strictly = (accuracy[None, :] > accuracy[:, None]) | (leakage[None, :] < leakage[:, None])
-    return ~np.any(better_or_equal & strictly, axis=1)
-
-
-def seconds_per_model(cfg, setting: Setting, params: ChapterParams) -> float:
-    """Training time of one model of ``setting`` on this machine: the median time of ``params.timing_steps``
-    single training steps (after one warm-up step; the median resists other processes' bursts on a shared
-    CPU) times the steps of one model. Measured afresh on every run, whether the models are cached or not."""
-    point = replace(cfg, **dict(setting.overrides))
-    experiment, pool_x, _ = zoo_lib.zoo_inputs(point)
-    device = train.resolve_device(cfg.device)
-    half = len(pool_x) // 2  # a model trains on half of the pool
-    x, y = pool_x[:half].to(device), experiment.pool_y[:half].to(device)
-    torch.manual_seed(0)
-    model = models.build(cfg.arch, setting.norm, pool_x.shape[1], pool_x.shape[-1], experiment.num_classes,
-                         cfg.width).to(device)
-    if setting.noise_multiplier is None:
-        steps_per_model = point.epochs * (half // point.batch_size)
-        optimizer = torch.optim.SGD(model.parameters(), lr=point.lr, momentum=point.momentum,
-                                    weight_decay=point.weight_decay)
-        module, batches = model, ((x[:point.batch_size], y[:point.batch_size]) for _ in iter(int, 1))
-    else:
-        private = make_private(model, x, y, batch_size=point.batch_size, lr=params.dp_lr,
-                               noise_multiplier=setting.noise_multiplier, max_grad_norm=params.max_grad_norm)
-        steps_per_model = point.epochs * private.steps_per_epoch
-        module, optimizer = private.module, private.optimizer
-        batches = (batch for _ in iter(int, 1) for batch in private.loader if len(batch[0]))
-    module.train()
-    durations = []
-    with quiet_hooks():
-        for _, (xb, yb) in zip(range(params.timing_steps + 1), batches, strict=False):
-            start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(module(xb), yb).backward()
-            optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            durations.append(time.perf_counter() - start)
-    return float(np.median(durations[1:])) * steps_per_model
-
-
-# ----------------------------------------------------------------------------- the chapter's rows, figure, summary
-
-LEAKAGE = {"canary_memorization": "canary memorization (IN − OUT accuracy)",
-           "lira_tpr": "LiRA TPR on outliers at the low FPR"}
-
-
-def run(cfg, params: ChapterParams, progress: bool = True) -> list[dict[str, Any]]:
-    """Every setting trained (or loaded), measured and timed: one row per setting, in display order, with the
-    keys of :func:`measure` plus ``key``, ``label`` (with epsilon for DP settings), ``seconds_per_model``,
-    ``pareto_memorization`` and ``pareto_lira`` (on the Pareto front of accuracy against that leakage)."""
-    rows = []
-    for setting in settings(cfg, params):
-        row = measure(population(cfg, setting, params, progress), params)
-        label = setting.label if row["epsilon"] is None else f"{setting.label}, ε = {row['epsilon']:.2g}"
-        rows.append({**row, "key": setting.key, "label": label,
-                     "seconds_per_model": seconds_per_model(cfg, setting, params)})
-    accuracy = np.array([r["test_accuracy"]["mean"] for r in rows])
-    for name, short in (("canary_memorization", "memorization"), ("lira_tpr", "lira")):
-        front = pareto_front(accuracy, np.array([r[name]["mean"] for r in rows]))
-        for row, on_front in zip(rows, front, strict=True):
-            row[f"pareto_{short}"] = bool(on_front)
-    return rows
-
-
-def tradeoff_figure(rows: list[dict[str, Any]], low_fpr: float):
-    """Two panels, test accuracy (x) against each leakage measure (y): one numbered point per setting with 95%
-    intervals on both axes (squares: DP-SGD, labelled with epsilon in the legend), the Pareto front (high
-    accuracy, low leakage; filled markers) drawn as a staircase."""
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    from .plots import NORM_COLORS
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5.4))
-    for ax, (name, short) in zip(axes, (("canary_memorization", "memorization"), ("lira_tpr", "lira")), strict=True):
-        for number, row in enumerate(rows, start=1):
-            x, y = row["test_accuracy"], row[name]
-            ax.errorbar(x["mean"], y["mean"], xerr=[[x["mean"] - x["ci95"][0]], [x["ci95"][1] - x["mean"]]],
-                        yerr=[[max(y["mean"] - y["ci95"][0], 0)], [max(y["ci95"][1] - y["mean"], 0)]],
-                        fmt="s" if row["epsilon"] is not None else "o", color=NORM_COLORS.get(row["norm"], "k"),
-                        capsize=2, alpha=0.85, markerfacecolor=None if row[f"pareto_{short}"] else "none")
-            ax.annotate(str(number), (x["mean"], y["mean"]), textcoords="offset points", xytext=(4, 3), fontsize=8)
-        front = sorted((r for r in rows if r[f"pareto_{short}"]), key=lambda r: r["test_accuracy"]["mean"])
-        ax.step([r["test_accuracy"]["mean"] for r in front], [r[name]["mean"] for r in front], where="post",
-                color="0.3", linestyle="--", linewidth=1)
-        ylabel = LEAKAGE[name].replace("low FPR", f"{low_fpr:g} FPR")
-        ax.set(xlabel="test accuracy (higher is better)", ylabel=f"{ylabel}\n(lower is better)")
-    handles = [Line2D([], [], marker="s" if row["epsilon"] is not None else "o", linestyle="none",
-                      color=NORM_COLORS.get(row["norm"], "k"), label=f"{number}. {row['label']}")
-               for number, row in enumerate(rows, start=1)]
-    handles.append(Line2D([], [], color="0.3", linestyle="--", label="Pareto front (its points filled)"))
-    legend_rows = -(-len(handles) // 3)
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.045 * legend_rows + 0.02, 1, 1))
-    return fig
-
-
-def _cell(stat: dict[str, Any]) -> str:
-    return f"{stat['mean']:.3f} [{stat['ci95'][0]:.3f}, {stat['ci95'][1]:.3f}]"
-
-
-def table_markdown(rows: list[dict[str, Any]], low_fpr: float) -> str:
-    """Setting, models, test accuracy, canary memorization, LiRA TPR (pooled negatives), epsilon, s per model."""
-    lines = [f"| setting | models | test accuracy | canary memorization | LiRA TPR at {low_fpr:g} FPR "
-             "(outlier negatives) | ε | s per model |", "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        eps = "–" if row["epsilon"] is None else f"{row['epsilon']:.2g} (σ = {row['noise_multiplier']:g})"
-        lines.append(f"| {row['setting']} | {row['n_models']} | {_cell(row['test_accuracy'])} | "
-                     f"{_cell(row['canary_memorization'])} | {_cell(row['lira_tpr'])} "
-                     f"({row['lira_tpr']['n_negatives']}) | {eps} | {row['seconds_per_model']:.1f} |")
-    return "\n".join(lines)
-
-
-def summary_metrics(rows: list[dict[str, Any]], params: ChapterParams) -> dict[str, dict[str, Any]]:
-    """Report rows (``results.metric_entry`` shape): one metric per measure, one entry per setting key, each
-    with its ``epsilon`` (None without DP-SGD); plus ``epsilon``, ``delta``, ``accountant`` of the DP settings."""
-    pct = f"{params.low_fpr * 100:g}".replace(".", "p")
-    described = {
-        "test_accuracy": ("dp_sgd_tradeoff_test_accuracy", "higher test accuracy",
-                          "Test accuracy per model, mean over the models of each setting (n = models)."),
-        "canary_memorization": ("dp_sgd_tradeoff_canary_memorization", "more outlier memorization",
-                                "Per model: accuracy on its IN canaries minus on its OUT canaries; mean over "
-                                "models (n = models)."),
-        "lira_tpr": (f"dp_sgd_tradeoff_outlier_lira_tpr_at_{pct}pct_fpr", "more outlier leakage",
-                     f"LiRA (online, global variance) TPR at {params.low_fpr:g} FPR on the outliers, ROC pooled over "
-                     "targets (leave-one-out); n = targets; interval: bootstrap over targets and examples."),
-    }
-    dp_rows = [r for r in rows if r["epsilon"] is not None]
-    privacy = {"epsilon": {r["key"]: r["epsilon"] for r in dp_rows}, "delta": {r["key"]: r["delta"] for r in dp_rows},
-               "noise_multiplier": {r["key"]: r["noise_multiplier"] for r in dp_rows},
-               "accountant": params.accountant, "max_grad_norm": params.max_grad_norm}
-    metrics = {}
-    for measure_name, (metric, higher, description) in described.items():
-        per_setting = {r["key"]: {**{k: r[measure_name][k] for k in ("mean", "ci95", "n")}, "epsilon": r["epsilon"],
-                                  "setting": r["setting"]} for r in rows}
-        metrics[f"{metric}_same_schedule"] = {**results.metric_entry(
-            per_setting, p_value=None, test="none (a trade-off: intervals only)", higher_means=higher,
-            description=description + " Settings: BN, no norm, GroupNorm, BN defences, GroupNorm + DP-SGD.",
-            comparison="same_schedule"), **privacy}
-    return metrics

@@ -136,47 +136,6 @@ def test_one_full_batch_step_without_noise_epsilon_matches_the_gaussian_mechanis
     assert 4.0 < prv < 4.8 and rdp >= prv - 0.05
 
 
-# ----------------------------------------------------------------------------- measurements
-
-def test_canary_memorization_known_answer():
-    # 2 models, 4 outliers + 2 inliers; model 0 gets its IN outliers right and its OUT ones wrong
-    labels = torch.tensor([0, 1, 2, 3, 4, 5])
-    is_outlier = torch.tensor([True, True, True, True, False, False])
-    keep = torch.tensor([[True, True, False, False, True, False], [False, False, True, True, False, True]])
-    predictions = torch.tensor([[0, 1, 9, 9, 4, 5], [0, 9, 2, 3, 4, 5]])
-    logits = F.one_hot(predictions, 10).float()
-    memorization = dp.canary_memorization(keep, logits, labels, is_outlier)
-    np.testing.assert_allclose(memorization, [1.0 - 0.0, 1.0 - 0.5])
-
-
-def test_pooled_tpr_known_answer_and_weights_equal_repetition():
-    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
-    is_member = np.array([1, 1, 0, 1, 0, 0, 1, 0], bool)
-    assert dp.pooled_tpr(scores, is_member, 0.0) == pytest.approx(0.5)
-    assert dp.pooled_tpr(scores, is_member, 0.25) == pytest.approx(0.75)
-    weights = np.array([2, 1, 1, 0, 3, 1, 1, 1])
-    repeated = np.repeat(np.arange(8), weights)
-    assert dp.pooled_tpr(scores, is_member, 0.2, weights) == pytest.approx(
-        dp.pooled_tpr(scores[repeated], is_member[repeated], 0.2))
-
-
-def test_pooled_tpr_interval_counts_negatives_and_brackets_the_point():
-    rng = np.random.default_rng(0)
-    keep = np.zeros((4, 50), bool)
-    keep[:2, :25], keep[2:, 25:] = True, True
-    scores = rng.normal(size=(4, 50)) + 2.0 * keep
-    mask = np.ones(50, bool)
-    result = dp.pooled_tpr_interval(scores, keep, mask, 0.1, n_bootstrap=200)
-    assert result["n"] == 4 and result["n_negatives"] == 100
-    assert result["ci95"][0] <= result["mean"] <= result["ci95"][1]
-
-
-def test_pareto_front_known_answer():
-    accuracy = np.array([0.9, 0.8, 0.85, 0.7, 0.9])
-    leakage = np.array([0.5, 0.1, 0.3, 0.2, 0.6])
-    np.testing.assert_array_equal(dp.pareto_front(accuracy, leakage), [True, True, True, False, False])
-
-
 # ----------------------------------------------------------------------------- the chapter at smoke
 
 @pytest.mark.slow
