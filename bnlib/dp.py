@@ -47,7 +47,7 @@ class ChapterParams:
         "positive": True, "doc": "DP-SGD noise std / clipping norm, one setting each"})
     max_grad_norm: float = field(default=1.0, metadata={"positive": True, "doc": "DP-SGD per-sample clipping norm C"})
     delta: float = field(default=0.0, metadata={
-        "minimum": 0.0, "doc": "DP delta; 0 = 1/n, n = training examples of each model"})
+        "minimum": 0.0, "doc": "DP delta (0: 1/n, n the training examples of each model)"})
     accountant: str = field(default="rdp", metadata={"choices": ACCOUNTANTS, "doc": "Opacus privacy accountant"})
     dp_norms: tuple[str, ...] = field(default=("group", "none"), metadata={
         "choices": NORMS, "doc": "normalizers trained with DP-SGD (not BatchNorm: see the chapter)"})
