@@ -417,7 +417,7 @@ class ChapterParams:
     """Parameters of the theory chapter (papermill), validated by ``config.load(..., extras=ChapterParams)``."""
 
     inlier_slope: float = field(default=1.0, metadata={
-        "positive": True, "doc": "beta: slope of the inlier labels along the unit's weight (= fitted head weight)"})
+        "positive": True, "doc": "beta: slope of the inlier labels along the unit's weight (the fitted head weight)"})
     outlier_distance: float = field(default=8.0, metadata={
         "minimum": 0.0, "doc": "a: outlier's distance from the inlier mean, in inlier standard deviations"})
     outlier_residual: float = field(default=1.0, metadata={

@@ -82,6 +82,14 @@ def _relative_error(value: float, reference: float) -> float:
     return abs(value - reference) / max(abs(reference), 1e-300)
 
 
+# what each key of :func:`verify_against_autograd` checks, as the chapter's table names it
+VERIFICATION_CHECKS = {
+    "general_batch": "general closed form, BN", "general_none": "general closed form, no norm",
+    "matched_batch": "A1–A4 closed form, BN", "matched_none": "A1–A4 closed form, no norm",
+    "none_is_per_sample_gradient": "no norm: Definition 3 vs per-sample gradient norm",
+}
+
+
 def verify_against_autograd(instances: int, seed: int = 0) -> dict[str, float]:
     """Largest relative errors of the closed forms against torch autograd on random instances (float64).
 
@@ -125,6 +133,17 @@ def verify_against_autograd(instances: int, seed: int = 0) -> dict[str, float]:
             closed = float(numeric_influence(norm, size, along, across, slope, residual))
             errors[f"matched_{norm}"] = max(errors[f"matched_{norm}"], _relative_error(closed, reference))
     return errors
+
+
+def verification_rows(errors: dict[str, float]) -> list[tuple[str, str]]:
+    """(check, largest relative error) rows of the chapter's verification table (:func:`verify_against_autograd`)."""
+    return [(VERIFICATION_CHECKS[key], f"{value:.1e}") for key, value in errors.items()]
+
+
+def verification_values(errors: dict[str, float]) -> dict[str, str]:
+    """The errors the text quotes, to one significant digit: ``error_{key}`` for each check and ``error_max``."""
+    return {**{f"error_{key}": f"{value:.0e}" for key, value in errors.items()},
+            "error_max": f"{max(errors.values()):.0e}"}
 
 
 def cnn_influence_by_batch_size(model: nn.Module, inlier_x: torch.Tensor, inlier_y: torch.Tensor,
