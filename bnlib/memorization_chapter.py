@@ -1,0 +1,172 @@
+"""The memorization chapter's reading of its population study (``population.study``): the comparisons it makes,
+the design's numbers, the tables of the same-schedule and annealed designs, where the models cross the matched
+fit, the Feldman-Zhang score figure, the most memorized examples, and the metrics with their sentences.
+
+Kept apart from :mod:`bnlib.population` and :mod:`bnlib.memorization`, whose source is part of the cache keys
+of other chapters' results: how this chapter reads its study must not invalidate them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import chapter, config, memorization, plots, population, verdict
+
+NORMS = config.COMPARED_NORMS
+# (group, score) -> (metric name, what it measures): the chapter's three families of metrics
+MEASURES = {
+    ("outliers", "hard"): ("canary_memorization",
+                           "Canary memorization acc(IN canaries) - acc(OUT canaries) per model"),
+    ("outliers", "soft"): ("fz_memorization_outliers", "Mean soft Feldman-Zhang score of the canaries "
+                                                       "(probability of the trained label, IN - OUT)"),
+    ("inliers", "soft"): ("fz_memorization_inliers", "Mean soft Feldman-Zhang score of the inliers"),
+}
+HEADLINE = ("canary_memorization", "fz_memorization_outliers")  # the names of the Holm family, every comparison
+SAME_SCHEDULE_HEADER = ("norm", "inlier fit (own half)", "test accuracy", "IN canaries", "OUT canaries",
+                        "memorization [95% CI]")
+ANNEALED_HEADER = ("norm", "schedule", "final inlier fit", "memorization [95% CI]")
+
+Comparisons = Mapping[tuple[str, str], Mapping[str, Any]]  # (group, score) -> population.comparisons
+
+
+def all_comparisons(found: Mapping[str, Any], n_bootstrap: int) -> dict[tuple[str, str], dict[str, Any]]:
+    """``population.comparisons`` for every (group, score) of ``MEASURES``."""
+    return {(group, score): population.comparisons(found, group, score, n_bootstrap) for group, score in MEASURES}
+
+
+def design_values(cfg, found: Mapping[str, Any], n_bootstrap: int) -> dict[str, Any]:
+    """The numbers the text gives about the design, read off the BN population's first pool and first model:
+    pools, inliers and canaries per pool, models per pool and per norm, each model's training examples, the
+    canary rate, the schedule's epochs and the bootstrap's resamples."""
+    first = found["populations"]["batch"].zoos[0]
+    member_in = first.keep[0]
+    return {"n_pools": len(cfg.pools), "pool_inliers": int((~first.is_outlier).sum()),
+            "pool_canaries": int(first.is_outlier.sum()), "models_per_pool": cfg.n_models,
+            "models_per_norm": cfg.n_models * len(cfg.pools),
+            "member_inliers": int((member_in & ~first.is_outlier).sum()),
+            "member_canaries": int((member_in & first.is_outlier).sum()),
+            "canary_rate": float(first.is_outlier.float().mean()), "common_epochs": cfg.epochs,
+            "n_bootstrap": n_bootstrap}
+
+
+def _last(population_: population.Population, key: str) -> np.ndarray:
+    return np.concatenate([curve[key][-1] for curve in population_.curves])
+
+
+def same_schedule_rows(found: Mapping[str, Any], canary: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """Rows (``SAME_SCHEDULE_HEADER``) per norm at the end of the common schedule: mean over models of the fit,
+    the test accuracy and the IN / OUT canary accuracy, and the memorization with its bootstrap interval
+    (``canary``: the hard canary comparisons)."""
+    rows = []
+    for norm in NORMS:
+        pop = found["populations"][norm]
+        test = np.concatenate([z.test_accuracy().numpy() for z in pop.zoos])
+        rows.append((plots.NORM_LABELS[norm], f"{_last(pop, 'fit').mean():.3f}", f"{test.mean():.3f}",
+                     f"{_last(pop, 'in_acc').mean():.3f}", f"{_last(pop, 'out_acc').mean():.3f}",
+                     chapter.interval(canary["same_schedule"][norm], ".3f", "models")))
+    return rows
+
+
+def same_schedule_fits(found: Mapping[str, Any]) -> dict[str, float]:
+    """``same_fit_{norm}``: the mean over models of the inlier fit at the end of the common schedule."""
+    return {f"same_fit_{norm}": float(_last(found["populations"][norm], "fit").mean()) for norm in NORMS}
+
+
+def crossing_values(found: Mapping[str, Any]) -> dict[str, Any]:
+    """Where the models cross the matched-fit level: per norm the mean epoch and learning rate there and how many
+    of the models cross it (``cross_epoch_{norm}``, ``cross_lr_{norm}``, ``crossed_{norm}``); ``matched_level``."""
+    values: dict[str, Any] = {}
+    for norm in NORMS:
+        crossing = found["crossings"][norm]
+        values.update({f"cross_epoch_{norm}": crossing["mean_epoch"],
+                       f"cross_lr_{norm}": crossing["mean_learning_rate"],
+                       f"crossed_{norm}": f"{crossing['crossed']} of {crossing['members']}"})
+    values["matched_level"] = found["level"]
+    return values
+
+
+def annealed_rows(found: Mapping[str, Any], canary: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """Rows (``ANNEALED_HEADER``) of design (b): each norm's schedule length, final fit and memorization."""
+    rows = []
+    for norm in NORMS:
+        pop = found["annealed"]["populations"][norm]
+        rows.append((plots.NORM_LABELS[norm], f"{pop.epochs} epoch(s)", f"{pop.final_fit():.3f}",
+                     chapter.interval(canary["matched_fit_annealed"][norm], ".3f", "models")))
+    return rows
+
+
+def annealed_values(found: Mapping[str, Any]) -> dict[str, Any]:
+    """``annealed_target`` (the fit both annealed schedules end at) and ``calibration_tried`` (each calibration
+    run: epochs -> mean final fit, or "none needed")."""
+    annealed = found["annealed"]
+    calibration = next(iter(annealed["calibration"].values()), {"tried": {}})
+    tried = ", ".join(f"{e} epochs → {f:.3f}" for e, f in calibration["tried"].items()) or "none needed"
+    return {"annealed_target": annealed["target_fit"], "calibration_tried": tried}
+
+
+def first_pool_scores(found: Mapping[str, Any], norm: str) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The first pool's zoo of ``norm`` and its examples' Feldman-Zhang scores
+    (``memorization.subsampled_memorization``)."""
+    zoo_model = found["populations"][norm].zoos[0]
+    return zoo_model, memorization.subsampled_memorization(zoo_model.logits, zoo_model.labels, zoo_model.keep)
+
+
+def scores_figure(found: Mapping[str, Any]):
+    """Empirical distribution of the hard (left) and soft (right) Feldman-Zhang scores in each norm's first pool,
+    for the canaries (solid) and the inliers (dotted). Returns the figure."""
+    fig, axes = plots.subplots(1, 2, height=3.9)
+    for norm in NORMS:
+        zoo_model, scores = first_pool_scores(found, norm)
+        for ax, score in zip(axes, ("hard", "soft"), strict=True):
+            for group, mask, style in (("canaries", zoo_model.is_outlier, "-"),
+                                       ("inliers", ~zoo_model.is_outlier, ":")):
+                x, y = memorization.ecdf(scores[score][mask].numpy())
+                ax.plot(x, y, style, color=plots.NORM_COLORS[norm], label=f"{plots.NORM_LABELS[norm]}, {group}")
+    axes[0].set(title="mem(i), hard (first pool)", xlabel="mem(i)", ylabel="fraction of examples ≤ x")
+    axes[1].set(title="mem(i), soft (first pool)", xlabel="mem(i)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=plots.MIN_FONT)
+    fig.tight_layout(rect=(0, 0.15, 1, 1))
+    return fig
+
+
+def most_memorized_examples(cfg, found: Mapping[str, Any], count: int) -> tuple[torch.Tensor, list[str]]:
+    """The ``count`` most memorized canaries, then inliers, of each norm's first pool (highest hard score, ties
+    broken by the soft one), with titles "hard score → trained label"; rows: BN canaries, BN inliers, no-norm
+    canaries, no-norm inliers."""
+    images, titles = [], []
+    experiment = population.pool_data(cfg, cfg.pools[0])
+    for norm in NORMS:
+        zoo_model, scores = first_pool_scores(found, norm)
+        for mask in (zoo_model.is_outlier, ~zoo_model.is_outlier):
+            chosen = memorization.most_memorized(scores["hard"], scores["soft"], mask, count)
+            images.append(experiment.pool_x[chosen])
+            titles += [f"{float(scores['hard'][i]):.2f} → {experiment.class_names[int(experiment.pool_y[i])]}"
+                       for i in chosen]
+    return torch.cat(images), titles
+
+
+def chapter_metrics(cfg, found: Mapping[str, Any], compared: Comparisons) -> dict[str, Any]:
+    """Every metric of ``MEASURES`` for the three comparisons (``population.metric_entries``), annotated with
+    verdicts: the canary families of ``HEADLINE`` are Holm-adjusted together, and a matched-fit row is judged
+    against the size of its same-schedule effect (``scales``)."""
+    metrics: dict[str, Any] = {}
+    for (group, score), (name, what) in MEASURES.items():
+        metrics.update(population.metric_entries(cfg, found, compared[(group, score)], name, what=what,
+                                                 higher_means=f"more memorization of {group}"))
+    headline = [f"{name}_{c}" for name in HEADLINE for c in config.COMPARISONS]
+    scales = {f"{name}_{c}": metrics[f"{name}_same_schedule"]["difference"]["mean"]
+              for name in HEADLINE for c in config.COMPARISONS[1:]}
+    return verdict.annotate(metrics, headline, scales=scales)
+
+
+def sentences(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """The text's verdicts on canary memorization: ``{comparison}_sentence`` for every comparison, and
+    ``designs_agree``, whether the two matched-fit designs agree."""
+    values = {f"{c}_sentence": verdict.sentence(metrics[f"canary_memorization_{c}"]) for c in config.COMPARISONS}
+    values["designs_agree"] = verdict.agreement(metrics["canary_memorization_matched_fit"],
+                                                metrics["canary_memorization_matched_fit_annealed"])
+    return values
