@@ -110,10 +110,13 @@ def live_panels(params: ChapterParams, batch_slider, distance_slider):
     """
     import ipywidgets as widgets
 
-    picture = widgets.Image(format="png", value=panels_png(params, batch_slider.value, distance_slider.value))
+    def png() -> bytes:  # at the book's dpi: the picture is as wide as the text column, like every figure
+        return panels_png(params, batch_slider.value, distance_slider.value, dpi=plots.DPI)
+
+    picture = widgets.Image(format="png", value=png())
 
     def redraw(_change=None) -> None:
-        picture.value = panels_png(params, batch_slider.value, distance_slider.value)
+        picture.value = png()
 
     batch_slider.observe(redraw, "value")
     distance_slider.observe(redraw, "value")
