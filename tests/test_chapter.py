@@ -59,7 +59,8 @@ def test_interval_text_hides_intervals_of_fewer_than_three_replicates():
     assert chapter.interval({"mean": 0.5, "ci95": [-0.9, 1.9], "n": 2}, unit="seeds") == "0.500 (2 seeds)"
     assert chapter.interval({"mean": 1.5, "ci95": [1.0, 2.0]}, ".1f") == "1.5 [1.0, 2.0]"
     assert chapter.interval({"mean": 0.631, "ci95": [0.3, 0.9], "n": 1}, unit="models") == "0.631 (1 model)"
-    assert chapter.interval({"mean": float("nan"), "ci95": [float("nan")] * 2, "n": 0}, unit="models") == "– (no models)"
+    empty = {"mean": float("nan"), "ci95": [float("nan")] * 2, "n": 0}
+    assert chapter.interval(empty, unit="models") == "– (no models)"
 
 
 def test_markdown_table():
