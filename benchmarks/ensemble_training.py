@@ -19,8 +19,7 @@ million moves its logits by about 0.3 as well (measured), so gaps of that size a
 
 from __future__ import annotations
 
-import argparse
-
+import timing
 import torch
 from timing import devices, timed
 
@@ -75,10 +74,9 @@ def benchmark(device: torch.device, count: int, epochs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = timing.parser(__doc__)
     parser.add_argument("--models", type=int, default=8, help="K, models trained together (default 8)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per model (default 2)")
-    parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; unavailable ones are skipped")
     args = parser.parse_args()
     for device in devices(args.devices):
         benchmark(device, args.models, args.epochs)

@@ -14,8 +14,7 @@ paths apply (``persample.tune_allocator``). For definition 2 it also times the t
 
 from __future__ import annotations
 
-import argparse
-
+import timing
 import torch
 from timing import devices, timed
 
@@ -74,13 +73,12 @@ def benchmark(device: torch.device, width: int, batch: int, repeats: int, min_se
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = timing.parser(__doc__)
     parser.add_argument("--width", type=int, default=16, help="channels of the first conv layer (default 16)")
     parser.add_argument("--batch", type=int, default=128, help="batch size m (default 128)")
     parser.add_argument("--repeats", type=int, default=3, help="least timings per side, best kept (default 3)")
     parser.add_argument("--min-seconds", type=float, default=2.0,
                         help="keep timing until each side has run this long (default 2; short timings are noisy)")
-    parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; unavailable ones are skipped")
     args = parser.parse_args()
     # both sides run with the allocator setting the fast paths apply (see its docstring)
     print(f"glibc malloc tuned for reuse of large blocks: {persample.tune_allocator()}")

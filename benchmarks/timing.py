@@ -1,7 +1,9 @@
-"""What every benchmark here shares: timing a call with the device synchronized, and the devices to run on."""
+"""What every benchmark here shares: timing a call with the device synchronized, the devices to run on, and
+the command line (``--devices``)."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,3 +33,10 @@ def devices(names: str) -> Iterator[torch.device]:
             print("\ncuda: not available on this machine, skipped")
             continue
         yield torch.device(name)
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of a benchmark: its docstring as help, and ``--devices``."""
+    result = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    result.add_argument("--devices", default="cpu,cuda", help="comma-separated; unavailable ones are skipped")
+    return result

@@ -272,14 +272,22 @@ def test_parameter_validation():
 
 # ----------------------------------------------------------------------------- the LiRA reference code, ported
 
-def _reference_generate_ours(keep, scores, check_keep, check_scores, in_size=100000, out_size=100000,
-                             fix_variance=False):
-    """tensorflow/privacy research/mi_lira_2021/plot.py ``generate_ours``, transcribed line by line."""
+def _reference_split(keep, scores):
+    """The loop both ``generate_ours`` functions of the reference open with (one copy here): per example j, the
+    scores of the shadow models that trained on it (IN) and of those that did not (OUT)."""
     dat_in = []
     dat_out = []
     for j in range(scores.shape[1]):
         dat_in.append(scores[keep[:, j], j, :])
         dat_out.append(scores[~keep[:, j], j, :])
+    return dat_in, dat_out
+
+
+def _reference_generate_ours(keep, scores, check_keep, check_scores, in_size=100000, out_size=100000,
+                             fix_variance=False):
+    """tensorflow/privacy research/mi_lira_2021/plot.py ``generate_ours``, transcribed line by line (its opening
+    loop is ``_reference_split``)."""
+    dat_in, dat_out = _reference_split(keep, scores)
     in_size = min(min(map(len, dat_in)), in_size)
     out_size = min(min(map(len, dat_out)), out_size)
     dat_in = np.array([x[:in_size] for x in dat_in])
@@ -305,12 +313,9 @@ def _reference_generate_ours(keep, scores, check_keep, check_scores, in_size=100
 
 def _reference_generate_ours_offline(keep, scores, check_keep, check_scores, in_size=100000, out_size=100000,
                                      fix_variance=False):
-    """tensorflow/privacy research/mi_lira_2021/plot.py ``generate_ours_offline``, transcribed line by line."""
-    dat_in = []
-    dat_out = []
-    for j in range(scores.shape[1]):
-        dat_in.append(scores[keep[:, j], j, :])
-        dat_out.append(scores[~keep[:, j], j, :])
+    """tensorflow/privacy research/mi_lira_2021/plot.py ``generate_ours_offline``, transcribed line by line (its
+    opening loop is ``_reference_split``)."""
+    dat_in, dat_out = _reference_split(keep, scores)
     out_size = min(min(map(len, dat_out)), out_size)
     dat_out = np.array([x[:out_size] for x in dat_out])
     mean_out = np.median(dat_out, 1)
