@@ -301,8 +301,8 @@ class ShownText:
 
 def display_scale(width_inches: float, dpi: float = DPI, column_px: float = COLUMN_PX) -> float:
     """CSS pt on the page per pt drawn, for a figure PNG ``width_inches`` wide at ``dpi``: the page shows
-    it at its natural ``width_inches * dpi`` CSS px, shrunk to the column if wider (``max-width: 100%``),
-    and a pt drawn is ``dpi / 72`` of its px, a CSS pt ``96 / 72`` CSS px::
+    it at its natural ``width_inches * dpi`` CSS px, shrunk to the column if wider (``max-width: 100%``);
+    a pt drawn is ``dpi / 72`` px of that natural size, a CSS pt is ``96 / 72`` CSS px::
 
         scale = min(1, column_px / (width_inches * dpi)) * dpi / 96
     """

@@ -514,18 +514,20 @@ def test_main_figures_are_readable_and_every_small_text_is_known(smoke_site, cap
     """Every chapter's main figure (``book.main_figure_output``) shows all its text at >= ``plots.MIN_FONT`` pt
     at 100% zoom. Every other figure with smaller text is listed; only pages of ``SMALL_TEXT_PAGES`` may
     have one."""
-    records, without_main = [], []
+    records, without_main, untagged = [], [], []
     for document in book.notebook_documents(ROOT):
         page = [r for r in _page_data(smoke_site, document)["figures"] if r.get("smallest_font")]
         records += page
-        if page and not book.is_result_page(document, ROOT) and not any(r["main"] for r in page):
-            without_main.append(document)
+        if page and not book.is_result_page(document, ROOT):
+            without_main += [] if any(r["main"] for r in page) else [document]
+            untagged += [] if any("main-figure" in r["tags"] for r in page) else [document]
     small = [r for r in records if r["small_texts"]]
     with capsys.disabled():
         print(f"\nFigures with text below {plots.MIN_FONT} pt at 100% zoom ({len(small)} of {len(records)}):")
         for r in small:
             print(f"  {_small_text_line(r)}")
-        print(f"Chapters with figures but no main figure (a cell tagged main-figure): {', '.join(without_main)}")
+        print(f"Chapters with figures but no cell tagged main-figure: {', '.join(untagged)}; of those, without "
+              f"a main figure at all (no PNG after a 'main figure' Markdown cell either): {', '.join(without_main)}")
     unreadable_main = [_small_text_line(r) for r in small if r["main"]]
     assert not unreadable_main, "main figures with text below the minimum:\n" + "\n".join(unreadable_main)
     unexpected = [_small_text_line(r) for r in small if r["document"] not in SMALL_TEXT_PAGES]
