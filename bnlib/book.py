@@ -28,7 +28,7 @@ from typing import Any
 import nbformat
 import yaml
 
-from . import results
+from . import plots, results
 from .results import REPO_ROOT
 
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib")
@@ -154,6 +154,11 @@ def executed_path(document: str, build_dir: Path, result_set: str) -> Path:
     return build_dir / "executed" / result_set / f"{document}.ipynb"
 
 
+def figures_path(document: str, build_dir: Path, result_set: str) -> Path:
+    """The records of the figures an executed copy shows (``plots.capture_figures``), beside it."""
+    return executed_path(document, build_dir, result_set).with_suffix(".figures.json")
+
+
 @contextlib.contextmanager
 def _kernel_environment(**variables: str) -> Iterator[None]:
     """Environment for the kernel papermill starts (it inherits ours), restored afterwards. Used for
@@ -172,8 +177,10 @@ def _kernel_environment(**variables: str) -> Iterator[None]:
 
 
 def remove_stale_runs(output: Path) -> None:
-    """Delete what killed runs left beside ``output`` (``.<name>.<pid>.running.ipynb`` whose process is gone)."""
-    for leftover in output.parent.glob(f".{output.name}.*.running.ipynb"):
+    """Delete what killed runs left beside ``output`` (``.<name>.<pid>.running.ipynb`` and its
+    ``.figures.json``, whose process is gone)."""
+    for leftover in [*output.parent.glob(f".{output.name}.*.running.ipynb"),
+                     *output.parent.glob(f".{output.name}.*.running.figures.json")]:
         pid = leftover.name[len(output.name) + 2:].split(".")[0]
         alive = False
         if pid.isdigit():
@@ -204,18 +211,21 @@ def execute(document: str, parameters: dict[str, Any], build_dir: Path | None = 
         result_set = (built_result_set(build_dir) or "quick") if is_result_page(document, root) else \
             run_result_set(document, parameters, root)
     output = executed_path(document, build_dir, result_set)
+    figures = figures_path(document, build_dir, result_set)
     stamp = fingerprint(document, parameters, root, result_set)
     remove_stale_runs(output)
-    if not force and output.exists():
+    if not force and output.exists() and figures.exists():
         previous = nbformat.read(output, as_version=4).metadata.get("bnlib", {})
         if previous.get("fingerprint") == stamp and previous.get("status") == "ok":
             return output, False
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.running.ipynb")
+    recorded = temporary.with_suffix(".figures.json")  # written by the kernel (plots.capture_figures)
+    recorded.unlink(missing_ok=True)
     start = time.time()
     try:
         with _kernel_environment(MPLBACKEND="module://matplotlib_inline.backend_inline", BNLIB_BUILD=str(build_dir),
-                                 **{results.RESULT_SET_ENV: result_set}):
+                                 **{results.RESULT_SET_ENV: result_set, plots.FIGURES_ENV: str(recorded)}):
             papermill.execute_notebook(
                 str(root / f"{document}.ipynb"), str(temporary), parameters=parameters,
                 cwd=str((root / document).parent), progress_bar=progress, kernel_name="python3",
@@ -223,11 +233,16 @@ def execute(document: str, parameters: dict[str, Any], build_dir: Path | None = 
     except BaseException:
         if temporary.exists():  # keep the failed notebook for reading, under a name no later run trips on
             os.replace(temporary, output.with_suffix(".failed.ipynb"))
+        recorded.unlink(missing_ok=True)
         raise
     notebook = nbformat.read(temporary, as_version=4)
     notebook.metadata["bnlib"] = {"fingerprint": stamp, "status": "ok", "parameters": parameters,
                                   "result_set": result_set, "seconds": round(time.time() - start, 1)}
     nbformat.write(notebook, temporary)
+    if recorded.exists():
+        os.replace(recorded, figures)
+    else:  # the notebook showed no figure
+        results.atomic_write_json(figures, [])
     os.replace(temporary, output)
     return output, True
 
@@ -267,10 +282,25 @@ def glued_values(notebook: nbformat.NotebookNode) -> dict[str, Any]:
     return values
 
 
+def main_figure_output(notebook: nbformat.NotebookNode) -> tuple[int, int] | None:
+    """Where an executed notebook shows its main figure: (cell index, output index) of the first PNG of a
+    cell tagged ``main-figure``, else of the first PNG after a Markdown cell that says "main figure"; None
+    if it has none."""
+    announced = False
+    for number, cell in enumerate(notebook.cells):
+        if cell.cell_type == "markdown":
+            announced = announced or "main figure" in cell.source.lower()
+            continue
+        if announced or "main-figure" in cell.metadata.get("tags", []):
+            for index, output in enumerate(cell.get("outputs", [])):
+                if "image/png" in output.get("data", {}):
+                    return number, index
+    return None
+
+
 def main_figure(document: str, build_dir: Path | None = None,
                 result_set: str | None = None) -> tuple[bytes, dict[str, Any]] | None:
-    """The main figure of an executed chapter, for the landing page: the first PNG of a cell tagged
-    ``main-figure``, else the first PNG after a Markdown cell that says "main figure".
+    """The main figure of an executed chapter (``main_figure_output``), for the landing page.
 
     Returns:
         (PNG bytes, the output's image metadata, e.g. ``{"width": 715}`` for a 2x PNG), or None if the
@@ -282,17 +312,37 @@ def main_figure(document: str, build_dir: Path | None = None,
     path = executed_path(document, build_dir, result_set or built_result_set(build_dir) or "quick")
     if not path.exists():
         return None
-    announced = False
-    for cell in nbformat.read(path, as_version=4).cells:
-        if cell.cell_type == "markdown":
-            announced = announced or "main figure" in cell.source.lower()
-            continue
-        if announced or "main-figure" in cell.metadata.get("tags", []):
-            for output in cell.get("outputs", []):
-                if "image/png" in output.get("data", {}):
-                    return base64.b64decode(output["data"]["image/png"]), dict(output.get("metadata", {})
-                                                                               .get("image/png", {}))
-    return None
+    notebook = nbformat.read(path, as_version=4)
+    where = main_figure_output(notebook)
+    if where is None:
+        return None
+    output = notebook.cells[where[0]].outputs[where[1]]
+    return base64.b64decode(output["data"]["image/png"]), dict(output.get("metadata", {}).get("image/png", {}))
+
+
+FIGURE_MARK = plots.FIGURE_MARK  # key of a figure output's image metadata: its record's position
+
+
+def figure_records(notebook: nbformat.NotebookNode, records: list[dict[str, Any]],
+                   document: str) -> list[dict[str, Any]]:
+    """The records of the figures an executed notebook showed (``plots.capture_figures``), each with where
+    it is: the chapter, ``cell`` (index in ``notebook``), ``output`` (index in the cell), the cell's tags,
+    and ``main`` (whether it is the page's main figure, ``main_figure_output``). A record whose output is
+    not in the notebook (e.g. a figure drawn into a live widget) keeps ``cell`` None."""
+    places: dict[int, tuple[int, int]] = {}
+    for number, cell in enumerate(notebook.cells):
+        for index, output in enumerate(cell.get("outputs", []) if cell.cell_type == "code" else []):
+            mark = output.get("metadata", {}).get("image/png", {}).get(FIGURE_MARK)
+            if mark is not None:
+                places.setdefault(int(mark), (number, index))
+    main = main_figure_output(notebook)
+    linked = []
+    for record in records:
+        cell, output = places.get(int(record.get("position", -1)), (None, None))
+        tags = list(notebook.cells[cell].metadata.get("tags", [])) if cell is not None else []
+        linked.append({"chapter": Path(document).name, "document": document, **record, "cell": cell,
+                       "output": output, "tags": tags, "main": cell is not None and (cell, output) == main})
+    return linked
 
 
 def data_file_name(document: str) -> str:
@@ -318,11 +368,12 @@ def rerun_box(document: str, parameters: dict[str, Any], result_set: str) -> str
             "the results land beside the book's, never over them.\n\n"
             f"```bash\n{commands}\n```\n\n"
             f"The numbers behind this page: {{download}}`{data_file_name(document)}` (the chapter's headline "
-            "metrics with the configuration that produced them, and every value quoted in the text).\n:::")
+            "metrics with the configuration that produced them, every value quoted in the text, and under "
+            "`figures` the plotted values of every figure).\n:::")
 
 
 def _with_rerun_box(notebook: nbformat.NotebookNode, document: str, source: Path,
-                    result_page: bool) -> nbformat.NotebookNode:
+                    result_page: bool, figures: list[dict[str, Any]]) -> nbformat.NotebookNode:
     """Write the page's data file beside it and link it: a chapter gets the re-run box after its first cell
     (its title); a result page (which has no parameters) a closing line."""
     from . import report
@@ -337,14 +388,16 @@ def _with_rerun_box(notebook: nbformat.NotebookNode, document: str, source: Path
         summary = results.summary_path(Path(document).name, result_set) if result_set else None
         data["summary"] = json.loads(summary.read_text()) if summary and summary.exists() else None
     data["glued"] = glued_values(notebook)
-    (source / document).parent.mkdir(parents=True, exist_ok=True)
-    results.atomic_write_json((source / document).with_name(data_file_name(document)), data)
     if result_page:
-        link = nbformat.v4.new_markdown_cell(f"*The numbers and the plotted values of this page, as JSON: "
-                                             f"{{download}}`{data_file_name(document)}` (result set `{result_set}`).*")
+        link = nbformat.v4.new_markdown_cell(f"*The numbers and the plotted values of this page (each figure's under "
+                                             f"`figures`), as JSON: {{download}}`{data_file_name(document)}` "
+                                             f"(result set `{result_set}`).*")
         notebook.cells.append(link)
     else:
         notebook.cells.insert(1, nbformat.v4.new_markdown_cell(rerun_box(document, parameters, result_set)))
+    data["figures"] = figure_records(notebook, figures, document)  # cells numbered as on the page
+    (source / document).parent.mkdir(parents=True, exist_ok=True)
+    results.atomic_write_json((source / document).with_name(data_file_name(document)), data)
     return notebook
 
 
@@ -368,7 +421,9 @@ def stage(build_dir: Path, root: Path = REPO_ROOT, result_set: str | None = None
                 raise FileNotFoundError(f"Chapter {document!r} has not been executed for result set {result_set!r}: "
                                         f"run `python -m bnlib book --profile {result_set}` first.")
             notebook = without_widgets(nbformat.read(executed, as_version=4))
-            notebook = _with_rerun_box(notebook, document, source, is_result_page(document, root))
+            recorded = figures_path(document, build_dir, result_set)
+            figures = json.loads(recorded.read_text()) if recorded.exists() else []
+            notebook = _with_rerun_box(notebook, document, source, is_result_page(document, root), figures)
             nbformat.write(notebook, target.with_suffix(".ipynb"))
     for folder in ("images", "_static"):  # Jupyter Book loads every _static/*.css
         if (root / folder).is_dir():
