@@ -28,7 +28,7 @@ from typing import Any
 import nbformat
 import yaml
 
-from . import plots, results
+from . import figures, results
 from .results import REPO_ROOT
 
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib")
@@ -155,7 +155,7 @@ def executed_path(document: str, build_dir: Path, result_set: str) -> Path:
 
 
 def figures_path(document: str, build_dir: Path, result_set: str) -> Path:
-    """The records of the figures an executed copy shows (``plots.capture_figures``), beside it."""
+    """The records of the figures an executed copy shows (``figures.capture_figures``), beside it."""
     return executed_path(document, build_dir, result_set).with_suffix(".figures.json")
 
 
@@ -220,12 +220,12 @@ def execute(document: str, parameters: dict[str, Any], build_dir: Path | None = 
             return output, False
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.running.ipynb")
-    recorded = temporary.with_suffix(".figures.json")  # written by the kernel (plots.capture_figures)
+    recorded = temporary.with_suffix(".figures.json")  # written by the kernel (figures.capture_figures)
     recorded.unlink(missing_ok=True)
     start = time.time()
     try:
         with _kernel_environment(MPLBACKEND="module://matplotlib_inline.backend_inline", BNLIB_BUILD=str(build_dir),
-                                 **{results.RESULT_SET_ENV: result_set, plots.FIGURES_ENV: str(recorded)}):
+                                 **{results.RESULT_SET_ENV: result_set, figures.FIGURES_ENV: str(recorded)}):
             papermill.execute_notebook(
                 str(root / f"{document}.ipynb"), str(temporary), parameters=parameters,
                 cwd=str((root / document).parent), progress_bar=progress, kernel_name="python3",
@@ -320,12 +320,12 @@ def main_figure(document: str, build_dir: Path | None = None,
     return base64.b64decode(output["data"]["image/png"]), dict(output.get("metadata", {}).get("image/png", {}))
 
 
-FIGURE_MARK = plots.FIGURE_MARK  # key of a figure output's image metadata: its record's position
+FIGURE_MARK = figures.FIGURE_MARK  # key of a figure output's image metadata: its record's position
 
 
 def figure_records(notebook: nbformat.NotebookNode, records: list[dict[str, Any]],
                    document: str) -> list[dict[str, Any]]:
-    """The records of the figures an executed notebook showed (``plots.capture_figures``), each with where
+    """The records of the figures an executed notebook showed (``figures.capture_figures``), each with where
     it is: the chapter, ``cell`` (index in ``notebook``), ``output`` (index in the cell), the cell's tags,
     and ``main`` (whether it is the page's main figure, ``main_figure_output``). A record whose output is
     not in the notebook (e.g. a figure drawn into a live widget) keeps ``cell`` None."""

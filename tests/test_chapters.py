@@ -23,7 +23,7 @@ def test_notebook_in_git_has_no_outputs_and_a_parameters_cell(document):
     if not book.is_result_page(document, ROOT):
         assert len(tagged) == 1, "one cell tagged `parameters`"
         after = code[tagged[0] + 1].source
-        assert "config.load(" in after, "the cell after the parameters validates them"
+        assert "chapter.start(" in after or "config.load(" in after, "the cell after the parameters validates them"
 
 
 def test_cli_rejects_unknown_parameter_before_starting_a_kernel():

@@ -1,6 +1,6 @@
-"""The figures as the book shows them: the readability measure (``plots.display_font_sizes``) on known
-answers, the data extractor (``plots.figure_data``) on known arrays, the capture of every figure a kernel
-shows (``plots.capture_figures``, in a real kernel), and the house figures of ``plots`` pass the measure."""
+"""The figures as the book shows them: the readability measure (``figures.display_font_sizes``) on known
+answers, the data extractor (``figures.figure_data``) on known arrays, the capture of every figure a kernel
+shows (``figures.capture_figures``, in a real kernel), and the house figures of ``plots`` pass the measure."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bnlib import book, plots, population, report
+from bnlib import book, figures, plots, population, report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,22 +40,22 @@ def _figure_with_text(width: float, size: float):
 
 def test_display_scale_known_answers():
     # at or below the column's width a figure shows at its natural size: a drawn pt is DPI / 96 CSS pt
-    assert plots.display_scale(6.0) == pytest.approx(plots.DPI / 96)
-    assert plots.display_scale(plots.COLUMN_INCHES) == pytest.approx(plots.DPI / 96)
+    assert figures.display_scale(6.0) == pytest.approx(plots.DPI / 96)
+    assert figures.display_scale(plots.COLUMN_INCHES) == pytest.approx(plots.DPI / 96)
     # wider, it is shrunk to the column, text and all
-    assert plots.display_scale(13.0) == pytest.approx(plots.COLUMN_PX / (13 * plots.DPI) * plots.DPI / 96)
-    assert plots.display_scale(13.0) == pytest.approx(688 / 1430 * 110 / 96)  # 0.551: 10 pt shows at 5.5 pt
+    assert figures.display_scale(13.0) == pytest.approx(figures.COLUMN_PX / (13 * plots.DPI) * plots.DPI / 96)
+    assert figures.display_scale(13.0) == pytest.approx(688 / 1430 * 110 / 96)  # 0.551: 10 pt shows at 5.5 pt
 
 
 def test_display_font_sizes_known_answers():
-    six = plots.smallest_display_font(_figure_with_text(6.0, 10), width=6.0)
+    six = figures.smallest_display_font(_figure_with_text(6.0, 10), width=6.0)
     assert six.size == pytest.approx(10 * 110 / 96, abs=1e-3) and six.drawn == 10 and six.text == "label"
     assert six.where == "figure text"
-    thirteen = plots.smallest_display_font(_figure_with_text(13.0, 10), width=13.0)
+    thirteen = figures.smallest_display_font(_figure_with_text(13.0, 10), width=13.0)
     assert thirteen.size == pytest.approx(10 * 688 / (13 * 110) * 110 / 96, abs=1e-3)
     assert thirteen.size < plots.MIN_FONT < six.size
     # a wider column (a full-width cell) shows the wide figure larger
-    wide = plots.smallest_display_font(_figure_with_text(13.0, 10), width=13.0, column_px=935)
+    wide = figures.smallest_display_font(_figure_with_text(13.0, 10), width=13.0, column_px=935)
     assert wide.size == pytest.approx(10 * 935 / 1430 * 110 / 96, abs=1e-3)
 
 
@@ -68,10 +68,10 @@ def test_display_font_sizes_name_every_shown_text_and_only_those():
     right.set_ylabel("")  # empty: not a text
     right.set_title("hidden").set_visible(False)
     fig.suptitle("two\nlines", fontsize=12)
-    shown = plots.display_font_sizes(fig)
+    shown = figures.display_font_sizes(fig)
     smallest = shown[0]
     assert (smallest.text, smallest.where, smallest.drawn) == ("small title", "axes 0 title", 7.0)
-    assert smallest.size == pytest.approx(7 * plots.display_scale(plots.shown_width(fig)), abs=1e-3)
+    assert smallest.size == pytest.approx(7 * figures.display_scale(figures.shown_width(fig)), abs=1e-3)
     texts = {(t.text, t.where) for t in shown}
     assert {("a line", "axes 0 legend"), ("x label", "axes 0 x label"), ("two", "suptitle"),
             ("lines", "suptitle")} <= texts
@@ -91,7 +91,7 @@ def test_shown_width_is_the_width_of_the_png_a_kernel_shows():
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight", dpi=2 * fig.dpi)  # a retina PNG, as the kernel's
     pixels = Image.open(io.BytesIO(buffer.getvalue())).size[0]
-    assert plots.shown_width(fig) * fig.dpi == pytest.approx(pixels / 2, abs=1.0)
+    assert figures.shown_width(fig) * fig.dpi == pytest.approx(pixels / 2, abs=1.0)
 
 
 # ----------------------------------------------------------------------------- the data behind a figure
@@ -111,7 +111,7 @@ def test_figure_data_holds_the_plotted_arrays_exactly():
     b.errorbar(x, x * 2, yerr=error, fmt="o", label="errors")
     c.imshow(np.zeros((4, 6)))
     fig.suptitle("known arrays")
-    data = plots.figure_data(fig)
+    data = figures.figure_data(fig)
     assert data["suptitle"] == "known arrays" and data["size_inches"] == [9.0, 3.0]
     first, second, third = data["axes"]
     assert (first["title"], first["xlabel"], first["ylabel"]) == ("panel a", "epoch", "value")
@@ -130,13 +130,13 @@ def test_figure_data_holds_the_plotted_arrays_exactly():
     assert "lines" not in second  # the error bar's own line is not counted twice
     assert third["images"] == [{"shape": [4, 6], "extent": [-0.5, 5.5, 3.5, -0.5]}]
     json.dumps(data, allow_nan=False)  # strict JSON
-    assert plots.has_plotted_data(data) and not plots.has_plotted_data({"axes": [{"xlim": [0, 1]}]})
+    assert figures.has_plotted_data(data) and not figures.has_plotted_data({"axes": [{"xlim": [0, 1]}]})
 
 
 def test_figure_data_of_categories_and_horizontal_bars():
     fig, ax = plt.subplots()
     ax.barh(["small", "large"], [2.0, 5.0])
-    data = plots.figure_data(fig)["axes"][0]
+    data = figures.figure_data(fig)["axes"][0]
     assert data["bars"][0]["orientation"] == "horizontal" and data["bars"][0]["values"] == [2.0, 5.0]
     assert data["yticks"] == {"positions": [0.0, 1.0], "labels": ["small", "large"]}
     assert "xticks" not in data  # numbers need no labels
@@ -162,7 +162,7 @@ def test_a_kernel_records_every_figure_it_shows(tmp_path):
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CAPTURE_CELLS])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     target = tmp_path / "figures.json"
-    environment = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", plots.FIGURES_ENV: str(target),
+    environment = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", figures.FIGURES_ENV: str(target),
                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     previous = {k: os.environ.get(k) for k in environment}
     os.environ.update(environment)
@@ -184,7 +184,7 @@ def test_a_kernel_records_every_figure_it_shows(tmp_path):
     assert records[2]["axes"][0]["title"] == "and again"
     assert records[3]["axes"][0]["bars"][0]["values"] == [2.0, 3.0]
     for record in records:
-        assert record["shown_width_px"] <= plots.COLUMN_PX and record["smallest_font"]["size"] >= plots.MIN_FONT
+        assert record["shown_width_px"] <= figures.COLUMN_PX and record["smallest_font"]["size"] >= plots.MIN_FONT
     linked = book.figure_records(notebook, records, "chapters/example")
     assert [(r["cell"], r["output"], r["chapter"]) for r in linked] == [(cell, index, "example")
                                                                        for cell, index, _ in marks]
@@ -195,14 +195,14 @@ def test_capture_is_off_outside_a_kernel():
 
     if get_ipython() is not None:
         pytest.skip("an IPython shell was started in this process")
-    assert plots.capture_figures() is False
+    assert figures.capture_figures() is False
 
 
 # ----------------------------------------------------------------------------- the house figures
 
 def _readable(fig) -> None:
-    record = plots.figure_record(fig)
-    assert record["shown_width_px"] <= plots.COLUMN_PX * 1.01, f"wider than the column: {record['shown_width_px']} px"
+    record = figures.figure_record(fig)
+    assert record["shown_width_px"] <= figures.COLUMN_PX * 1.01, f"wider than the column: {record['shown_width_px']} px"
     assert record["small_texts"] == [], record["small_texts"]
 
 
@@ -221,7 +221,7 @@ def test_memorization_against_fit_is_readable_at_the_column_width():
                            for n in ("batch", "none")}}
     fig = plots.memorization_against_fit(found, 0.8)
     _readable(fig)
-    against = plots.figure_data(fig)["axes"][0]
+    against = figures.figure_data(fig)["axes"][0]
     assert against["title"] == "canary memorization against fit" and len(against["bands"]) == 2
 
 

@@ -6,8 +6,8 @@ Checked: every page of the toc loads with no console error, no failed request an
 127.0.0.1; every figure of every page has loaded; equations are typeset by the offline MathJax; the
 slider fallbacks (matplotlib ``to_jshtml`` animations) move when dragged or keyed and change the picture;
 every internal link, image, script and stylesheet of the site resolves. Figures: each keeps its aspect ratio
-in the column; the column is as wide as ``plots.COLUMN_PX`` says and ``plots.display_scale`` predicts the
-size of a figure's text on screen; every page links the data of each figure it shows (``plots.figure_data``,
+in the column; the column is as wide as ``figures.COLUMN_PX`` says and ``figures.display_scale`` predicts the
+size of a figure's text on screen; every page links the data of each figure it shows (``figures.figure_data``,
 recorded in the kernel); every main figure shows its text at >= ``plots.MIN_FONT`` pt, and the figures that
 do not yet are listed. A full-page screenshot of each page is saved under ``$BNLIB_BUILD/screenshots/`` and
 its path printed for the reader of the CI log.
@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 import nbformat
 import pytest
 
-from bnlib import book, plots, report
+from bnlib import book, figures, plots, report
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -479,7 +479,7 @@ def test_every_page_links_the_data_of_every_figure_it_shows(smoke_site):
             where = f"{document} figure {r['position']} (cell {r['cell']})"
             if "error" in r:
                 problems.append(f"{where}: not recorded: {r['error']}")
-            elif not plots.has_plotted_data(r):
+            elif not figures.has_plotted_data(r):
                 problems.append(f"{where}: no plotted values in its record: {json.dumps(r)[:300]}")
             elif r["chapter"] != Path(document).name or r["smallest_font"] is None:
                 problems.append(f"{where}: chapter {r['chapter']!r}, smallest font {r['smallest_font']}")
@@ -547,7 +547,7 @@ def test_the_text_column_is_as_wide_as_plots_assumes(visits, driver):
     driver.get(visits["chapters/memorization"].url)
     _wait(driver, "return document.readyState === 'complete'")
     assert driver.execute_script("return window.innerWidth") == WINDOW[0]
-    assert driver.execute_script(COLUMN_STATE) == pytest.approx(plots.COLUMN_PX, abs=1)
+    assert driver.execute_script(COLUMN_STATE) == pytest.approx(figures.COLUMN_PX, abs=1)
 
 
 SHOW_PNG = r"""
@@ -566,7 +566,7 @@ SHOW_PNG = r"""
 def test_display_scale_matches_the_browser(visits, driver):
     """A figure W inches wide with a black bar 36 pt tall, as a kernel shows it (2x PNG, its CSS size in its
     style), put into a chapter page's figure output: the bar's height on screen in CSS pt is what
-    ``plots.display_scale`` predicts for a 36 pt text, at the column's width and wider."""
+    ``figures.display_scale`` predicts for a 36 pt text, at the column's width and wider."""
     import base64
     import io
 
@@ -588,12 +588,12 @@ def test_display_scale_matches_the_browser(visits, driver):
         _wait(driver, "return document.readyState === 'complete'")
         shown = driver.execute_async_script(SHOW_PNG, base64.b64encode(buffer.getvalue()).decode(),
                                             pixels[0] // 2, pixels[1] // 2)
-        assert shown == pytest.approx(min(plots.COLUMN_PX, width * plots.DPI), abs=1)
+        assert shown == pytest.approx(min(figures.COLUMN_PX, width * plots.DPI), abs=1)
         screenshot = Image.open(io.BytesIO(driver.find_element(By.ID, "bnlib-probe").screenshot_as_png)).convert("L")
         column = np.asarray(screenshot)[:, int(1.0 * plots.DPI * shown / (width * plots.DPI))]  # through the bar
         dark = np.flatnonzero(column < 128)
         measured = (dark.max() - dark.min() + 1) * 72 / 96  # CSS px to CSS pt (the screen is 1 device px a CSS px)
-        assert measured == pytest.approx(36 * plots.display_scale(width), abs=1.0), (width, measured)
+        assert measured == pytest.approx(36 * figures.display_scale(width), abs=1.0), (width, measured)
 
 
 # ----------------------------------------------------------------------------- the live notebooks (make lab)
