@@ -211,10 +211,10 @@ def execute(document: str, parameters: dict[str, Any], build_dir: Path | None = 
         result_set = (built_result_set(build_dir) or "quick") if is_result_page(document, root) else \
             run_result_set(document, parameters, root)
     output = executed_path(document, build_dir, result_set)
-    figures = figures_path(document, build_dir, result_set)
+    figure_file = figures_path(document, build_dir, result_set)
     stamp = fingerprint(document, parameters, root, result_set)
     remove_stale_runs(output)
-    if not force and output.exists() and figures.exists():
+    if not force and output.exists() and figure_file.exists():
         previous = nbformat.read(output, as_version=4).metadata.get("bnlib", {})
         if previous.get("fingerprint") == stamp and previous.get("status") == "ok":
             return output, False
@@ -240,9 +240,9 @@ def execute(document: str, parameters: dict[str, Any], build_dir: Path | None = 
                                   "result_set": result_set, "seconds": round(time.time() - start, 1)}
     nbformat.write(notebook, temporary)
     if recorded.exists():
-        os.replace(recorded, figures)
+        os.replace(recorded, figure_file)
     else:  # the notebook showed no figure
-        results.atomic_write_json(figures, [])
+        results.atomic_write_json(figure_file, [])
     os.replace(temporary, output)
     return output, True
 
@@ -373,7 +373,7 @@ def rerun_box(document: str, parameters: dict[str, Any], result_set: str) -> str
 
 
 def _with_rerun_box(notebook: nbformat.NotebookNode, document: str, source: Path,
-                    result_page: bool, figures: list[dict[str, Any]]) -> nbformat.NotebookNode:
+                    result_page: bool, shown_figures: list[dict[str, Any]]) -> nbformat.NotebookNode:
     """Write the page's data file beside it and link it: a chapter gets the re-run box after its first cell
     (its title); a result page (which has no parameters) a closing line."""
     from . import report
@@ -395,7 +395,7 @@ def _with_rerun_box(notebook: nbformat.NotebookNode, document: str, source: Path
         notebook.cells.append(link)
     else:
         notebook.cells.insert(1, nbformat.v4.new_markdown_cell(rerun_box(document, parameters, result_set)))
-    data["figures"] = figure_records(notebook, figures, document)  # cells numbered as on the page
+    data["figures"] = figure_records(notebook, shown_figures, document)  # cells numbered as on the page
     (source / document).parent.mkdir(parents=True, exist_ok=True)
     results.atomic_write_json((source / document).with_name(data_file_name(document)), data)
     return notebook
@@ -422,8 +422,9 @@ def stage(build_dir: Path, root: Path = REPO_ROOT, result_set: str | None = None
                                         f"run `python -m bnlib book --profile {result_set}` first.")
             notebook = without_widgets(nbformat.read(executed, as_version=4))
             recorded = figures_path(document, build_dir, result_set)
-            figures = json.loads(recorded.read_text()) if recorded.exists() else []
-            notebook = _with_rerun_box(notebook, document, source, is_result_page(document, root), figures)
+            shown_figures = json.loads(recorded.read_text()) if recorded.exists() else []
+            notebook = _with_rerun_box(notebook, document, source, is_result_page(document, root),
+                                       shown_figures)
             nbformat.write(notebook, target.with_suffix(".ipynb"))
     for folder in ("images", "_static"):  # Jupyter Book loads every _static/*.css
         if (root / folder).is_dir():

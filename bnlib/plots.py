@@ -206,10 +206,11 @@ _PLAYER_ICONS = {"fa fa-minus": "&minus;", "fa fa-fast-backward": "&#x21E4;", "f
                  "fa fa-step-forward": "&#x25B7;", "fa fa-fast-forward": "&#x21E5;", "fa fa-plus": "+"}
 
 
-def offline_jshtml(animation, dpi: int = 80) -> str:
+def offline_jshtml(animation, dpi: int = DPI) -> str:
     """``animation.to_jshtml()`` made fully offline: a slider over precomputed frames that moves in a static
     page. Matplotlib's player links Font Awesome from a CDN for its button icons; that link is dropped and
-    the icons become Unicode characters. Frames are PNGs at ``dpi``.
+    the icons become Unicode characters. Frames are PNGs at ``dpi`` (the book's: a column-wide figure fills the
+    column, its text at the size it was drawn).
 
     Raises:
         RuntimeError: if the HTML still references an outside URL.
@@ -225,7 +226,7 @@ def offline_jshtml(animation, dpi: int = 80) -> str:
     return html
 
 
-def figure_png(fig, dpi: int = 80) -> bytes:
+def figure_png(fig, dpi: int = DPI) -> bytes:
     """Render ``fig`` to PNG bytes and close it (for an ``ipywidgets.Image`` redrawn by a live slider)."""
     import io
 

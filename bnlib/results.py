@@ -92,8 +92,8 @@ def torch_load(path: Path) -> Any:
 # the entry. Modules that only move bytes (this one, config validation, plots) are not part of any key.
 PACKAGE_ROOT = Path(__file__).resolve().parent
 # Modules that never decide a stored value: caching itself, validation messages, figures, the book.
-NOT_DECIDING = ("__init__.py", "__main__.py", "results.py", "config.py", "plots.py", "figures.py", "chapter.py", "book.py",
-                "report.py", "cli.py")
+NOT_DECIDING = ("__init__.py", "__main__.py", "results.py", "config.py", "plots.py", "figures.py", "chapter.py",
+                "book.py", "report.py", "cli.py")
 
 
 def _imported_modules(path: Path, root: Path) -> set[str]:

@@ -95,7 +95,7 @@ def panels_figure(params: ChapterParams, batch_size: int, distance: float):
     return fig
 
 
-def panels_png(params: ChapterParams, batch_size: int, distance: float, dpi: int = 80) -> bytes:
+def panels_png(params: ChapterParams, batch_size: int, distance: float, dpi: int = plots.DPI) -> bytes:
     """:func:`panels_figure` at (m, a) as PNG bytes, for an ``ipywidgets.Image`` (the live sliders): no Output
     widget is involved, which nbclient can deadlock on when a notebook is executed in batch (nbclient #312)."""
     return plots.figure_png(panels_figure(params, batch_size, distance), dpi)
@@ -111,7 +111,7 @@ def live_panels(params: ChapterParams, batch_slider, distance_slider):
     import ipywidgets as widgets
 
     def png() -> bytes:  # at the book's dpi: the picture is as wide as the text column, like every figure
-        return panels_png(params, batch_slider.value, distance_slider.value, dpi=plots.DPI)
+        return panels_png(params, batch_slider.value, distance_slider.value)
 
     picture = widgets.Image(format="png", value=png())
 
