@@ -487,21 +487,6 @@ def test_every_page_links_the_data_of_every_figure_it_shows(smoke_site):
     assert not problems, "\n".join(problems)
 
 
-# Pages with figures whose smallest text shows below plots.MIN_FONT, as of the smoke build of the readability
-# pass: drawn in the chapter notebooks about 11-13 in wide (shown in the column at 5-7 pt). The helpers moving
-# those figures into bnlib redraw them with plots.subplots; the lead engineer takes each page off this list
-# once its figures pass, until it is empty. A page listed here whose figures all pass fails the test.
-SMALL_TEXT_PAGES = {
-    "chapters/data_and_models": "figure 2: training curves (11 in wide)",
-    "chapters/memorization": "figure 1: hard and soft scores (10 in, 8 pt legend)",
-    "chapters/influence": "figures 0-1: per-sample influence (12 in, 7 pt legend)",
-    "chapters/membership_inference": "figures 0-1: ROC curves, fit against epochs (10-11 in)",
-    "chapters/theory": "figures 0 and 3: the model's panels (11.5 in, 7 pt legend), the CNN check",
-    "chapters/ablations": "figures 0 and 2-4: the sweeps (8-11 in, 8 pt legends)",
-    "chapters/what_to_do": "figure 0: dp.tradeoff_figure (11 in, 8 pt annotations)",
-}
-
-
 def _small_text_line(record: dict) -> str:
     smallest = record["smallest_font"]
     return (f"{record['document']} figure {record['position']} (cell {record['cell']}"
@@ -510,31 +495,26 @@ def _small_text_line(record: dict) -> str:
             f"{len(record['small_texts'])} texts below {plots.MIN_FONT} pt")
 
 
-def test_main_figures_are_readable_and_every_small_text_is_known(smoke_site, capsys):
-    """Every chapter's main figure (``book.main_figure_output``) shows all its text at >= ``plots.MIN_FONT`` pt
-    at 100% zoom. Every other figure with smaller text is listed; only pages of ``SMALL_TEXT_PAGES`` may
-    have one."""
-    records, without_main, untagged = [], [], []
+def test_every_figure_is_readable_and_every_chapter_tags_its_main_figure(smoke_site, capsys):
+    """Every figure of every page (the chapters' main figures first of all) shows all its text at
+    >= ``plots.MIN_FONT`` pt at 100% zoom, and every chapter with figures tags its main one (``main-figure``,
+    the figure the landing page and ``book.main_figure_output`` take)."""
+    records, untagged = [], []
     for document in book.notebook_documents(ROOT):
         page = [r for r in _page_data(smoke_site, document)["figures"] if r.get("smallest_font")]
         records += page
-        if page and not book.is_result_page(document, ROOT):
-            without_main += [] if any(r["main"] for r in page) else [document]
-            untagged += [] if any("main-figure" in r["tags"] for r in page) else [document]
+        if page and not book.is_result_page(document, ROOT) and not any("main-figure" in r["tags"] for r in page):
+            untagged.append(document)
     small = [r for r in records if r["small_texts"]]
     with capsys.disabled():
-        print(f"\nFigures with text below {plots.MIN_FONT} pt at 100% zoom ({len(small)} of {len(records)}):")
-        for r in small:
-            print(f"  {_small_text_line(r)}")
-        print(f"Chapters with figures but no cell tagged main-figure: {', '.join(untagged)}; of those, without "
-              f"a main figure at all (no PNG after a 'main figure' Markdown cell either): {', '.join(without_main)}")
-    unreadable_main = [_small_text_line(r) for r in small if r["main"]]
-    assert not unreadable_main, "main figures with text below the minimum:\n" + "\n".join(unreadable_main)
-    unexpected = [_small_text_line(r) for r in small if r["document"] not in SMALL_TEXT_PAGES]
-    assert not unexpected, "figures with text below the minimum on pages not in SMALL_TEXT_PAGES:\n" + \
-        "\n".join(unexpected)
-    fixed = sorted(set(SMALL_TEXT_PAGES) - {r["document"] for r in small})
-    assert not fixed, f"every figure of these pages is readable now: take them off SMALL_TEXT_PAGES: {fixed}"
+        print(f"\nSmallest text of the {len(records)} figures at 100% zoom: "
+              f"{min(r['smallest_font']['size'] for r in records):.1f} pt")
+    assert records and all(r["smallest_font"]["size"] > 0 for r in records)
+    assert not small, f"figures with text below {plots.MIN_FONT} pt:\n" + "\n".join(map(_small_text_line, small))
+    assert not untagged, f"chapters with figures but no cell tagged main-figure: {untagged}"
+    for document in {r["document"] for r in records if "main-figure" in r["tags"]}:
+        main = [r for r in records if r["document"] == document and r["main"]]
+        assert len(main) == 1 and "main-figure" in main[0]["tags"], (document, main)
 
 
 COLUMN_STATE = r"""
