@@ -8,8 +8,8 @@ slider fallbacks (matplotlib ``to_jshtml`` animations) move when dragged or keye
 every internal link, image, script and stylesheet of the site resolves. Figures: each keeps its aspect ratio
 in the column; the column is as wide as ``figures.COLUMN_PX`` says and ``figures.display_scale`` predicts the
 size of a figure's text on screen; every page links the data of each figure it shows (``figures.figure_data``,
-recorded in the kernel); every main figure shows its text at >= ``plots.MIN_FONT`` pt, and the figures that
-do not yet are listed. A full-page screenshot of each page is saved under ``$BNLIB_BUILD/screenshots/`` and
+recorded in the kernel); every figure shows its text at >= ``plots.MIN_FONT`` pt and every chapter tags its
+main figure. A full-page screenshot of each page is saved under ``$BNLIB_BUILD/screenshots/`` and
 its path printed for the reader of the CI log.
 """
 
@@ -298,20 +298,20 @@ def _figure_outputs(document: str) -> tuple[int, bool]:
     if not staged.exists():
         return 0, False
     code = [c for c in nbformat.read(staged, as_version=4).cells if c.cell_type == "code"]
-    figures = sum(any(m in o.get("data", {}) for m in FIGURE_MIMES) for c in code for o in c.outputs)
-    return figures, any(word in c.source for c in code for word in ("plt.", "plots."))
+    images = sum(any(m in o.get("data", {}) for m in FIGURE_MIMES) for c in code for o in c.outputs)
+    return images, any(word in c.source for c in code for word in ("plt.", "plots."))
 
 
 def test_every_page_shows_its_figures(visits):
     problems = []
     for v in visits.values():
         problems += [f"{v.document}: image not loaded: {i['src']}" for i in v.images if not i["loaded"]]
-        figures, draws = _figure_outputs(v.document)
-        if draws and not figures:
+        images, draws = _figure_outputs(v.document)
+        if draws and not images:
             problems.append(f"{v.document}: the notebook draws but its executed copy holds no figure "
                             "(a non-inline matplotlib backend in the kernel?)")
-        if sum(i["loaded"] for i in v.images) < figures:
-            problems.append(f"{v.document}: {figures} figure outputs but {len(v.images)} images shown")
+        if sum(i["loaded"] for i in v.images) < images:
+            problems.append(f"{v.document}: {images} figure outputs but {len(v.images)} images shown")
     assert not problems, "\n".join(problems)
 
 
@@ -465,11 +465,11 @@ def _marked_outputs(document: str) -> tuple[dict[int, tuple[int, int]], list[tup
 def test_every_page_links_the_data_of_every_figure_it_shows(smoke_site):
     """One record per figure output (linked by its mark), each with its plotted arrays and its readability;
     on a chapter every PNG is a recorded figure (a result page also shows a chapter's PNG as an image)."""
-    problems, figures = [], 0
+    problems, shown = [], 0
     for document in book.notebook_documents(ROOT):
         records = _page_data(smoke_site, document)["figures"]
         marked, unmarked = _marked_outputs(document)
-        figures += len(records)
+        shown += len(records)
         placed = {r["position"]: (r["cell"], r["output"]) for r in records}
         if placed != marked:
             problems.append(f"{document}: records at {placed}, figure outputs at {marked}")
@@ -483,7 +483,7 @@ def test_every_page_links_the_data_of_every_figure_it_shows(smoke_site):
                 problems.append(f"{where}: no plotted values in its record: {json.dumps(r)[:300]}")
             elif r["chapter"] != Path(document).name or r["smallest_font"] is None:
                 problems.append(f"{where}: chapter {r['chapter']!r}, smallest font {r['smallest_font']}")
-    assert figures > 10, f"only {figures} figure records in the whole book"
+    assert shown > 10, f"only {shown} figure records in the whole book"
     assert not problems, "\n".join(problems)
 
 
