@@ -105,10 +105,10 @@ def _element_type(field_type: str) -> type:
 
 def _coerce(name: str, value: Any, field_type: Any) -> Any:
     """Turn papermill/CLI strings ('64', 'batch,none', '[0, 1]') into the field's type."""
-    kind = field_type if isinstance(field_type, str) else (
+    type_name = field_type if isinstance(field_type, str) else (
         field_type.__name__ if isinstance(field_type, type) else str(field_type)
     )
-    if _is_tuple_field(kind):
+    if _is_tuple_field(type_name):
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
@@ -117,16 +117,16 @@ def _coerce(name: str, value: Any, field_type: Any) -> Any:
                 value = [part.strip() for part in text.split(",") if part.strip()]
         elif not isinstance(value, (list, tuple)):
             value = [value]
-        element = _element_type(kind)
+        element = _element_type(type_name)
         return tuple(_coerce(name, item, element.__name__) for item in value)
     try:
-        if kind == "int":
+        if type_name == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise TypeError
             return int(value)
-        if kind == "float":
+        if type_name == "float":
             return float(value)
-        if kind == "bool":
+        if type_name == "bool":
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0"):
                     raise TypeError
@@ -134,7 +134,7 @@ def _coerce(name: str, value: Any, field_type: Any) -> Any:
             return bool(value)
         return str(value)
     except (TypeError, ValueError):
-        raise ValueError(f"Parameter {name!r} must be of type {kind}; got {value!r}.") from None
+        raise ValueError(f"Parameter {name!r} must be of type {type_name}; got {value!r}.") from None
 
 
 def _check_field(cls_name: str, spec: dataclasses.Field, value: Any) -> None:

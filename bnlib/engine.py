@@ -82,14 +82,14 @@ def jobqueue_cluster(jobqueue: str, *, gpu: bool = True, **options):
     import dask_jobqueue
 
     cores, memory = options.pop("cores", 4 if gpu else 1), options.pop("memory", "32GB")
-    kind = dask_jobqueue.SLURMCluster if jobqueue == "slurm" else dask_jobqueue.PBSCluster
+    cluster_class = dask_jobqueue.SLURMCluster if jobqueue == "slurm" else dask_jobqueue.PBSCluster
     if not gpu:
-        return kind(cores=cores, memory=memory, processes=cores, **options)
+        return cluster_class(cores=cores, memory=memory, processes=cores, **options)
     if jobqueue == "slurm":
         options["job_extra_directives"] = [*options.get("job_extra_directives", []), "--gres=gpu:1"]
     else:
         options.setdefault("resource_spec", f"select=1:ncpus={cores}:ngpus=1:mem={memory}")
-    return kind(cores=cores, memory=memory, processes=1, worker_extra_args=["--resources", "GPU=1"], **options)
+    return cluster_class(cores=cores, memory=memory, processes=1, worker_extra_args=["--resources", "GPU=1"], **options)
 
 
 def submit_zoo(client, cfg, norms: Sequence[str], *, gpu: bool = False, retries: int = 3) -> Submitted:

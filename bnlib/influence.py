@@ -195,11 +195,11 @@ def comparison(tracks: dict[str, list[dict[str, Any]]], level: float) -> list[di
             higher[norm] = float(mannwhitneyu(values[canary], values[~canary], alternative="greater").pvalue)
             pooled[norm] = float(np.median(values[canary]) / np.median(values[~canary]))
             counts[norm] = (int(canary.sum()), int((~canary).sum()))
-        for kind in ("same_schedule", "matched_fit"):
-            ratios = {norm: [float(outlier_inlier_ratios(t, name)[-1]) if kind == "same_schedule" else
+        for comparison in ("same_schedule", "matched_fit"):
+            ratios = {norm: [float(outlier_inlier_ratios(t, name)[-1]) if comparison == "same_schedule" else
                              ratio_at_fit(t, name, level) for t in runs] for norm, runs in tracks.items()}
             test = stats.paired_test(np.log(ratios["batch"]), np.log(ratios["none"]))
-            rows.append({"definition": name, "comparison": kind, "ratios": ratios,
+            rows.append({"definition": name, "comparison": comparison, "ratios": ratios,
                          "summary": {norm: stats.mean_ci(v) for norm, v in ratios.items()},
                          "p_value": test["t_p_value"], "outliers_higher_p": higher,
                          "outliers_pooled_ratio": pooled, "pooled_counts": counts})

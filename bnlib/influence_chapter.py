@@ -44,9 +44,9 @@ def probe_totals(tracks: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, in
     return {"probe_canaries_total": int(probe.sum()) * seeds, "probe_inliers_total": int((~probe).sum()) * seeds}
 
 
-def comparison_name(kind: str, level: float) -> str:
+def comparison_name(comparison: str, level: float) -> str:
     """How the table names a comparison (``same schedule``, ``matched fit (0.93)``)."""
-    return "same schedule" if kind == "same_schedule" else f"matched fit ({level:.2f})"
+    return "same schedule" if comparison == "same_schedule" else f"matched fit ({level:.2f})"
 
 
 def comparison_table_rows(rows: Sequence[dict[str, Any]], level: float) -> list[tuple[str, ...]]:
@@ -103,13 +103,13 @@ def chapter_metrics(rows: Sequence[dict[str, Any]], level: float, params: influe
     ``influence.comparison``: the six ratios are its headline family (Holm); n counts seeds, paired by data draw."""
     metrics = {}
     for row in rows:
-        definition, kind = row["definition"], row["comparison"]
-        how = ("after the same SGD schedule (last checkpoint)" if kind == "same_schedule" else
+        definition, comparison = row["definition"], row["comparison"]
+        how = ("after the same SGD schedule (last checkpoint)" if comparison == "same_schedule" else
                f"where inlier train accuracy (eval mode) first reaches {level:.2f}, interpolated between checkpoints")
-        metrics[f"influence_{definition}_outlier_inlier_ratio_{kind}"] = results.metric_entry(
+        metrics[f"influence_{definition}_outlier_inlier_ratio_{comparison}"] = results.metric_entry(
             row["summary"], p_value=row["p_value"], test="paired t-test over seeds on log ratios",
             higher_means="outliers have relatively more per-sample influence",
             description=(f"Median {definition_word(definition)} influence of probe canaries over that of probe "
                          f"inliers (fixed training batches with {params.probe_canaries} canaries), {how}."),
-            comparison=kind)
+            comparison=comparison)
     return verdict.annotate(metrics, headline=list(metrics), units={name: "seeds" for name in metrics})
