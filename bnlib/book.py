@@ -286,16 +286,19 @@ def main_figure_output(notebook: nbformat.NotebookNode) -> tuple[int, int] | Non
     """Where an executed notebook shows its main figure: (cell index, output index) of the first PNG of a
     cell tagged ``main-figure``, else of the first PNG after a Markdown cell that says "main figure"; None
     if it has none."""
-    announced = False
-    for number, cell in enumerate(notebook.cells):
-        if cell.cell_type == "markdown":
-            announced = announced or "main figure" in cell.source.lower()
-            continue
-        if announced or "main-figure" in cell.metadata.get("tags", []):
+    def first_png(chosen) -> tuple[int, int] | None:
+        for number, cell in chosen:
             for index, output in enumerate(cell.get("outputs", [])):
                 if "image/png" in output.get("data", {}):
                     return number, index
-    return None
+        return None
+
+    cells = list(enumerate(notebook.cells))
+    tagged = first_png((n, c) for n, c in cells if "main-figure" in c.metadata.get("tags", []))
+    if tagged is not None:  # the tag wins wherever the prose says "main figure"
+        return tagged
+    announced = next((n for n, c in cells if c.cell_type == "markdown" and "main figure" in c.source.lower()), None)
+    return None if announced is None else first_png((n, c) for n, c in cells[announced:] if c.cell_type == "code")
 
 
 def main_figure(document: str, build_dir: Path | None = None,

@@ -96,3 +96,18 @@ def test_glued_values_reads_hidden_and_displayed_glue():
         output("shown", {"text/plain": "'BN higher'"}, ""),
     ])
     assert book.glued_values(nbformat.v4.new_notebook(cells=[cell])) == {"hidden": 0.25, "shown": "BN higher"}
+
+
+def test_main_figure_is_the_tagged_cell_wherever_the_prose_says_main_figure():
+    import nbformat
+
+    from bnlib import book
+
+    def code(tags=()):
+        png = nbformat.v4.new_output("display_data", data={"image/png": "iVBOR"})
+        return nbformat.v4.new_code_cell(metadata={"tags": list(tags)}, outputs=[png])
+
+    said = nbformat.v4.new_markdown_cell("The main figure comes next.")
+    assert book.main_figure_output(nbformat.v4.new_notebook(cells=[said, code(), code(["main-figure"])])) == (2, 0)
+    assert book.main_figure_output(nbformat.v4.new_notebook(cells=[code(), said, code()])) == (2, 0)
+    assert book.main_figure_output(nbformat.v4.new_notebook(cells=[code()])) is None
