@@ -35,10 +35,10 @@ DEFENCE_GROUP = ("GroupNorm instead of BN", "group")
 
 def interval_cell(summary: dict[str, Any]) -> str:
     """A table cell of a ``stats.mean_ci`` summary over seeds: ``chapter.interval`` text (``mean [lo, hi]``, or
-    ``mean (2 seeds)`` below three seeds), ``–`` when no seed has a value (e.g. fit level never reached)."""
+    ``mean (2 seeds)`` below three seeds), a bare ``–`` when no seed has a value (e.g. fit level never reached)."""
     if summary["n"] == 0:
         return "–"
-    return chapter.interval(summary, ".3f", "seed" if summary["n"] == 1 else "seeds")
+    return chapter.interval(summary, ".3f", "seeds")
 
 
 def table_markdown(rows: Rows, measures: dict[str, str] = MEASURES) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import config, results
+from . import config, report, results
 
 # chapter (notebook name) -> module of bnlib with its ChapterParams and check_config (None: the experiment config only)
 CHAPTER_MODULES: dict[str, str | None] = {
@@ -149,7 +149,7 @@ def interval(summary: Mapping[str, Any], number_format: str = ".3f", unit: str =
         return f"– (no {unit})"
     mean = f"{summary['mean']:{number_format}}"
     if n is not None and n < MIN_INTERVAL_REPLICATES:
-        return f"{mean} ({n} {unit[:-1] if n == 1 and unit.endswith('s') else unit})"
+        return f"{mean} ({report.count_text(n, {'unit': unit})})"
     low, high = summary["ci95"]
     return f"{mean} [{low:{number_format}}, {high:{number_format}}]"
 
