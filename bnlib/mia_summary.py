@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import chapter, mia, results, verdict
+from . import chapter, config, mia, results, verdict
 from .mia_chapter import UNIT, annealed_lengths
 from .plots import NORM_LABELS
 
@@ -52,20 +52,18 @@ def family(attack: str) -> str:
 
 
 def headline_family(attack: str) -> list[str]:
-    """The metrics Holm-adjusted together: outlier AUC (per target) and TPR at 1% FPR (pooled over targets;
-    same schedule: over every pool's targets), same schedule, matched fit and annealed."""
+    """The chapter's primary endpoints (``config.PRIMARY_ENDPOINTS``), Holm-adjusted with the other chapters' in
+    the report: TPR at 1% FPR on the outliers from the ROC pooled over targets, same schedule, matched fit and
+    annealed. (Only LiRA's are primary; another attack's list is empty.)"""
     name = family(attack)
-    return [f"mia_{name}_auc_outliers_same_schedule", f"mia_{name}_auc_outliers_matched_fit",
-            f"mia_{name}_pooled_all_pools_tpr_at_1pct_fpr_outliers_same_schedule",
-            f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit",
-            f"mia_{name}_auc_outliers_matched_fit_annealed",
-            f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit_annealed"]
+    names = [f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_{comparison}" for comparison in config.COMPARISONS]
+    return [metric for metric in names if verdict.is_primary(metric)]
 
 
 def _entry(norms: Sequence[str], values: Mapping[str, Any], description: str, comparison: str,
            test: str = PAIRED_TEST) -> dict[str, Any]:
-    """A ``results.metric_entry`` of a comparison; its paired bootstrap difference (mean, ci95, se, p_value, n
-    targets) travels with the entry for the verdict."""
+    """A ``results.metric_entry`` of a comparison; its paired difference over target pairs (mean, ci95, se, df,
+    p_value, n targets; ``bnlib.verdict``) travels with the entry for the verdict."""
     return {**results.metric_entry({norm: values[norm] for norm in norms}, p_value=values["diff"]["p_value"],
                                    test=test, higher_means="more membership leakage", description=description,
                                    comparison=comparison), "difference": values["diff"]}
@@ -76,8 +74,8 @@ def headline_metrics(cfg, params: mia.ChapterParams, findings: Findings) -> dict
     the headline attack (same schedule per target and pooled, matched fit, annealed, every pool), the loss and
     RMIA attacks and the reference code's LiRA.
 
-    :func:`headline_family` is Holm-adjusted together; a matched-fit or annealed comparison whose detectable
-    difference exceeds the same-schedule effect of the same metric is "inconclusive".
+    The rows named by ``config.PRIMARY_ENDPOINTS`` (LiRA's TPR at 1% FPR pooled over targets) are Holm-adjusted
+    together (the report re-adjusts them with every chapter's primary rows); every other row is secondary.
     """
     name, norms, f = family(params.attack), cfg.norms, findings
     reference = mia.reference_attack(params.attack)
@@ -145,29 +143,25 @@ def headline_metrics(cfg, params: mia.ChapterParams, findings: Findings) -> dict
             f"ROC {pooled_where}, same schedule.", "same_schedule", POOLED_TEST)
            for metric, level in (("tpr_at_0.1pct_fpr", "0.1%"), ("tpr_at_1pct_fpr", "1%"))},
     }
-    same_auc = abs(f.same["auc", "outliers"]["diff"]["mean"])
-    same_tpr1 = abs(f.same["tpr_at_1pct_fpr", "outliers"]["diff"]["mean"])
-    same_pooled_tpr1 = abs(f.pooled[params.attack, "tpr_at_1pct_fpr"]["diff"]["mean"])
-    scales = {f"mia_{name}_auc_outliers_matched_fit": same_auc,
-              f"mia_{name}_tpr_at_1pct_fpr_outliers_matched_fit": same_tpr1,
-              f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit": same_pooled_tpr1,
-              f"mia_{name}_auc_outliers_matched_fit_annealed": same_auc,
-              f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit_annealed": same_pooled_tpr1}
-    return verdict.annotate(metrics, headline_family(params.attack), scales=scales)
+    return verdict.annotate(metrics)
 
 
 def verdict_glue(metrics: Mapping[str, dict[str, Any]], attack: str) -> dict[str, str]:
     """The verdicts the prose quotes: sentences (``bnlib.verdict.sentence``) for every pool's pooled TPRs and the
     annealed comparisons, and the verdict words of the same-schedule and matched-fit headline comparisons."""
-    name, headline = family(attack), headline_family(attack)
+    name = family(attack)
+    same, matched, annealed = (f"mia_{name}_{{}}_outliers_{c}" for c in config.COMPARISONS)
     return {"all_pools_tpr01_sentence": verdict.sentence(
                 metrics[f"mia_{name}_pooled_all_pools_tpr_at_0.1pct_fpr_outliers_same_schedule"]),
-            "all_pools_tpr1_sentence": verdict.sentence(metrics[headline[2]]),
-            "annealed_auc_sentence": verdict.sentence(metrics[headline[4]]),
-            "annealed_pooled_tpr1_sentence": verdict.sentence(metrics[headline[5]]),
-            "verdict_auc_same": metrics[headline[0]]["verdict"], "verdict_auc_matched": metrics[headline[1]]["verdict"],
-            "verdict_pooled_tpr1_same": metrics[headline[2]]["verdict"],
-            "verdict_pooled_tpr1_matched": metrics[headline[3]]["verdict"]}
+            "all_pools_tpr1_sentence": verdict.sentence(
+                metrics[f"mia_{name}_pooled_all_pools_tpr_at_1pct_fpr_outliers_same_schedule"]),
+            "annealed_auc_sentence": verdict.sentence(metrics[annealed.format("auc")]),
+            "annealed_pooled_tpr1_sentence": verdict.sentence(metrics[annealed.format("pooled_tpr_at_1pct_fpr")]),
+            "verdict_auc_same": metrics[same.format("auc")]["verdict"],
+            "verdict_auc_matched": metrics[matched.format("auc")]["verdict"],
+            "verdict_pooled_tpr1_same": metrics[f"mia_{name}_pooled_all_pools_tpr_at_1pct_fpr_outliers_same_schedule"
+                                                ]["verdict"],
+            "verdict_pooled_tpr1_matched": metrics[matched.format("pooled_tpr_at_1pct_fpr")]["verdict"]}
 
 
 def metrics_table(metrics: Mapping[str, dict[str, Any]], norms: Sequence[str]) -> str:
