@@ -177,7 +177,8 @@ def test_annotate_families_margins_and_alpha():
     batch, none, _ = crossed(rng, 1, (0.2, 0.2))
     difference = verdict.paired_difference(batch[0], none[0], pools=POOLS)
     metrics = {"canary_memorization_same_schedule": _entry(difference["p_value"], difference),
-               "canary_memorization_matched_fit": _entry(0.03), "canary_memorization_matched_fit_annealed": _entry(None),
+               "canary_memorization_matched_fit": _entry(0.03),
+               "canary_memorization_matched_fit_annealed": _entry(None),
                "fz_memorization_outliers_same_schedule": _entry(0.2)}
     out = verdict.annotate(metrics, units={"canary_memorization_matched_fit": "seeds"})
     first = out["canary_memorization_same_schedule"]
