@@ -58,13 +58,12 @@ from .mia_eval import (
     interval,
     matched_fit_level,
     pair,
-    paired_difference,
     pooled_at_fit_level,
-    pooled_difference,
     pooled_estimate,
     pooled_interval,
     pooled_over_pools,
     pooled_roc,
+    pooled_scores,
     roc_metrics,
     weighted_roc_metrics,
 )
@@ -79,8 +78,8 @@ __all__ = [
     "null_leave_one_out_auc", "pooled_std", "reference_attack", "rmia_score", "true_class_log_probability",
     # bnlib.mia_eval
     "LOW_FPRS", "METRICS", "Resamples", "at_fit_level", "direction", "epochs_to_fit_level", "estimate", "interval",
-    "matched_fit_level", "pair", "paired_difference", "pooled_at_fit_level", "pooled_difference", "pooled_estimate",
-    "pooled_interval", "pooled_over_pools", "pooled_roc", "roc_metrics", "weighted_roc_metrics",
+    "matched_fit_level", "pair", "pooled_at_fit_level", "pooled_estimate", "pooled_interval", "pooled_over_pools",
+    "pooled_roc", "pooled_scores", "roc_metrics", "weighted_roc_metrics",
 ]
 
 AUGMENTS = ("none", "flip", "flip_shift")

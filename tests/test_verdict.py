@@ -262,3 +262,27 @@ def test_design_difference_tests_the_difference_of_designs():
     assert shifted["p_value"] < 0.001 and shifted["mean"] == pytest.approx(0.03, abs=0.01)
     with pytest.raises(ValueError, match="'first'"):
         verdict.design_difference(first, first[:5])
+
+
+def test_pooled_roc_difference_pair_swap_and_jackknife_are_calibrated():
+    # no per-pair summary: LiRA-like scores of 10 target pairs x 80 canaries, members shifted by 1 SD in both
+    # norms (no true difference), example effects shared by the norms; the TPR at 1% FPR of the pooled ROC
+    from bnlib import data, mia, mia_chapter
+
+    rng = np.random.default_rng(11)
+    n_targets, n_examples, n_sims = 10, 80, 300
+    keep = data.balanced_keep_mask(n_targets, n_examples, seed=1).numpy()
+    everything = np.ones(n_examples, dtype=bool)
+    swap_rejected = jackknife_rejected = 0
+    for _ in range(n_sims):
+        example = rng.normal(0, 0.5, n_examples)
+        a, b = (mia.pooled_estimate(rng.normal(size=keep.shape) + example + keep, keep, everything) for _ in "ab")
+        found = mia_chapter.pooled_pair_difference(a, b, "tpr_at_1pct_fpr", n_permutations=100)
+        swap_rejected += found["p_value"] < 0.05
+        jackknife_rejected += found["p_value_t"] < 0.05
+    # 300 simulations: a rejection rate's Monte Carlo SE is 0.013
+    assert 0.02 <= swap_rejected / n_sims <= 0.08, swap_rejected / n_sims
+    assert 0.02 <= jackknife_rejected / n_sims <= 0.09, jackknife_rejected / n_sims
+    shifted = mia.pooled_estimate(rng.normal(size=keep.shape) + 2.5 * keep, keep, everything)
+    found = mia_chapter.pooled_pair_difference(shifted, a, "tpr_at_1pct_fpr", n_permutations=500)
+    assert found["p_value"] < 0.01 and found["ci95"][0] > 0 and found["n"] == n_targets
