@@ -207,11 +207,13 @@ def pooled_scores(scores: np.ndarray, keep: np.ndarray, target: np.ndarray | Non
                   target_pool: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The pooled ROC's inputs, kept so that two zoos' pooled metrics can be compared pair by pair:
     ``scores`` (M,), ``members`` (M,) bool, ``target`` (M,) int (which target each score belongs to: the row of
-    ``scores`` (T, n), or ``target`` (T,) where given) and ``target_pool`` (T,) int (each target's data pool)."""
+    ``scores`` (T, n), or ``target`` (T,) where given) and ``target_pool`` int, indexed by target (default: all
+    in pool 0)."""
     rows = np.arange(len(scores)) if target is None else np.asarray(target)
     return {"scores": np.asarray(scores, dtype=float).ravel(), "members": np.asarray(keep, dtype=bool).ravel(),
             "target": np.repeat(rows, scores.shape[1]),
-            "target_pool": np.zeros(len(scores), dtype=int) if target_pool is None else np.asarray(target_pool)}
+            "target_pool": (np.zeros(int(rows.max()) + 1 if rows.size else 0, dtype=int) if target_pool is None
+                            else np.asarray(target_pool))}
 
 
 def pooled_interval(estimated: dict[str, Any], metric: str) -> dict[str, Any]:

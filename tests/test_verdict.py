@@ -286,3 +286,38 @@ def test_pooled_roc_difference_pair_swap_and_jackknife_are_calibrated():
     shifted = mia.pooled_estimate(rng.normal(size=keep.shape) + 2.5 * keep, keep, everything)
     found = mia_chapter.pooled_pair_difference(shifted, a, "tpr_at_1pct_fpr", n_permutations=500)
     assert found["p_value"] < 0.01 and found["ci95"][0] > 0 and found["n"] == n_targets
+
+
+def test_pooled_pair_difference_reads_the_two_pooled_rocs_and_swaps_antisymmetrically():
+    from bnlib import data, mia, mia_chapter
+
+    rng = np.random.default_rng(12)
+    keep = data.balanced_keep_mask(6, 40, seed=2).numpy()
+    mask = np.arange(40) < 30
+    a_scores, b_scores = (np.round(rng.normal(size=(6, 40)) + shift * keep, 1) for shift in (1.5, 0.5))  # ties
+    a, b = mia.pooled_estimate(a_scores, keep, mask), mia.pooled_estimate(b_scores, keep, mask)
+    for metric in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"):
+        found = mia_chapter.pooled_pair_difference(a, b, metric, n_permutations=64)  # all 2^6 swaps
+        assert found["mean"] == pytest.approx(a["point"][metric] - b["point"][metric], abs=1e-12)
+        flipped = mia_chapter.pooled_pair_difference(b, a, metric, n_permutations=64)
+        assert flipped["mean"] == pytest.approx(-found["mean"]) and flipped["p_value"] == found["p_value"]
+    # leaving target 0 out of one zoo (it never reached a fit level) pairs only the other five
+    partial = mia.pooled_estimate(a_scores[1:], keep[1:], mask)
+    partial.update(mia.pooled_scores(a_scores[1:][:, mask], keep[1:][:, mask], np.arange(1, 6)))
+    assert mia_chapter.pooled_pair_difference(partial, b, "auc", n_permutations=32)["n"] == 5
+
+
+def test_the_report_applies_the_book_family_across_chapters():
+    from bnlib import report
+
+    summaries = {"memorization": {"config": {"profile": "quick"}, "metrics": {
+                     "canary_memorization_same_schedule": _entry(0.02),
+                     "fz_memorization_inliers_same_schedule": _entry(0.01)}},
+                 "membership_inference": {"config": {"profile": "quick"}, "metrics": {
+                     "mia_lira_pooled_tpr_at_1pct_fpr_outliers_same_schedule": _entry(0.04)}}}
+    table = report.headline(summaries)
+    assert table["canary_memorization_same_schedule"]["p_value_holm"] == pytest.approx(0.04)
+    assert table["mia_lira_pooled_tpr_at_1pct_fpr_outliers_same_schedule"]["p_value_holm"] == pytest.approx(0.04)
+    assert table["fz_memorization_inliers_same_schedule"]["family"] == "secondary"
+    assert table["fz_memorization_inliers_same_schedule"]["p_value_holm"] is None
+    assert table["canary_memorization_same_schedule"]["verdict"].startswith("BN higher")
