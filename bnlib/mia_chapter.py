@@ -22,8 +22,9 @@ from . import verdict as verdict_lib
 from . import zoo as zoo_lib
 from .plots import NORM_LABELS
 
-SHORT = {"auc": "auc", "tpr_at_1pct_fpr": "tpr1", "tpr_at_0.1pct_fpr": "tpr01", "balanced_accuracy": "bacc"}
-POOLED_METRICS = ("auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr")  # read off the ROC pooled over targets
+SHORT = {"auc": "auc", "tpr_at_1pct_fpr": "tpr1", "tpr_at_0.1pct_fpr": "tpr01", "tpr_at_0fp": "tpr0fp",
+         "balanced_accuracy": "bacc"}
+POOLED_METRICS = ("auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0fp")  # read off the ROC pooled over targets
 QUERY_METRICS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")  # of the query-mode table
 UNIT = "models"  # what the n of a per-norm interval counts: target models
 
@@ -153,8 +154,9 @@ def pooled_over_population(populations: Mapping[str, population.Population], cfg
 
 
 def all_pools_comparisons(all_pools: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """metric -> comparison of TPR at 0.1% and 1% FPR from :func:`pooled_over_population`."""
-    return {metric: compare_pooled(all_pools, metric) for metric in ("tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr")}
+    """metric -> comparison of TPR at 0.1% and 1% FPR and at 0 false positives from :func:`pooled_over_population`."""
+    return {metric: compare_pooled(all_pools, metric)
+            for metric in ("tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", mia.ZERO_FP)}
 
 
 def checkpoint_fits(cfg, params: mia.ChapterParams, measured: Mapping[str, dict[str, Any]]
@@ -173,16 +175,16 @@ def checkpoint_fits(cfg, params: mia.ChapterParams, measured: Mapping[str, dict[
 def matched_comparisons(fits: Mapping[str, dict[str, Any]], level: float, keep: np.ndarray, mask: np.ndarray,
                         resamples: mia.Resamples) -> dict[str, dict[str, Any]]:
     """Comparisons on the outliers at inlier train accuracy ``level``: per target (``auc``, ``tpr_at_1pct_fpr``,
-    ``tpr_at_0.1pct_fpr``, each target interpolated at its crossing) and from the ROC pooled over targets
-    (``pooled_tpr_at_1pct_fpr``, ``pooled_tpr_at_0.1pct_fpr``).
+    ``tpr_at_0.1pct_fpr``, ``tpr_at_0fp``, each target interpolated at its crossing) and from the ROC pooled over
+    targets (``pooled_`` + each TPR).
 
     Args:
         fits: norm -> ``measure(...)["fit"]``; keep: (T, N); mask: (N,) the outliers; resamples: theirs.
     """
     out = {metric: compare({norm: mia.at_fit_level(fit, "outliers", metric, level) for norm, fit in fits.items()},
-                           resamples) for metric in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")}
+                           resamples) for metric in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", mia.ZERO_FP)}
     at_level = {norm: mia.pooled_at_fit_level(fit, keep, mask, level, resamples) for norm, fit in fits.items()}
-    for metric in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"):
+    for metric in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", mia.ZERO_FP):
         out["pooled_" + metric] = compare_pooled(at_level, metric)
     return out
 
@@ -190,9 +192,10 @@ def matched_comparisons(fits: Mapping[str, dict[str, Any]], level: float, keep: 
 def annealed_comparisons(annealed_measured: Mapping[str, dict[str, Any]], attack: str, resamples: mia.Resamples
                          ) -> dict[str, dict[str, Any]]:
     """Comparisons on the outliers of the annealed zoos (``measure`` of each norm's first-pool zoo at the end of
-    its annealed schedule): ``auc``, ``tpr_at_1pct_fpr`` per target, and ``pooled_`` + each over targets."""
+    its annealed schedule): ``auc``, ``tpr_at_1pct_fpr``, ``tpr_at_0fp`` per target, and ``pooled_`` + each over
+    targets."""
     out = {}
-    for metric in ("auc", "tpr_at_1pct_fpr"):
+    for metric in ("auc", "tpr_at_1pct_fpr", mia.ZERO_FP):
         out[metric] = compare({norm: mia.pair(m["attacks"][attack]["outliers"], metric)
                                for norm, m in annealed_measured.items()}, resamples)
         out[f"pooled_{metric}"] = compare_pooled({norm: m["pooled"][attack]["outliers"]
@@ -220,8 +223,8 @@ def headline_table(measured: Mapping[str, dict[str, Any]], attack: str, resample
             estimated = m["attacks"][attack][group]
             intervals = [mia.interval(*mia.pair(estimated, metric), resamples[group]) for metric in mia.METRICS]
             rows.append([NORM_LABELS[norm], group, *map(_text, intervals), f"{estimated['n_nonmembers'].mean():.0f}"])
-    return chapter.markdown_table(["norm", "examples", "AUC", "TPR @ 0.1% FPR", "TPR @ 1% FPR", "balanced accuracy",
-                                   "non-members per target"], rows)
+    return chapter.markdown_table(["norm", "examples", "AUC", "TPR @ 0.1% FPR", "TPR @ 1% FPR", "TPR @ 0 FP",
+                                   "balanced accuracy", "non-members per target"], rows)
 
 
 def attacks_table(measured: Mapping[str, dict[str, Any]], resamples: Mapping[str, mia.Resamples]) -> str:
@@ -253,7 +256,7 @@ def pooled_table(measured: Mapping[str, dict[str, Any]], pooled: Mapping[tuple[s
             rows.append([f"`{attack}`", NORM_LABELS[norm], *(_text(pooled[attack, metric][norm]) for metric in
                                                              POOLED_METRICS), _text(per_target)])
     return chapter.markdown_table(["attack", "norm", "pooled AUC", "TPR @ 0.1% FPR (pooled)", "TPR @ 1% FPR (pooled)",
-                                   "AUC (mean over targets)"], rows)
+                                   "TPR @ 0 FP (pooled)", "AUC (mean over targets)"], rows)
 
 
 def query_mode_table(modes: Mapping[str, dict[str, Any]], resamples: Mapping[str, mia.Resamples]) -> str:

@@ -15,6 +15,7 @@ scores and keep are (T, N), one row per target model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +26,14 @@ from sklearn.metrics import auc, roc_curve
 from . import stats
 
 LOW_FPRS = (0.001, 0.01)
-METRICS = ("auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "balanced_accuracy")
+ZERO_FP = "tpr_at_0fp"  # the TPR at zero false positives (the highest threshold above every non-member)
+METRICS = ("auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", ZERO_FP, "balanced_accuracy")
+MIN_FALSE_POSITIVES = 10  # a TPR at FPR x is named so only where the non-members allow this many false positives
 
 
 def roc_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict[str, float]:
-    """AUC, TPR at 0.1% and 1% FPR and balanced accuracy of one target, with scikit-learn's ``roc_curve``.
+    """AUC, TPR at 0.1% and 1% FPR and at 0 false positives, and balanced accuracy of one target, with
+    scikit-learn's ``roc_curve``.
 
     ``drop_intermediate=False``: the default drops collinear ROC points, among them sometimes the one
     with the largest TPR at a fixed FPR (fine for plots, not for reading a TPR off the curve).
@@ -41,6 +45,7 @@ def roc_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict[str, float]:
     out = {"auc": float(auc(fpr, tpr))}
     for level in LOW_FPRS:
         out[f"tpr_at_{level * 100:g}pct_fpr"] = float(tpr[fpr <= level].max())
+    out[ZERO_FP] = float(tpr[fpr <= 0].max())
     out["balanced_accuracy"] = float(np.max(1 - (fpr + (1 - tpr)) / 2))
     return out
 
@@ -66,11 +71,23 @@ def weighted_roc_metrics(scores: np.ndarray, is_member: np.ndarray, weights: np.
     with np.errstate(invalid="ignore", divide="ignore"):
         tpr, fpr = true_positives / positives, false_positives / negatives
         out = {f"tpr_at_{level * 100:g}pct_fpr": np.max(np.where(fpr <= level, tpr, 0), axis=1) for level in LOW_FPRS}
+        out[ZERO_FP] = np.max(np.where(fpr <= 0, tpr, 0), axis=1)
         out["balanced_accuracy"] = np.maximum(np.max((1 + tpr - fpr) / 2, axis=1), 0.5)
         previous_tpr = np.concatenate([np.zeros_like(tpr[:, :1]), tpr[:, :-1]], axis=1)
         out["auc"] = np.sum(np.diff(fpr, axis=1, prepend=0) * (tpr + previous_tpr) / 2, axis=1)
     invalid = (positives[:, 0] == 0) | (negatives[:, 0] == 0)
     return {metric: np.where(invalid, np.nan, out[metric]) for metric in METRICS}
+
+
+def low_fpr_metric(metric: str, n_nonmembers: int) -> str:
+    """The name a TPR may carry: ``metric`` (a TPR at FPR x) where the non-members allow at least
+    ``MIN_FALSE_POSITIVES`` false positives at x (floor(x n) >= 10), else ``ZERO_FP``: with fewer, the "TPR at
+    x FPR" is read at 0 or a handful of false positives and says nothing about the rate x. Other metrics
+    are returned as they are."""
+    levels = {f"tpr_at_{level * 100:g}pct_fpr": level for level in LOW_FPRS}
+    if metric not in levels:
+        return metric
+    return metric if math.floor(levels[metric] * n_nonmembers + 1e-9) >= MIN_FALSE_POSITIVES else ZERO_FP
 
 
 @dataclass

@@ -386,6 +386,17 @@ def test_pooled_estimate_equals_scikit_learn_on_the_pooled_resampled_scores():
         np.arange(n_models), 20).tolist() and not pooled["target_pool"].any()
 
 
+def test_low_fpr_names_and_the_tpr_at_zero_false_positives():
+    # 10 false positives at x are needed to name a TPR at FPR x
+    assert mia.low_fpr_metric("tpr_at_1pct_fpr", 1000) == "tpr_at_1pct_fpr"
+    assert mia.low_fpr_metric("tpr_at_1pct_fpr", 999) == mia.ZERO_FP == "tpr_at_0fp"
+    assert mia.low_fpr_metric("tpr_at_0.1pct_fpr", 10_000) == "tpr_at_0.1pct_fpr"
+    assert mia.low_fpr_metric("auc", 5) == "auc"
+    # members 0.9, 0.8, 0.3; non-members 0.85, 0.2: above every non-member only the member at 0.9
+    out = mia.roc_metrics(np.array([0.9, 0.8, 0.3, 0.85, 0.2]), np.array([1, 1, 1, 0, 0], dtype=bool))
+    assert out[mia.ZERO_FP] == pytest.approx(1 / 3)
+
+
 def test_pooled_low_fpr_resolves_what_one_target_cannot():
     # 100 non-members per target: one target's TPR at 0.1% FPR is its TPR at zero false positives;
     # pooled over 16 targets (1,600 non-members) one false positive is allowed at 0.1%
