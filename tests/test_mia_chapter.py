@@ -239,9 +239,11 @@ def test_headline_metrics_names_verdicts_and_units():
         assert (entry["p_value_holm"] is not None) == (name in headline), name
         assert entry["comparison"] in ("same_schedule", "matched_fit", "matched_fit_annealed")
     assert metrics["mia_lira_auc_outliers_same_schedule"]["verdict"].startswith("BN higher")
-    assert metrics["mia_lira_auc_inliers_same_schedule"]["verdict"].startswith("no difference detected")
-    # matched fit: detectable 2.8 x SE = 0.14 < the same-schedule effect 0.4, so "no difference detected" ...
-    assert metrics["mia_lira_auc_outliers_matched_fit"]["verdict"].startswith("no difference detected")
+    # an SE of 0.05 detects only 2.8 x 0.05 = 0.14, more than the AUC's equivalence margin 0.05: inconclusive
+    assert metrics["mia_lira_auc_inliers_same_schedule"]["verdict"].startswith(
+        "inconclusive (could detect only ≥ 0.14, more than the margin ±0.05)")
+    assert metrics["mia_lira_auc_outliers_matched_fit"]["verdict"].startswith("inconclusive (could detect only")
+    assert metrics["mia_lira_auc_outliers_matched_fit"]["equivalence_margin"] == 0.05
     description = metrics["mia_lira_tpr_at_0fp_outliers_same_schedule"]["description"]
     assert "about 20 non-members per target" in description and description.startswith("TPR at 0 false positives")
     assert "mia_lira_tpr_at_1pct_fpr_outliers_same_schedule" not in metrics  # too few non-members to name 1% FPR
@@ -254,9 +256,9 @@ def test_headline_metrics_names_verdicts_and_units():
     all_pools = metrics["mia_lira_pooled_all_pools_tpr_at_1pct_fpr_outliers_same_schedule"]
     assert "16 targets of all 2 data pools (3200 outlier non-members)" in all_pools["description"]
     assert all_pools["test"].endswith(", stratified by data pool")
-    # ... and with no target at the level it is inconclusive
+    # ... and with no target at the level it is inconclusive for want of pairs
     unmatched = mia_summary.headline_metrics(cfg, PARAMS, _findings(matched_n=0))
-    assert unmatched["mia_lira_auc_outliers_matched_fit"]["verdict"].startswith("inconclusive")
+    assert unmatched["mia_lira_auc_outliers_matched_fit"]["verdict"].startswith("inconclusive (0 pairs")
 
 
 def test_verdict_glue_and_the_summary_table():
@@ -270,9 +272,9 @@ def test_verdict_glue_and_the_summary_table():
     assert [row[0] for row in rows] == [f"`{name}`" for name in metrics]
     same = rows[0]
     assert same[2] == "0.900 [0.800, 1.000]" and same[4] == "0.001" and same[-2] == "8 models"
-    matched = rows[list(metrics).index("mia_lira_auc_outliers_matched_fit")]
+    matched = rows[list(metrics).index("mia_lira_pooled_tpr_at_1pct_fpr_outliers_matched_fit")]
     assert matched[2] == "0.600 (2 models)" and matched[5] != ""  # too few targets for an interval; Holm-adjusted
-    assert rows[list(metrics).index("mia_lira_tpr_at_1pct_fpr_outliers_matched_fit")][5] == ""  # not in the family
+    assert rows[list(metrics).index("mia_lira_auc_outliers_matched_fit")][5] == ""  # secondary: not in the family
 
 
 # ----------------------------------------------------------------------------- figures
