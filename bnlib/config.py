@@ -30,9 +30,10 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 # The two arms of every headline comparison, and the three ways they are compared (bnlib.population).
 COMPARED_NORMS = ("batch", "none")
 COMPARISONS = ("same_schedule", "matched_fit", "matched_fit_annealed")
-# The book's one family of primary endpoints (bnlib.verdict.book_family_holm): metric-name prefixes, each row
-# in each comparison (and at each fit level) whose name starts with one is Holm-adjusted with all the others
-# across chapters; every other metric is secondary and carries its raw p only.
+# The book's one family of primary endpoints (bnlib.verdict.book_family_holm): metric-name prefixes; every row,
+# in each comparison, whose name starts with one is Holm-adjusted with all the others across chapters (the fit
+# grid's per-level rows, ``..._matched_fit_0p95``, excepted: the curve band reads them); every other metric is
+# secondary and carries its raw p only.
 PRIMARY_ENDPOINTS = (
     "canary_memorization",  # acc(IN canaries) - acc(OUT canaries) per model (memorization chapter)
     "influence_counterfactual_outlier_inlier_ratio",  # per-sample influence of canaries over inliers

@@ -27,6 +27,7 @@ Shapes:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -377,9 +378,15 @@ def _longest_prefix(name: str, prefixes: Sequence[str]) -> str | None:
     return max(matches, key=len) if matches else None
 
 
+FIT_LEVEL_SUFFIX = re.compile(r"_\d+p\d+$")  # ``..._matched_fit_0p95``: one level of the fit grid
+
+
 def is_primary(name: str) -> bool:
-    """Whether a metric belongs to the book's one family of primary endpoints (``config.PRIMARY_ENDPOINTS``)."""
-    return _longest_prefix(name, config.PRIMARY_ENDPOINTS) is not None
+    """Whether a metric belongs to the book's one family of primary endpoints: its name starts with a
+    ``config.PRIMARY_ENDPOINTS`` prefix and is not one level of the fit grid (``..._matched_fit_0p95``: the
+    curve's levels are read together by :func:`curve_band`'s simultaneous band; the unsuffixed headline level
+    carries the primary test, and counting its grid twin too would count one test twice)."""
+    return _longest_prefix(name, config.PRIMARY_ENDPOINTS) is not None and not FIT_LEVEL_SUFFIX.search(name)
 
 
 def equivalence_margin(name: str) -> float | None:

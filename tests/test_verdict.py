@@ -218,6 +218,10 @@ def test_book_family_spans_chapters_and_ratios_use_the_log_scale():
     assert out["influence_counterfactual_outlier_inlier_ratio_same_schedule"]["detectable_difference"] == pytest.approx(
         verdict.detectable_difference(math.hypot(*ses), 0.05 / 3, df=4))
     assert all(name.startswith(config.PRIMARY_ENDPOINTS) for name in primary)
+    # a level of the fit grid is read by the curve band, not counted again in the family
+    assert verdict.is_primary("canary_memorization_matched_fit")
+    assert not verdict.is_primary("canary_memorization_matched_fit_0p95")
+    assert not verdict.is_primary("fz_memorization_outliers_matched_fit")
 
 
 def test_curve_band_finds_a_difference_where_it_is_and_only_there():
