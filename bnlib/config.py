@@ -42,8 +42,9 @@ PRIMARY_ENDPOINTS = (
 # Equivalence margins (metric-name prefix -> m; the longest matching prefix wins): "equivalent within ±m"
 # needs two one-sided tests to put the BN - no-BN difference inside (-m, m). Declared before any run.
 EQUIVALENCE_MARGINS = {
-    # memorization scores live in [-1, 1]; 0.08 is 8 canaries in 100 changing from forgotten to memorized,
-    # a sixth of the same-schedule effect the paper reports and below what any chapter calls a finding
+    # memorization scores live in [-1, 1]; 0.08 is 8 canaries in 100 changing from forgotten to memorized
+    # (the margin issue 21 proposes); at quick (32 pairs, SE ~0.013) the detectable difference at the primary
+    # family's alpha (0.05 / 9, df 30) is ~0.05, so the design can reach "equivalent within ±0.08" when it holds
     "canary_memorization": 0.08,
     "fz_memorization": 0.08, "ablation_canary_memorization": 0.08,
     # AUC: 0.05 is the usual "negligible" band around a fixed attack's AUC (0.5 -> 0.55 is barely an attack)
