@@ -51,7 +51,7 @@ def compare(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], resamples: mia.R
     return out
 
 
-def pooled_pair_difference(a: Mapping[str, Any], b: Mapping[str, Any], metric: str, *, n_permutations: int = 2000,
+def pooled_pair_difference(a: Mapping[str, Any], b: Mapping[str, Any], metric: str, *, n_permutations: int = 1000,
                            seed: int = 0, chunk: int = 4_000_000) -> dict[str, Any]:
     """a - b of a metric of the ROC pooled over targets (no per-pair summary exists), on the target pairs both
     zoos hold (same target index: same keep mask and seed; :func:`bnlib.mia.pooled_scores`).
