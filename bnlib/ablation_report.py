@@ -285,4 +285,4 @@ def summary_metrics(batch_rows: Rows, rate_rows: Rows, cfg, params: ablations.Ch
             description=f"Final canary accuracy, inserted minus held out, with canaries making {label} of the "
                         f"training set ({ablations.canaries_for_rate(cfg.n_train, fraction)} canaries; same epochs); "
                         "n counts seeds.", **common)
-    return verdict.annotate(metrics, headline=[])
+    return verdict.annotate(metrics)
