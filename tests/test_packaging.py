@@ -117,3 +117,46 @@ def test_the_books_fingerprint_covers_every_source_file(tmp_path):
         assert book.code_fingerprint(copy) != before, f"{path.relative_to(copy)} is not in the fingerprint"
         path.write_text(original)
     assert book.code_fingerprint(copy) == before
+
+
+def _lock() -> dict[str, str]:
+    """requirements.lock as normalized name -> exact version."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version.strip() and not set(version) & set("<>=!~*; "), f"not an exact pin: {line!r}"
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def test_the_lock_pins_every_requirement_at_a_version_it_allows():
+    """Every package of requirements*.txt is in requirements.lock at an allowed version (so installing with the lock
+    as constraints installs nothing unpinned at the top), and bnlib itself is not in it."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _lock()
+    assert "bnlib" not in pins and {"torch", "numpy", "pip", "setuptools"} <= set(pins)
+    for name in ("requirements.txt", "requirements-lab.txt", "requirements-cluster.txt"):
+        for line in (ROOT / name).read_text().splitlines():
+            line = line.split("#")[0].strip()
+            if line:
+                requirement = Requirement(line)
+                pinned = pins.get(canonicalize_name(requirement.name))
+                assert pinned is not None, f"{name}: {requirement.name} is not in requirements.lock (run make lock)"
+                assert requirement.specifier.contains(pinned, prereleases=True), (name, line, pinned)
+
+
+def test_the_lock_is_what_this_environment_runs():
+    """The tests run with the locked versions (a venv made by `make test`): the packages bnlib imports match."""
+    import importlib.metadata
+
+    from packaging.utils import canonicalize_name
+
+    pins = _lock()
+    for name in ("torch", "numpy", "scipy", "scikit-learn", "statsmodels", "opacus", "matplotlib", "sympy"):
+        installed = importlib.metadata.version(name).split("+")[0]
+        assert installed == pins[canonicalize_name(name)], f"{name}: installed {installed}, locked {pins[name]}"
