@@ -100,7 +100,7 @@ INFRASTRUCTURE = ("__init__.py", "__main__.py", "results.py", "config.py")
 # The reading modules of the package (files directly under bnlib/): by name, and every file whose name ends
 # with one of READING_SUFFIXES (a chapter's tables and glue, a report, figures).
 READING_MODULES = ("book.py", "chapter.py", "cli.py", "dp_tradeoff.py", "figures.py", "mia_summary.py", "plots.py",
-                   "report.py", "theory_derivation.py")
+                   "report.py", "theory_cnn.py", "theory_derivation.py")
 READING_SUFFIXES = ("_chapter.py", "_report.py", "_plots.py")
 
 

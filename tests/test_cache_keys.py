@@ -153,7 +153,7 @@ def _reference_closure(start: str, root: Path = PACKAGE) -> set[str]:
 def test_the_reading_modules_are_the_tables_glue_prose_figures_and_site():
     reading = sorted(p.name for p in PACKAGE.glob("*.py") if results.is_reading(p.name))
     assert {"chapter.py", "book.py", "report.py", "plots.py", "figures.py", "cli.py", "mia_summary.py",
-            "dp_tradeoff.py", "theory_derivation.py", "memorization_chapter.py", "ablation_report.py",
+            "dp_tradeoff.py", "theory_derivation.py", "theory_cnn.py", "memorization_chapter.py", "ablation_report.py",
             "mia_plots.py"} <= set(reading)
     assert not {"zoo.py", "train.py", "influence.py", "mia.py", "dp.py", "stats.py"} & set(reading)
     assert not results.is_reading("persample/api.py")
