@@ -29,7 +29,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -68,6 +68,8 @@ class ChapterParams:
         "choices": NORMS, "doc": "normalizers trained with DP-SGD (not BatchNorm: see the chapter)"})
     dp_lrs: tuple[float, ...] = field(default=(0.2, 0.5, 1.0), metadata={
         "positive": True, "doc": "learning-rate grid of DP-SGD, tuned per noise level"})
+    setting_models: int = field(default=0, metadata={
+        "minimum": 0, "doc": "models of every setting alike, BN and no norm included (0: n_models, the zoos' size)"})
     tuning_models: int = field(default=2, metadata={
         "positive": True, "doc": "tuning models per noise level and learning rate (never evaluated)"})
     strong_weight_decay: float = field(default=5e-3, metadata={"positive": True, "doc": "weight decay of that defence"})
@@ -97,6 +99,9 @@ class ChapterParams:
         if len(self.dp_lrs) < 1 or len(set(self.dp_lrs)) != len(self.dp_lrs):
             raise ValueError(f"Parameter 'dp_lrs' got {self.dp_lrs!r}; allowed: distinct positive learning rates "
                              "(at least 3 for a tuning grid that can find an interior best).")
+        if self.setting_models and (self.setting_models < 4 or self.setting_models % 2):
+            raise ValueError(f"Parameter 'setting_models' got {self.setting_models}; allowed: 0 (n_models) or an even "
+                             "number >= 4 (every example IN for half of the models; LiRA needs IN and OUT shadows).")
         for name in ("low_fpr", "front_high"):
             if not getattr(self, name) < 1:
                 raise ValueError(f"Parameter {name!r} got {getattr(self, name)!r}; allowed: a value in (0, 1).")
@@ -164,8 +169,14 @@ def check_delta(delta: float, n_examples: int) -> None:
             "n <= 100000 and at most 1/(10 n) above (0 picks that rule).")
 
 
+def setting_config(cfg, params: ChapterParams):
+    """``cfg`` with ``n_models`` = the models of every setting (``params.setting_models``, or ``cfg.n_models``)."""
+    return replace(cfg, n_models=params.setting_models or cfg.n_models)
+
+
 def check_config(cfg, params: ChapterParams) -> None:
     """Fail fast on combinations that cannot run (before any training)."""
+    cfg = setting_config(cfg, params)
     if cfg.n_models < 4 or cfg.n_models % 2:
         raise ValueError(f"Parameter 'n_models' is {cfg.n_models}; allowed: an even number >= 4 (every setting has "
                          "n_models models, each example IN for half of them, and leave-one-out LiRA needs IN and "

@@ -1,6 +1,7 @@
 """What to do about it: DP-SGD beside the cheap mitigations, as accuracy against outlier leakage.
 
-Every *setting* is a population of ``cfg.n_models`` models (T) trained like the shared zoo: member t on row t
+Every *setting* is a population of T models (``params.setting_models``, by default ``cfg.n_models``, the
+shared zoos' size; :func:`dp.setting_config`) trained like the shared zoo: member t on row t
 of the balanced keep mask, from the zoo's initial seed of member t. So every setting has as many models as the
 BN and no-norm zoos, member t of every setting is paired with member t of every other (same training examples,
 same initial seed), and LiRA attacks every setting with the same strength: each target against T - 2 shadow
@@ -366,7 +367,8 @@ def run(cfg, params: ChapterParams, progress: bool = True) -> list[dict[str, Any
     """Every setting trained (or loaded), measured and timed: one row per setting, in display order, with the
     keys of :func:`measure` plus ``key``, ``label`` (with epsilon for DP settings), ``tuning`` (DP settings:
     :func:`dp.tune_learning_rate`), ``seconds_per_model``, the fronts and front probabilities
-    (:func:`mark_pareto_fronts`)."""
+    (:func:`mark_pareto_fronts`). Every setting has ``dp.setting_config(cfg, params).n_models`` models."""
+    cfg = dp.setting_config(cfg, params)
     rows = []
     for setting in settings(cfg, params):
         population_, tuning = population(cfg, setting, params, progress)
@@ -520,6 +522,7 @@ def chapter_values(rows: list[dict[str, Any]], params: ChapterParams, zoo_models
     values: dict[str, Any] = {
         "accountant": params.accountant.upper(), "max_grad_norm": float(params.max_grad_norm),
         "n_dp_settings": len(dp_rows), "zoo_models": zoo_models, "n_settings": len(rows),
+        "setting_models": ", ".join(map(str, sorted({row["n_models"] for row in rows}))),
         "shadow_models": ", ".join(map(str, shadows)),
         "equal_attack": "the same" if len(shadows) == 1 else "NOT the same",
         "low_fpr": float(params.low_fpr), "n_negatives_zoo": baseline["lira_tpr"]["n_negatives"],

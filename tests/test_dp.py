@@ -259,3 +259,23 @@ def test_chapter_executes_at_smoke_and_writes_dp_sgd_rows(tmp_path):
         assert "group_vs_group_dp_sgd_noise_1" in entry["contrasts"]
         for contrast in entry["contrasts"].values():
             assert contrast["verdict_words"] in verdict.VERDICTS and contrast["unit"] == "model pairs"
+
+
+@pytest.mark.slow
+def test_a_private_member_trained_in_a_worker_process_equals_one_trained_here(tmp_path, monkeypatch):
+    from bnlib import results
+
+    cfg, params = config.load("smoke", extras=dp.ChapterParams, epochs=1)
+    members = {}
+    for where, workers in (("here", 1), ("workers", 2)):
+        monkeypatch.setenv("BNLIB_CACHE", str(tmp_path / where))
+        point = config.load("smoke", extras=dp.ChapterParams, epochs=1, workers=workers)[0]
+        entry = dp._entry("dp_zoo", point, "group", 1.0, 0.5, params)
+        members[where] = [dp.Member(entry, f"model_{t}", point, "group", 1.0, 0.5, 1.0, point.seeds[0], t, 1000 + t)
+                          for t in range(2)]
+        dp.train_members(point, members[where], "test", progress=False)
+        assert results.cache_root() == tmp_path / where
+    for here, there in zip(members["here"], members["workers"], strict=True):
+        a, b = here.entry.load(here.name), there.entry.load(there.name)
+        assert torch.equal(a["logits"], b["logits"]) and torch.equal(a["keep"], b["keep"])
+    assert cfg.workers == 1
