@@ -419,7 +419,7 @@ def train_members(cfg, members: Sequence[Member], desc: str, progress: bool = Tr
     bar.close()
 
 
-def _entry(kind: str, cfg, norm: str, noise_multiplier: float, lr: float, params: ChapterParams,
+def member_entry(kind: str, cfg, norm: str, noise_multiplier: float, lr: float, params: ChapterParams,
            **extra: Any) -> results.Entry:
     """Members' cache entry: not ``n_models`` (member t is the same in a population of any size)."""
     return results.Entry(kind, {
@@ -446,7 +446,7 @@ def tune_learning_rate(cfg, norm: str, noise_multiplier: float, params: ChapterP
     check_dp_norm(norm)
     keep_seed = cfg.seeds[0] + TUNING_KEEP_SEED
     grid = list(params.dp_lrs)
-    members = {lr: [Member(_entry("dp_tuning", cfg, norm, noise_multiplier, lr, params, keep_seed=keep_seed),
+    members = {lr: [Member(member_entry("dp_tuning", cfg, norm, noise_multiplier, lr, params, keep_seed=keep_seed),
                            f"model_{t}", cfg, norm, noise_multiplier, lr, params.max_grad_norm, keep_seed, t,
                            TUNING_INIT_SEED + t) for t in range(params.tuning_models)] for lr in grid}
     train_members(cfg, [m for group in members.values() for m in group],
@@ -508,7 +508,7 @@ def train_dp_population(cfg, norm: str, noise_multiplier: float, lr: float, para
     Privacy: each model at its own delta (:func:`model_delta`) and Opacus's q and steps; the population reports
     the largest epsilon over its models under each accountant, and the largest delta."""
     check_dp_norm(norm)
-    entry = _entry("dp_zoo", cfg, norm, noise_multiplier, lr, params)
+    entry = member_entry("dp_zoo", cfg, norm, noise_multiplier, lr, params)
     members = [Member(entry, zoo_lib.member_name(t), cfg, norm, noise_multiplier, lr, params.max_grad_norm,
                       cfg.seeds[0], t, zoo_lib.member_seed(t)) for t in range(cfg.n_models)]
     train_members(cfg, members, f"DP-SGD {norm}, noise {noise_multiplier:.3g}", progress)

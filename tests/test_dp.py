@@ -270,7 +270,7 @@ def test_a_private_member_trained_in_a_worker_process_equals_one_trained_here(tm
     for where, workers in (("here", 1), ("workers", 2)):
         monkeypatch.setenv("BNLIB_CACHE", str(tmp_path / where))
         point = config.load("smoke", extras=dp.ChapterParams, epochs=1, workers=workers)[0]
-        entry = dp._entry("dp_zoo", point, "group", 1.0, 0.5, params)
+        entry = dp.member_entry("dp_zoo", point, "group", 1.0, 0.5, params)
         members[where] = [dp.Member(entry, f"model_{t}", point, "group", 1.0, 0.5, 1.0, point.seeds[0], t, 1000 + t)
                           for t in range(2)]
         dp.train_members(point, members[where], "test", progress=False)
