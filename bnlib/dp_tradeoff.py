@@ -656,10 +656,16 @@ def summary_metrics(rows: list[dict[str, Any]], params: ChapterParams) -> dict[s
                                   "front_probability": r.get("front_probability_lira" if measure_name == "lira_tpr"
                                                              else "front_probability_memorization")}
                        for r in rows}
+        # the report's BN vs no-norm columns: the paired contrast of the two zoos (not for the pooled TPR, whose
+        # contrast is on another per-pair value, the per-target AUC)
+        headline = found.get("batch_vs_none", {}).get(measure_name) if measure_name != "lira_tpr" else None
+        kept = ("mean", "ci95", "n", "se", "unit")
+        extra = {} if headline is None else {"difference": {k: headline[k] for k in kept}}
         metrics[f"{metric}_same_schedule"] = {**results.metric_entry(
-            per_setting, p_value=None, test="paired t over model pairs in 'contrasts' (secondary, not corrected)",
-            higher_means=higher, unit="models",
+            per_setting, p_value=None if headline is None else headline["p_value"],
+            test="paired t over model pairs (BN − no norm here; every contrast in 'contrasts'; secondary, not "
+                 "corrected)", higher_means=higher, unit="models",
             description=description + " Settings: BN, no norm, GroupNorm, BN defences, GroupNorm + DP-SGD.",
-            comparison="same_schedule"), **privacy,
+            comparison="same_schedule", **extra), **privacy,
             "contrasts": {name: by_measure[contrast_measure] for name, by_measure in found.items()}}
     return metrics

@@ -266,6 +266,9 @@ def test_summary_metrics_carry_privacy_shadows_and_contrasts():
                             "dp_sgd_tradeoff_outlier_lira_tpr_at_1pct_fpr_same_schedule"}
     entry = metrics["dp_sgd_tradeoff_test_accuracy_same_schedule"]
     assert entry["batch"]["mean"] == 0.80 and entry["batch"]["epsilon"] is None
+    # BN vs no norm, paired over models, for the report's columns
+    assert entry["difference"]["mean"] == pytest.approx(0.10, abs=0.01) and entry["difference"]["unit"] == "model pairs"
+    assert entry["p_value"] == entry["contrasts"]["batch_vs_none"]["p_value"] < 0.05
     assert entry["epsilon"] == {"group_dp_sgd_noise_1": {"rdp": 8.0, "prv": pytest.approx(7.2)},
                                 "group_dp_sgd_noise_4": {"rdp": 0.5, "prv": pytest.approx(0.45)}}
     assert entry["delta"] == {"group_dp_sgd_noise_1": 1e-5, "group_dp_sgd_noise_4": 1e-5}
@@ -276,5 +279,6 @@ def test_summary_metrics_carry_privacy_shadows_and_contrasts():
     assert {c["verdict_words"] for c in entry["contrasts"].values()} <= set(verdict.VERDICTS)
     assert entry["contrasts"]["group_vs_group_dp_sgd_noise_1"]["first"] == "GroupNorm"
     lira = metrics["dp_sgd_tradeoff_outlier_lira_tpr_at_1pct_fpr_same_schedule"]
+    assert lira["p_value"] is None and "difference" not in lira
     assert lira["contrasts"]["batch_vs_none"]["mean"] == pytest.approx(0.15, abs=0.01)  # per-target AUC
     json.dumps(metrics)
