@@ -539,8 +539,8 @@ def chapter_values(rows: list[dict[str, Any]], params: ChapterParams, zoo_models
     found = contrasts(rows)
     group_dp = [found[f"group_vs_{row['key']}"] for row in dp_rows if f"group_vs_{row['key']}" in found]
     values["group_dp_contrasts"] = "; ".join(
-        f"{c['canary_memorization']['second']}, σ = {by_key[_second_key(rows, c)]['noise_multiplier']:.3g}: "
-        f"memorization {c['canary_memorization']['verdict_text']}, accuracy {c['test_accuracy']['verdict_text']}"
+        f"{c['canary_memorization']['second']}: memorization {c['canary_memorization']['verdict_text']}, "
+        f"accuracy {c['test_accuracy']['verdict_text']}"
         for c in group_dp) or "none (no GroupNorm + DP-SGD setting)"
     values["bn_front_probability"] = float(baseline["front_probability_memorization"])
     values.update({
@@ -559,11 +559,6 @@ def chapter_values(rows: list[dict[str, Any]], params: ChapterParams, zoo_models
     if cfg is not None:
         values.update(schedule_values(cfg, params, dp_rows[0]))
     return values
-
-
-def _second_key(rows: list[dict[str, Any]], contrast: dict[str, dict[str, Any]]) -> str:
-    second = contrast["canary_memorization"]["second"]
-    return next(row["key"] for row in rows if row["setting"] == second)
 
 
 def tuning_sentence(row: dict[str, Any]) -> str:
@@ -599,8 +594,8 @@ def schedule_values(cfg, params: ChapterParams, dp_row: dict[str, Any]) -> dict[
     rate, steps = dp.opacus_schedule(n, cfg.batch_size, cfg.epochs)
     counts = group_counts(cfg)
     large = large_batch_schedule(cfg, params)
-    rule = ("the linear scaling rule, lr × B/b (Goyal et al. 2017)" if large["rule"] == "linear"
-            else "the square-root rule, lr × √(B/b)")
+    rule = ("by the linear scaling rule lr × B/b of Goyal et al., 2017" if large["rule"] == "linear"
+            else "by the square-root rule lr × √(B/b)")
     same = counts["ours"] == counts["opacus_fix"]
     return {
         "sampling_text": (f"Each model trains on n = {n} examples with expected batch B = {cfg.batch_size}: Opacus "
