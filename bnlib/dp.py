@@ -1,18 +1,24 @@
-"""DP-SGD (Opacus) for the "what to do" chapter: its parameters and checks, privacy accounting, and the
-training of a private model population.
+"""DP-SGD (Opacus) for the "what to do" chapter: its parameters and checks, privacy accounting, learning-rate
+tuning and the training of a private model population.
 
-A private *setting* is a small model population trained like the shared zoo (T models, each on a random half
-of the pool, balanced keep mask), so each model has its own IN and OUT canaries and the model is the unit of
-replication: GroupNorm (or no norm) trained here with Opacus (:func:`train_private`): per-sample clipping
-at ``max_grad_norm``, Gaussian noise, Poisson sampling (each example joins each step independently with
-probability q = batch_size / n, as the DP-SGD analysis assumes); epsilon from Opacus's accountant at
-delta = 1/n, n = each model's training-set size (:func:`train_dp_population`).
+A private *setting* is a model population trained like the shared zoo (``cfg.n_models`` models, member t on
+row t of the zoo's balanced keep mask, initialized with the zoo's seed of member t), so member t of every
+setting is paired with member t of the BN and no-norm zoos (same training examples, same initial seed), each
+model has its own IN and OUT canaries, and LiRA attacks every setting with the same number of shadow models
+(the other T - 1 models of its own recipe). Models are trained with Opacus (:func:`train_private`): per-sample
+clipping at ``max_grad_norm``, Gaussian noise, Poisson sampling at Opacus's rate q = 1 / ceil(n / B) for
+int(1 / q) steps an epoch (:func:`opacus_schedule`).
+
+Privacy: delta by the literature's rule (:func:`model_delta`: 1e-5 for n <= 1e5 training examples, 1/(10 n)
+above; a delta >= 1/n is refused), epsilon from Opacus's RDP and PRV accountants side by side (:func:`epsilon`),
+noise calibrated to a target epsilon with Opacus's search (:func:`noise_for_epsilon`). The learning rate of each
+noise level is chosen on a grid, on tuning models that are not evaluated (:func:`tune_learning_rate`).
 
 BatchNorm cannot be trained with DP-SGD: :func:`check_dp_norm` says why and what to use instead.
 
-The trade-off against the cheap mitigations (the settings, what is measured, the Pareto front, the table,
-figure and summary) is :mod:`bnlib.dp_tradeoff`. This module holds only what decides a private model: its
-source (with its imports) is in the cache key of every model it trains, so presentation code lives apart.
+The trade-off against the cheap mitigations (the settings, what is measured, the fronts, the table, figure and
+summary) is :mod:`bnlib.dp_tradeoff`. This module holds only what decides a private model: its source (with its
+imports) is in the cache key of every model it trains, so presentation and measurement code live apart.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import math
+import os
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
@@ -30,13 +37,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as data_lib
-from . import mia, models, results, train
+from . import models, results, train
 from . import zoo as zoo_lib
 from .config import NORMS
 
 DP_NORMS = ("group", "layer", "none")  # normalizers whose output for one example ignores its batch-mates
 COUPLED_NORMS = ("batch", "ghost", "running")
 ACCOUNTANTS = ("rdp", "prv")
+LR_RULES = ("linear", "sqrt")  # how the large-batch defence scales its learning rate (see dp_tradeoff)
+LITERATURE_DELTA = 1e-5  # the delta of the DP-SGD literature for datasets of up to 1e5 examples
+LITERATURE_DELTA_MAX_N = 100_000  # above this many examples: delta = 1/(10 n)
+TUNING_KEEP_SEED = 7_000  # tuning models' keep masks: data seed + this (never an evaluated model's mask)
+TUNING_INIT_SEED = 5_000  # tuning model t is initialized with this + t (zoo members use 1000 + t)
 
 
 @dataclass(frozen=True)
@@ -45,37 +57,54 @@ class ChapterParams:
 
     noise_multipliers: tuple[float, ...] = field(default=(0.5, 0.8, 1.2, 2.0, 4.0), metadata={
         "positive": True, "doc": "DP-SGD noise std / clipping norm, one setting each"})
+    target_epsilons: tuple[float, ...] = field(default=(8.0,), metadata={
+        "positive": True, "doc": "one more setting each, its noise calibrated to this epsilon (at the delta used)"})
     max_grad_norm: float = field(default=1.0, metadata={"positive": True, "doc": "DP-SGD per-sample clipping norm C"})
     delta: float = field(default=0.0, metadata={
-        "minimum": 0.0, "doc": "DP delta (0: 1/n, n the training examples of each model)"})
-    accountant: str = field(default="rdp", metadata={"choices": ACCOUNTANTS, "doc": "Opacus privacy accountant"})
+        "minimum": 0.0, "doc": "DP delta, below 1/n (0: the literature's rule, 1e-5 up to n of 1e5, else 1/(10 n))"})
+    accountant: str = field(default="rdp", metadata={
+        "choices": ACCOUNTANTS, "doc": "Opacus accountant that calibrates the target epsilons (both are reported)"})
     dp_norms: tuple[str, ...] = field(default=("group", "none"), metadata={
         "choices": NORMS, "doc": "normalizers trained with DP-SGD (not BatchNorm: see the chapter)"})
-    dp_lr: float = field(default=0.5, metadata={"positive": True, "doc": "peak learning rate of DP-SGD"})
-    setting_models: int = field(default=8, metadata={"minimum": 4, "doc": "models per setting beyond the shared zoos"})
+    dp_lrs: tuple[float, ...] = field(default=(0.2, 0.5, 1.0), metadata={
+        "positive": True, "doc": "learning-rate grid of DP-SGD, tuned per noise level"})
+    setting_models: int = field(default=0, metadata={
+        "minimum": 0, "doc": "models of every setting alike, BN and no norm included (0: n_models, the zoos' size)"})
+    tuning_models: int = field(default=2, metadata={
+        "positive": True, "doc": "tuning models per noise level and learning rate (never evaluated)"})
     strong_weight_decay: float = field(default=5e-3, metadata={"positive": True, "doc": "weight decay of that defence"})
     large_batch: int = field(default=512, metadata={"minimum": 2, "doc": "batch size of the large-batch BN defence"})
+    large_batch_lr_rule: str = field(default="linear", metadata={
+        "choices": LR_RULES, "doc": "large batch: learning rate scaled by B/b (linear) or sqrt(B/b)"})
     low_fpr: float = field(default=0.01, metadata={"positive": True, "doc": "FPR at which the LiRA TPR is read"})
     n_bootstrap: int = field(default=500, metadata={"positive": True, "doc": "bootstrap resamples"})
+    front_high: float = field(default=0.9, metadata={
+        "positive": True, "doc": "front probability from which the prose calls a setting on the front"})
     timing_steps: int = field(default=6, metadata={"positive": True, "doc": "training steps timed per setting"})
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": dict(noise_multipliers=(1.0, 4.0), dp_norms=("group",), setting_models=4, large_batch=64,
+        "smoke": dict(noise_multipliers=(1.0, 4.0), dp_norms=("group",), large_batch=64, tuning_models=1,
                       n_bootstrap=100, timing_steps=2),
-        "quick": dict(noise_multipliers=(0.7, 2.0), dp_norms=("group",), setting_models=4),
+        "quick": dict(noise_multipliers=(0.7, 2.0), dp_norms=("group",), large_batch=256, tuning_models=1),
         "paper": dict(),
     }
 
     def __post_init__(self) -> None:
         check_privacy(noise_multipliers=self.noise_multipliers, max_grad_norm=self.max_grad_norm,
                       delta=None if self.delta == 0 else self.delta)
+        for target in self.target_epsilons:
+            check_privacy(epsilon=target)
         for norm in self.dp_norms:
             check_dp_norm(norm)
-        if self.setting_models % 2:
-            raise ValueError(f"Parameter 'setting_models' got {self.setting_models}; allowed: an even number >= 4 "
-                             "(every example is IN for exactly half of the models).")
-        if not self.low_fpr < 1:
-            raise ValueError(f"Parameter 'low_fpr' got {self.low_fpr!r}; allowed: a value in (0, 1).")
+        if len(self.dp_lrs) < 1 or len(set(self.dp_lrs)) != len(self.dp_lrs):
+            raise ValueError(f"Parameter 'dp_lrs' got {self.dp_lrs!r}; allowed: distinct positive learning rates "
+                             "(at least 3 for a tuning grid that can find an interior best).")
+        if self.setting_models and (self.setting_models < 4 or self.setting_models % 2):
+            raise ValueError(f"Parameter 'setting_models' got {self.setting_models}; allowed: 0 (n_models) or an even "
+                             "number >= 4 (every example IN for half of the models; LiRA needs IN and OUT shadows).")
+        for name in ("low_fpr", "front_high"):
+            if not getattr(self, name) < 1:
+                raise ValueError(f"Parameter {name!r} got {getattr(self, name)!r}; allowed: a value in (0, 1).")
 
 
 def check_dp_norm(norm: str) -> None:
@@ -107,23 +136,68 @@ def check_privacy(*, noise_multipliers: tuple[float, ...] = (), max_grad_norm: f
     if max_grad_norm is not None and not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
         raise ValueError(f"Parameter 'max_grad_norm' got {max_grad_norm!r}; allowed: a finite value > 0.")
     if delta is not None and not 0 < delta < 1:
-        raise ValueError(f"Parameter 'delta' got {delta!r}; allowed: a value in (0, 1), well below 1/n "
-                         "for n training examples (0 in the chapter means 1/n).")
+        raise ValueError(f"Parameter 'delta' got {delta!r}; allowed: a value in (0, 1), below 1/n for n training "
+                         "examples (0 in the chapter: 1e-5 for n <= 1e5, else 1/(10 n)).")
     if epsilon is not None and not (math.isfinite(epsilon) and epsilon > 0):
         raise ValueError(f"Parameter 'epsilon' got {epsilon!r}; allowed: a finite value > 0.")
 
 
+def model_delta(n_examples: int, delta: float = 0.0) -> float:
+    """The delta of a model trained on ``n_examples``: ``delta`` if given (> 0), else the literature's rule,
+    1e-5 for n <= 1e5 and 1/(10 n) above.
+
+    Raises:
+        ValueError: naming ``delta`` when it is >= 1/n (see :func:`check_delta`).
+    """
+    if n_examples < 1:
+        raise ValueError(f"Parameter 'n_examples' got {n_examples!r}; allowed: a positive count.")
+    if delta == 0:
+        return LITERATURE_DELTA if n_examples <= LITERATURE_DELTA_MAX_N else 1 / (10 * n_examples)
+    check_delta(delta, n_examples)
+    return float(delta)
+
+
+def check_delta(delta: float, n_examples: int) -> None:
+    """Refuse a delta that promises nothing: delta >= 1/n (a mechanism that publishes one training record
+    chosen at random is (0, 1/n)-DP)."""
+    check_privacy(delta=delta)
+    if delta >= 1 / n_examples:
+        raise ValueError(
+            f"Parameter 'delta' got {delta:g}, which is >= 1/n = {1 / n_examples:.3g} for n = {n_examples} training "
+            "examples per model: a mechanism that publishes one training record chosen at random meets delta = 1/n, "
+            "so such a delta promises nothing. Allowed: 0 < delta < 1/n, by the literature's rule 1e-5 where "
+            "n <= 100000 and at most 1/(10 n) above (0 picks that rule).")
+
+
+def setting_config(cfg, params: ChapterParams):
+    """``cfg`` with ``n_models`` = the models of every setting (``params.setting_models``, or ``cfg.n_models``)."""
+    return replace(cfg, n_models=params.setting_models or cfg.n_models)
+
+
 def check_config(cfg, params: ChapterParams) -> None:
     """Fail fast on combinations that cannot run (before any training)."""
-    mia.check_zoo_size(cfg.n_models)
-    half = (cfg.n_train + 2 * cfg.n_canaries) // 2
+    cfg = setting_config(cfg, params)
+    if cfg.n_models < 4 or cfg.n_models % 2:
+        raise ValueError(f"Parameter 'n_models' is {cfg.n_models}; allowed: an even number >= 4 (every setting has "
+                         "n_models models, each example IN for half of them, and leave-one-out LiRA needs IN and "
+                         "OUT shadows for every example).")
+    half = (cfg.n_train + cfg.n_canaries) // 2  # a model's training set: half of the pool (inliers + canaries)
     for name, value in (("large_batch", params.large_batch), ("batch_size", cfg.batch_size)):
         if value > half:
             raise ValueError(f"Parameter {name!r} ({value}) exceeds a model's training set "
                              f"(half the pool: {half}); allowed: 2..{half}.")
+    if params.delta:
+        check_delta(params.delta, half + 1)  # the largest n of a model (strata of odd size give +-1)
 
 
 # ----------------------------------------------------------------------------- privacy accounting
+
+def opacus_schedule(n_examples: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """(sample rate q, steps) of DP-SGD as Opacus runs it: ``make_private`` sets q = 1 / len(loader) =
+    1 / ceil(n / B) (not B / n), and its Poisson sampler runs int(1 / q) steps an epoch."""
+    rate = 1 / math.ceil(n_examples / batch_size)
+    return rate, epochs * int(1 / rate)
+
 
 def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp") -> float:
     """Epsilon of ``steps`` DP-SGD steps with Poisson sampling rate ``sample_rate``, from Opacus's accountant.
@@ -144,6 +218,11 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
     return float(ledger.get_epsilon(delta=delta))
 
 
+def epsilons(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> dict[str, float]:
+    """Epsilon under every accountant of :data:`ACCOUNTANTS` (RDP and PRV), side by side."""
+    return {name: epsilon(noise_multiplier, sample_rate, steps, delta, name) for name in ACCOUNTANTS}
+
+
 def noise_for_epsilon(target_epsilon: float, sample_rate: float, steps: int, delta: float,
                       accountant: str = "rdp") -> float:
     """The noise multiplier that spends ``target_epsilon`` in ``steps`` steps (Opacus's search)."""
@@ -154,13 +233,32 @@ def noise_for_epsilon(target_epsilon: float, sample_rate: float, steps: int, del
                                       steps=steps, accountant=accountant))
 
 
+def member_sizes(cfg, n_models: int | None = None, keep_seed: int | None = None) -> list[int]:
+    """Training-set size of each of the first ``n_models`` (default ``cfg.n_models``) rows of the keep mask."""
+    experiment = data_lib.make_experiment_data(cfg, seed=cfg.seeds[0])
+    keep = data_lib.balanced_keep_mask(max(n_models or cfg.n_models, 2), len(experiment.pool_y),
+                                       seed=cfg.seeds[0] if keep_seed is None else keep_seed,
+                                       strata=experiment.pool_is_outlier)
+    return [int(row.sum()) for row in keep]
+
+
+def calibrated_noise(cfg, params: ChapterParams, target_epsilon: float) -> float:
+    """The noise multiplier at which every model of a setting spends at most ``target_epsilon`` (under
+    ``params.accountant``, at its own delta): Opacus's search for each distinct training-set size, the largest."""
+    noises = []
+    for n in sorted(set(member_sizes(cfg))):
+        rate, steps = opacus_schedule(n, cfg.batch_size, cfg.epochs)
+        noises.append(noise_for_epsilon(target_epsilon, rate, steps, model_delta(n, params.delta), params.accountant))
+    return max(noises)
+
+
 # ----------------------------------------------------------------------------- DP-SGD training
 
 @dataclass
 class PrivateTraining:
     """Opacus's objects for one model: ``module`` (a GradSampleModule: after ``backward`` each parameter
     holds ``grad_sample`` (B, *shape)), ``optimizer`` (DPOptimizer: clips, sums, adds noise), ``loader``
-    (Poisson sampling), with ``sample_rate`` and ``steps_per_epoch``."""
+    (Poisson sampling), with Opacus's ``sample_rate`` and ``steps_per_epoch`` (its sampler's length)."""
 
     module: nn.Module
     optimizer: torch.optim.Optimizer
@@ -173,7 +271,7 @@ def make_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_si
                  noise_multiplier: float, max_grad_norm: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  seed: int = 0) -> PrivateTraining:
     """Wrap ``model`` (modified in place: in-place ReLUs become out-of-place, which Opacus's hooks need) for
-    DP-SGD on (x (n, C, H, W), y (n,)) with Poisson sampling of expected size ``batch_size``.
+    DP-SGD on (x (n, C, H, W), y (n,)) with Poisson sampling of expected size about ``batch_size``.
 
     Raises:
         ValueError: for a model with BatchNorm (see :func:`check_dp_norm`) or bad privacy parameters.
@@ -201,8 +299,8 @@ def make_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_si
             module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm, poisson_sampling=True,
             noise_generator=torch.Generator().manual_seed(10_000 + seed))
-    return PrivateTraining(module, optimizer, private_loader, sample_rate=1 / len(loader),
-                           steps_per_epoch=len(loader))
+    return PrivateTraining(module, optimizer, private_loader, sample_rate=float(private_loader.sample_rate),
+                           steps_per_epoch=len(private_loader))
 
 
 @contextlib.contextmanager
@@ -217,8 +315,9 @@ def quiet_hooks() -> Iterator[None]:
 def train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
                   noise_multiplier: float, max_grad_norm: float, momentum: float = 0.9, weight_decay: float = 0.0,
                   schedule: str = "onecycle", seed: int = 0, max_steps: int | None = None) -> PrivateTraining:
-    """Train ``model`` in place with DP-SGD (see :func:`make_private`), the learning rate following
-    ``train.learning_rate``; ``max_steps`` stops early. Leaves the model in eval mode."""
+    """Train ``model`` in place with DP-SGD (see :func:`make_private`) for ``epochs`` times Opacus's steps per
+    epoch, the learning rate following ``train.learning_rate``; ``max_steps`` stops early. Leaves the model in
+    eval mode."""
     torch.manual_seed(seed)
     private = make_private(model, x, y, batch_size=batch_size, lr=lr, noise_multiplier=noise_multiplier,
                            max_grad_norm=max_grad_norm, momentum=momentum, weight_decay=weight_decay, seed=seed)
@@ -241,12 +340,140 @@ def train_private(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs:
     return private
 
 
+# ----------------------------------------------------------------------------- private members (tasks)
+
+@dataclass(frozen=True)
+class Member:
+    """One private model to train: where it is stored (``entry``, ``name``), its recipe and its data (row
+    ``row`` of the balanced keep mask drawn with ``keep_seed``; initial seed ``init_seed``)."""
+
+    entry: results.Entry
+    name: str
+    cfg: Any
+    norm: str
+    noise_multiplier: float
+    lr: float
+    max_grad_norm: float
+    keep_seed: int
+    row: int
+    init_seed: int
+
+
+def keep_row(experiment: data_lib.ExperimentData, keep_seed: int, row: int) -> torch.Tensor:
+    """(N,) bool: row ``row`` of the balanced keep mask of seed ``keep_seed`` (the same in a mask of any size)."""
+    return data_lib.balanced_keep_mask(max(row + 1, 2), len(experiment.pool_y), seed=keep_seed,
+                                       strata=experiment.pool_is_outlier)[row]
+
+
+def train_member(member: Member, inputs=None, cache: str | None = None) -> None:
+    """Train ``member`` with DP-SGD (one thread, so its bits do not depend on where it runs) and save its state,
+    pool and test logits, Opacus's sample rate and steps and its training-set size, unless already stored."""
+    if cache is not None:
+        os.environ["BNLIB_CACHE"] = str(cache)
+    if member.entry.has(member.name):
+        return
+    cfg = member.cfg
+    experiment, pool_x, test_x = inputs if inputs is not None else zoo_lib._worker_inputs(cfg)
+    keep = keep_row(experiment, member.keep_seed, member.row)
+    device = train.resolve_device(cfg.device)
+    with zoo_lib.one_thread():
+        torch.manual_seed(member.init_seed)
+        model = models.build(*zoo_lib.zoo_spec(cfg, member.norm, experiment, pool_x)).to(device)
+        private = train_private(model, pool_x[keep].to(device), experiment.pool_y[keep].to(device), epochs=cfg.epochs,
+                                batch_size=cfg.batch_size, lr=member.lr, noise_multiplier=member.noise_multiplier,
+                                max_grad_norm=member.max_grad_norm, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, schedule=cfg.schedule, seed=member.init_seed)
+        value = {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                 "logits": train.predict_logits(model, pool_x), "test_logits": train.predict_logits(model, test_x),
+                 "keep": keep, "sample_rate": private.sample_rate, "steps": cfg.epochs * private.steps_per_epoch,
+                 "n_train": int(keep.sum())}
+    member.entry.save(member.name, value)
+
+
+def train_members(cfg, members: Sequence[Member], desc: str, progress: bool = True) -> None:
+    """Train the members not yet stored: here (one worker) or in ``zoo.local_workers(cfg)`` spawned processes
+    with one thread each (as ``zoo.train_members_locally`` does)."""
+    from tqdm.auto import tqdm
+
+    todo = [m for m in members if not m.entry.has(m.name)]
+    if not todo:
+        return
+    inputs = zoo_lib.zoo_inputs(cfg)
+    workers = min(zoo_lib.local_workers(cfg), len(todo))
+    bar = tqdm(total=len(todo), desc=f"{desc} ({len(members) - len(todo)} cached, {workers} workers)",
+               disable=not progress)
+    if workers <= 1:
+        for member in todo:
+            train_member(member, inputs)
+            bar.update(1)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=zoo_lib._init_worker, initargs=(cfg, inputs)) as pool:
+            futures = [pool.submit(train_member, member, None, str(results.cache_root())) for member in todo]
+            for future in as_completed(futures):
+                future.result()  # re-raises a worker's error here
+                bar.update(1)
+    bar.close()
+
+
+def member_entry(kind: str, cfg, norm: str, noise_multiplier: float, lr: float, params: ChapterParams,
+           **extra: Any) -> results.Entry:
+    """Members' cache entry: not ``n_models`` (member t is the same in a population of any size)."""
+    return results.Entry(kind, {
+        **cfg.result_key("n_models"), "norm": norm, "data_seed": cfg.seeds[0], "noise_multiplier": noise_multiplier,
+        "max_grad_norm": params.max_grad_norm, "lr": lr, **extra,
+        "opacus": importlib.metadata.version("opacus")},  # its per-sample gradients and noise decide the models
+        code=results.code_of("dp"))
+
+
+# ----------------------------------------------------------------------------- learning-rate tuning
+
+def tune_learning_rate(cfg, norm: str, noise_multiplier: float, params: ChapterParams,
+                       progress: bool = True) -> dict[str, Any]:
+    """Choose DP-SGD's learning rate for one noise level on ``params.tuning_models`` tuning models per value of
+    ``params.dp_lrs``. A tuning model trains on a row of a keep mask of its own (data seed +
+    ``TUNING_KEEP_SEED``, so never an evaluated model's training set) from its own initial seed, and is scored
+    by its accuracy on the pool's in-distribution examples it did not train on (a validation set: the test
+    set is not used); the tuning models are then discarded. The tuning is not in epsilon (it reads the pool).
+
+    Returns:
+        ``{"grid": [lr...], "validation_accuracy": [[per tuning model] per lr], "mean": [per lr],
+        "chosen": lr with the highest mean (the smallest such), "n_tuning_models": k}``.
+    """
+    check_dp_norm(norm)
+    keep_seed = cfg.seeds[0] + TUNING_KEEP_SEED
+    grid = list(params.dp_lrs)
+    members = {lr: [Member(member_entry("dp_tuning", cfg, norm, noise_multiplier, lr, params, keep_seed=keep_seed),
+                           f"model_{t}", cfg, norm, noise_multiplier, lr, params.max_grad_norm, keep_seed, t,
+                           TUNING_INIT_SEED + t) for t in range(params.tuning_models)] for lr in grid}
+    train_members(cfg, [m for group in members.values() for m in group],
+                  f"DP-SGD {norm}, noise {noise_multiplier:.3g}: learning-rate grid", progress)
+    experiment = data_lib.make_experiment_data(cfg, seed=cfg.seeds[0])
+    accuracy = []
+    for lr in grid:
+        per_model = []
+        for member in members[lr]:
+            stored = member.entry.load(member.name)
+            held_out = ~stored["keep"] & ~experiment.pool_is_outlier  # in-distribution, not trained on
+            correct = stored["logits"].argmax(-1) == experiment.pool_y
+            per_model.append(float(correct[held_out].float().mean()))
+        accuracy.append(per_model)
+    means = [sum(a) / len(a) for a in accuracy]
+    return {"grid": grid, "validation_accuracy": accuracy, "mean": means, "chosen": grid[means.index(max(means))],
+            "n_tuning_models": params.tuning_models}
+
+
 # ----------------------------------------------------------------------------- model populations
 
 @dataclass
 class Population:
     """One setting's models, read like a ``zoo.Zoo``: keep (T, N) bool, logits (T, N, C), labels (N,),
-    is_outlier (N,), test_logits (T, n_test, C), test_labels (n_test,); ``epsilon`` for DP settings."""
+    is_outlier (N,), test_logits (T, n_test, C), test_labels (n_test,). For DP settings: ``epsilon`` (the
+    largest over the models under the calibrating accountant), ``epsilons`` (``{"rdp", "prv"}``, each the
+    largest over the models), ``delta`` (the largest), the noise, learning rate, sample rate and steps."""
 
     setting: str
     norm: str
@@ -257,8 +484,12 @@ class Population:
     test_logits: torch.Tensor
     test_labels: torch.Tensor
     epsilon: float | None = None
+    epsilons: dict[str, float] | None = None
     noise_multiplier: float | None = None
     delta: float | None = None
+    lr: float | None = None
+    sample_rate: float | None = None
+    steps: int | None = None
 
     @classmethod
     def from_zoo(cls, setting: str, zoo: zoo_lib.Zoo) -> Population:
@@ -270,55 +501,25 @@ class Population:
         return self.keep.shape[0]
 
 
-def model_delta(n_examples: int, delta: float) -> float:
-    """The delta of a model trained on ``n_examples``: ``delta``, or 1/n when ``delta`` is 0."""
-    return 1.0 / n_examples if delta == 0 else delta
-
-
-def train_dp_population(cfg, norm: str, noise_multiplier: float, params: ChapterParams,
+def train_dp_population(cfg, norm: str, noise_multiplier: float, lr: float, params: ChapterParams,
                         progress: bool = True) -> Population:
-    """``params.setting_models`` models of ``norm`` trained with DP-SGD, each on its half of the pool (the keep
-    mask of a zoo of that size), cached model by model. ``epsilon``: the largest over the models (their n differ
-    slightly, hence q = 1 / ceil(n / batch_size) and delta = 1/n)."""
+    """``cfg.n_models`` models of ``norm`` trained with DP-SGD at learning rate ``lr``: member t on row t of the
+    zoo's keep mask from the zoo's initial seed of member t (so paired with zoo member t), cached one by one.
+    Privacy: each model at its own delta (:func:`model_delta`) and Opacus's q and steps; the population reports
+    the largest epsilon over its models under each accountant, and the largest delta."""
     check_dp_norm(norm)
-    n_models = params.setting_models
-    experiment, pool_x, test_x = zoo_lib.zoo_inputs(cfg)
-    pool_y = experiment.pool_y
-    keep = data_lib.balanced_keep_mask(n_models, len(pool_y), seed=cfg.seeds[0], strata=experiment.pool_is_outlier)
-    entry = results.Entry("dp_zoo", {
-        **cfg.result_key(), "n_models": n_models, "norm": norm, "data_seed": cfg.seeds[0],
-        "noise_multiplier": noise_multiplier, "max_grad_norm": params.max_grad_norm, "dp_lr": params.dp_lr,
-        "opacus": importlib.metadata.version("opacus")},  # its per-sample gradients and noise decide the models
-        code=results.code_of("dp"))
-    spec = (cfg.arch, norm, pool_x.shape[1], pool_x.shape[-1], experiment.num_classes, cfg.width)
-    from tqdm.auto import tqdm
-
-    device = train.resolve_device(cfg.device)
-    stored = []
-    for t in tqdm(range(n_models), desc=f"DP-SGD {norm}, noise {noise_multiplier:g}", disable=not progress):
-        def compute(t: int = t) -> dict[str, Any]:
-            torch.manual_seed(1000 + t)
-            model = models.build(*spec).to(device)
-            private = train_private(model, pool_x[keep[t]].to(device), pool_y[keep[t]].to(device), epochs=cfg.epochs,
-                                    batch_size=cfg.batch_size, lr=params.dp_lr, noise_multiplier=noise_multiplier,
-                                    max_grad_norm=params.max_grad_norm, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay, schedule=cfg.schedule, seed=1000 + t)
-            return {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                    "logits": train.predict_logits(model, pool_x), "test_logits": train.predict_logits(model, test_x),
-                    "sample_rate": private.sample_rate, "steps": cfg.epochs * private.steps_per_epoch,
-                    "n_train": int(keep[t].sum())}
-        stored.append(entry.get_or_compute(f"model_{t}", compute))
-    # models train on slightly different n (the keep mask balances examples, not models): report the largest
-    # epsilon over models, each at its own delta = 1/n, and the largest of those deltas
+    entry = member_entry("dp_zoo", cfg, norm, noise_multiplier, lr, params)
+    members = [Member(entry, zoo_lib.member_name(t), cfg, norm, noise_multiplier, lr, params.max_grad_norm,
+                      cfg.seeds[0], t, zoo_lib.member_seed(t)) for t in range(cfg.n_models)]
+    train_members(cfg, members, f"DP-SGD {norm}, noise {noise_multiplier:.3g}", progress)
+    stored = [entry.load(m.name) for m in members]
+    experiment = data_lib.make_experiment_data(cfg, seed=cfg.seeds[0])
     budgets = {(s["sample_rate"], s["steps"], model_delta(s["n_train"], params.delta)) for s in stored}
-    spent = max(epsilon(noise_multiplier, rate, steps, delta, params.accountant) for rate, steps, delta in budgets)
-    delta = max(delta for _, _, delta in budgets)
-    return Population(f"{models_label(norm)} + DP-SGD", norm, keep, torch.stack([s["logits"] for s in stored]),
-                      pool_y, experiment.pool_is_outlier, torch.stack([s["test_logits"] for s in stored]),
-                      experiment.test_y, epsilon=spent, noise_multiplier=noise_multiplier, delta=delta)
-
-
-def models_label(norm: str) -> str:
-    from .plots import NORM_LABELS
-
-    return NORM_LABELS.get(norm, norm)
+    spent = [epsilons(noise_multiplier, rate, steps, delta) for rate, steps, delta in budgets]
+    by_accountant = {name: max(e[name] for e in spent) for name in ACCOUNTANTS}
+    rates = {rate for rate, _, _ in budgets}
+    return Population("", norm, torch.stack([s["keep"] for s in stored]), torch.stack([s["logits"] for s in stored]),
+                      experiment.pool_y, experiment.pool_is_outlier, torch.stack([s["test_logits"] for s in stored]),
+                      experiment.test_y, epsilon=by_accountant[params.accountant], epsilons=by_accountant,
+                      noise_multiplier=noise_multiplier, delta=max(delta for _, _, delta in budgets), lr=lr,
+                      sample_rate=max(rates), steps=max(steps for _, steps, _ in budgets))
