@@ -218,8 +218,9 @@ def result_sentence(result: dict[str, Any]) -> str:
 def point_sentences(points: Points) -> str:
     """Each point's two comparisons in words, one clause per point: ``batch 32: same schedule ...; matched
     fit ...``, joined by semicolons."""
-    return "; ".join(f"{found['point'].label}: same schedule {result_sentence(found['same_schedule'])}, "
-                     f"matched fit {result_sentence(found['matched_fit'])}" for found in points)
+    return "; ".join(f"{SWEEP_TITLES[found['point'].sweep]} {found['point'].label}: same schedule "
+                     f"{result_sentence(found['same_schedule'])}, matched fit {result_sentence(found['matched_fit'])}"
+                     for found in points)
 
 
 def batch_size_values(points: Points, cfg, params: ablations.ChapterParams) -> dict[str, Any]:
@@ -366,3 +367,11 @@ def sweep_markdown(points: Points, name: str) -> str:
                 f"`-p sweeps ...,{name}`.*")
     return (comparison_table_markdown(points) + "\n\n" + schedule_table_markdown(points) + "\n\nIn words: "
             + point_sentences(points) + ".")
+
+
+def verdict_names() -> str:
+    """The five verdicts as the page names them: ``*BN higher*, *no-BN higher*, ... or *inconclusive*``."""
+    names = [f"*{words}*" for words in ablations.VERDICTS]
+    names[2] = "*equivalent within ±m*"
+    names[3] = "*no difference detected (could detect ≥ X)*"
+    return ", ".join(names[:-1]) + " or " + names[-1]

@@ -278,7 +278,7 @@ def paired_inference(first: Sequence[float], second: Sequence[float], margin: fl
         quantile = scipy_stats.t.ppf(1 - alpha / 2, n - 1)
         out.update(mean=mean, se=se, ci95=[mean - quantile * se, mean + quantile * se],
                    detectable_difference=float((quantile + scipy_stats.t.ppf(power, n - 1)) * se))
-        if np.ptp(difference) > 0:
+        if np.ptp(difference) > 1e-12 * max(1.0, float(np.abs(difference).max())):  # else equal up to rounding
             out["p_value"] = float(scipy_stats.ttest_1samp(difference, 0.0).pvalue)
             out["p_equivalence"] = float(ttost_paired(a, b, -margin, margin)[0])
         else:  # every pair differs by the same amount: a t-test has no variance to work with

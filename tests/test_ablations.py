@@ -11,7 +11,6 @@ from statsmodels.stats.weightstats import ttost_paired
 
 from bnlib import ablations, config, memorization, train, zoo
 
-
 # ----------------------------------------------------------------------------- parameters and plans
 
 def test_parameters_are_validated():
