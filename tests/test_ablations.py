@@ -55,9 +55,11 @@ def test_equal_steps_rule_known_answers():
 def test_plans_name_their_points_and_pair_the_arms():
     cfg, params = config.load("quick", extras=ablations.ChapterParams, sweeps=",".join(ablations.SWEEPS))
     batch = ablations.plan(cfg, params, "batch_size")
-    assert [p.name for p in batch] == ["batch32", "batch128", "batch512"]
+    assert [p.name for p in batch] == ["batch32", "batch128", "batch256"]
     assert batch[1].arms == (ablations.Arm("batch"), ablations.Arm("none"))  # the chapter's own: no override
-    assert dict(batch[2].arms[0].overrides) == {"batch_size": 512, "epochs": 60, "lr": 0.2}
+    assert dict(batch[2].arms[0].overrides) == {"batch_size": 256, "epochs": 24, "lr": 0.1}
+    paper = ablations.plan(*config.load("paper", extras=ablations.ChapterParams), "batch_size")
+    assert [p.name for p in paper] == ["batch32", "batch128", "batch512"]
     assert all(p.arms[0].overrides == p.arms[1].overrides for p in batch)  # only the norm differs within a pair
     norm = ablations.plan(cfg, params, "norm")
     assert [p.arms[0].norm for p in norm] == ["batch", "ghost", "running", "group", "layer"]
