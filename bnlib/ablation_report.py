@@ -266,20 +266,29 @@ def group_reading(group_none: dict[str, Any], group_batch: dict[str, Any]) -> st
     if "not reached" in (words_none, words_batch) or "inconclusive" in (words_none, words_batch):
         return ("These populations cannot say what GroupNorm's result means for the batch-coupling explanation: "
                 "at matched fit the comparison is not reached or inconclusive.")
-    if words_none == "BN higher":  # GroupNorm memorizes more than no norm
-        if words_batch == "BN higher":
-            return ("GroupNorm, which couples no two examples of a batch, memorizes the canaries more than no norm "
-                    "and more than BatchNorm at matched fit: normalization can raise memorization without any "
-                    "batch coupling, so batch coupling cannot be the whole explanation of BN's effect.")
-        return ("GroupNorm, which couples no two examples of a batch, memorizes the canaries more than no norm at "
-                "matched fit, and not detectably less than BatchNorm: what normalization does to memorization does "
-                "not need batch coupling, which weakens the batch-coupling explanation of BN's effect.")
-    if words_batch == "no-BN higher":  # GroupNorm below BN
-        return ("GroupNorm, which couples no two examples of a batch, memorizes the canaries less than BatchNorm at "
-                "matched fit and not more than no norm: consistent with the batch-coupling explanation, where the "
-                "coupling, not the normalization, carries BN's effect.")
-    return ("GroupNorm, which couples no two examples of a batch, is not distinguishable from no norm at matched fit, "
-            "nor from BatchNorm: these populations do not separate normalization from batch coupling.")
+    lead = "GroupNorm, which couples no two examples of a batch,"
+    above_none, above_batch = words_none == "BN higher", words_batch == "BN higher"
+    below_batch = words_batch == "no-BN higher"
+    if above_none and above_batch:
+        return (f"{lead} memorizes the canaries more than no norm and more than BatchNorm at matched fit: "
+                "normalization can raise memorization without any batch coupling, so batch coupling cannot be the "
+                "whole explanation of BN's effect.")
+    if above_none and below_batch:
+        return (f"{lead} memorizes the canaries more than no norm but less than BatchNorm at matched fit: "
+                "normalization alone accounts for part of BN's effect, and batch coupling may account for the rest.")
+    if above_none:
+        return (f"{lead} memorizes the canaries more than no norm at matched fit, and not detectably less than "
+                "BatchNorm: what normalization does to memorization does not need batch coupling, which weakens the "
+                "batch-coupling explanation of BN's effect.")
+    if below_batch:
+        return (f"{lead} memorizes the canaries less than BatchNorm at matched fit and not more than no norm: "
+                "consistent with the batch-coupling explanation, where the coupling, not the normalization, carries "
+                "BN's effect.")
+    if above_batch:
+        return (f"{lead} memorizes the canaries more than BatchNorm at matched fit but not more than no norm: BN "
+                "itself is not above no norm here, and the batch-coupling explanation gets no support.")
+    return (f"{lead} is not distinguishable from no norm at matched fit, nor from BatchNorm: these populations do "
+            "not separate normalization from batch coupling.")
 
 
 def ablations_words(result: dict[str, Any]) -> str:
@@ -299,8 +308,10 @@ def norm_values(points: Points, params: ablations.ChapterParams) -> dict[str, An
     if "group" in norms and "batch" in norms:
         group_batch = group_versus_batch(points, params)
         group_none = next(found["matched_fit"] for found in points if found["arms"][0]["norm"] == "group")
-        values.update(group_batch_sentence=result_sentence(group_batch).replace("BN higher", "GroupNorm higher")
-                      .replace("no-BN higher", "BatchNorm higher"),
+        sentence = result_sentence(group_batch)
+        words = ablations_words(group_batch)  # the first arm is GroupNorm, the second BatchNorm: name them
+        named = {"BN higher": "GroupNorm higher", "no-BN higher": "BatchNorm higher"}.get(words, words)
+        values.update(group_batch_sentence=named + sentence[len(words):],
                       group_reading=group_reading(group_none, group_batch))
     else:
         values.update(group_batch_sentence="(GroupNorm is not in this sweep)",

@@ -310,7 +310,7 @@ def verdict_text(result: dict[str, Any], alpha: float = 0.05) -> str:
 
 def not_reached(arms: Sequence[dict[str, Any]], level: float) -> str | None:
     """None if every member of every arm crosses ``level``; otherwise "not reached (...)" naming who did not."""
-    missing = [f"{int(np.isnan(arm['matched_fit']).sum())} of {arm['matched_fit'].size} {arm['norm']}"
+    missing = [f"{int(np.isnan(arm['matched_fit']).sum())} of {arm['matched_fit'].size} '{arm['norm']}'"
                for arm in arms if np.isnan(arm["matched_fit"]).any()]
     if not missing:
         return None

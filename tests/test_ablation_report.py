@@ -64,7 +64,7 @@ def test_comparison_table_known_rows():
     assert "| 8 model pairs | BN higher (difference +0.300" in lines[2]
     assert lines[5].startswith("| 128 | matched fit") and "equivalent within ±0.08" in lines[5]
     assert lines[7] == ("| 512 | matched fit | BatchNorm: – | no norm: – | – | 0 model pairs | not reached (8 of 8 "
-                        "none models never reach fit 0.9) |")
+                        "'none' models never reach fit 0.9) |")
 
 
 def test_fewer_than_eight_pairs_show_no_interval():
@@ -117,12 +117,19 @@ def test_group_reading_follows_the_verdicts(group, reading):
         assert "consistent with the batch-coupling explanation" in values["group_reading"]
     else:
         assert reading in values["group_reading"]
-    assert "n = 8 model pairs" in values["group_batch_sentence"] and "BN higher" not in values["group_batch_sentence"]
+    sentence = values["group_batch_sentence"]
+    assert "n = 8 model pairs" in sentence and "BN higher" not in sentence and "no-GroupNorm" not in sentence
+    if group == UP:  # GroupNorm equal to BN in every pair
+        assert sentence.startswith("equivalent within ±0.08")
+    elif group == DOWN:
+        assert sentence.startswith("BatchNorm higher (difference -0.300")
+    else:
+        assert sentence.startswith("GroupNorm higher (difference +0.300")
 
 
 def test_group_reading_says_when_matched_fit_is_not_reached():
     values = ablation_report.norm_values(_norm_points(UP, NEVER), PARAMS)
-    assert values["group_batch_sentence"].startswith("not reached (8 of 8 group")
+    assert values["group_batch_sentence"].startswith("not reached (8 of 8 'group'")
     assert "cannot say" in values["group_reading"]
     noisy = {"verdict": "no difference detected (could detect ≥ 0.3)"}
     assert "do not separate normalization from batch coupling" in ablation_report.group_reading(noisy, noisy)
@@ -206,3 +213,17 @@ def test_explorer_draws_one_line_per_model():
     assert slider.options == ("32", "128", "512") and bytes(picture.value).startswith(b"\x89PNG")
     html = ablation_report.batch_size_animation(points, 0.9)
     assert "<img" in html or "data:image/png" in html
+
+
+@pytest.mark.parametrize("none_words, batch_words, expected", [
+    ("BN higher", "BN higher", "cannot be the whole explanation"),
+    ("BN higher", "no-BN higher", "may account for the rest"),
+    ("BN higher", "equivalent within ±0.08", "weakens the batch-coupling explanation"),
+    ("equivalent within ±0.08", "no-BN higher", "consistent with the batch-coupling explanation"),
+    ("no difference detected", "BN higher", "gets no support"),
+    ("no difference detected", "no difference detected", "do not separate"),
+    ("not reached", "BN higher", "cannot say"),
+])
+def test_group_reading_has_one_sentence_per_pair_of_verdicts(none_words, batch_words, expected):
+    reading = ablation_report.group_reading({"verdict": none_words + " (...)"}, {"verdict": batch_words + " (...)"})
+    assert expected in reading

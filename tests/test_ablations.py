@@ -157,7 +157,7 @@ def test_detectable_difference_uses_the_t_of_the_verdict():
 def test_not_reached_names_who_never_reaches_the_level():
     arms = [{"norm": "batch", "matched_fit": np.array([0.1, 0.2])},
             {"norm": "none", "matched_fit": np.array([np.nan, 0.2])}]
-    assert ablations.not_reached(arms, 0.95) == "not reached (1 of 2 none models never reach fit 0.95)"
+    assert ablations.not_reached(arms, 0.95) == "not reached (1 of 2 'none' models never reach fit 0.95)"
     assert ablations.not_reached(arms[:1], 0.95) is None
 
 
