@@ -4,8 +4,9 @@ Modules, from the data to the book:
     config (profiles, validation, the compared norms and comparisons) · data · models · train · runs (one
     cached training run) · ensemble (K models at once) · zoo (zoo members as tasks) · engine (the same tasks
     on a Dask cluster) · population (one population per norm, the three comparisons) · results (cache
-    policy, summaries) · stats · verdict (cluster bootstrap, power, Holm, verdict words) · plots · report ·
-    book · cli · chapter (what every chapter notebook does: set-up, parameters cell, glue, summary).
+    policy, summaries) · stats · verdict (paired t on model pairs, equivalence, power, the book family,
+    verdict words) · plots · report · book · cli · chapter (what every chapter notebook does: set-up,
+    parameters cell, glue, summary).
 
 Per chapter, the measurement (in the cache keys of what it computes) apart from its reading (tables, glue,
 figures, headline metrics; free to change without re-training anything):

@@ -30,6 +30,31 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 # The two arms of every headline comparison, and the three ways they are compared (bnlib.population).
 COMPARED_NORMS = ("batch", "none")
 COMPARISONS = ("same_schedule", "matched_fit", "matched_fit_annealed")
+# The book's one family of primary endpoints (bnlib.verdict.book_family_holm): metric-name prefixes; every row,
+# in each comparison, whose name starts with one is Holm-adjusted with all the others across chapters (the fit
+# grid's per-level rows, ``..._matched_fit_0p95``, excepted: the curve band reads them); every other metric is
+# secondary and carries its raw p only.
+PRIMARY_ENDPOINTS = (
+    "canary_memorization",  # acc(IN canaries) - acc(OUT canaries) per model (memorization chapter)
+    "influence_counterfactual_outlier_inlier_ratio",  # per-sample influence of canaries over inliers
+    "mia_lira_pooled_tpr_at_1pct_fpr_outliers",  # LiRA TPR at a low FPR, ROC pooled over targets
+)
+# Equivalence margins (metric-name prefix -> m; the longest matching prefix wins): "equivalent within ±m"
+# needs two one-sided tests to put the BN - no-BN difference inside (-m, m). Declared before any run.
+EQUIVALENCE_MARGINS = {
+    # memorization scores live in [-1, 1]; 0.08 is 8 canaries in 100 changing from forgotten to memorized
+    # (the margin issue 21 proposes); at quick (32 pairs, SE ~0.013) the detectable difference at the primary
+    # family's alpha (0.05 / 9, df 30) is ~0.05, so the design can reach "equivalent within ±0.08" when it holds
+    "canary_memorization": 0.08,
+    "fz_memorization": 0.08, "ablation_canary_memorization": 0.08,
+    # AUC: 0.05 is the usual "negligible" band around a fixed attack's AUC (0.5 -> 0.55 is barely an attack)
+    "mia_lira_auc": 0.05, "mia_lira_reference_auc": 0.05, "mia_loss_auc": 0.05, "mia_rmia_auc": 0.05,
+    # TPR at a low FPR: 0.05 absolute is five times the chance rate at 1% FPR and one in twenty canaries
+    # identified; a smaller margin would need far more targets than a quick zoo holds
+    "mia_lira_pooled": 0.05, "mia_lira_reference_pooled": 0.05, "mia_lira_tpr": 0.05,
+    # ratios are compared on the log scale: log(1.25), the 80-125% band of bioequivalence
+    "influence_": 0.22314355131420976,
+}
 
 
 @dataclass(frozen=True)

@@ -120,4 +120,4 @@ def chapter_metrics(runs_by_norm: Runs) -> dict[str, Any]:
             {norm: stats.mean_ci(values) for norm, values in final.items()}, p_value=p_value,
             test="paired t-test over seeds (same data draw per seed)", higher_means=higher_means,
             description=description, comparison="same_schedule")
-    return verdict.annotate(metrics, headline=[]) if both else metrics
+    return verdict.annotate(metrics) if both else metrics

@@ -112,4 +112,4 @@ def chapter_metrics(rows: Sequence[dict[str, Any]], level: float, params: influe
             description=(f"Median {definition_word(definition)} influence of probe canaries over that of probe "
                          f"inliers (fixed training batches with {params.probe_canaries} canaries), {how}."),
             comparison=comparison)
-    return verdict.annotate(metrics, headline=list(metrics), units={name: "seeds" for name in metrics})
+    return verdict.annotate(metrics, units={name: "seeds" for name in metrics})

@@ -189,7 +189,7 @@ def signed_scores(population, positions: np.ndarray | None = None, score: str = 
     Why this form: with a keep mask balanced per example (every example IN for half of the models) and per
     model (every model IN on half of each group), the mean of these values over a group of examples and all
     models is both the mean Feldman-Zhang score of the group and the mean over models of acc(IN) - acc(OUT):
-    one statistic, whose replicates are the models (and examples), ready for ``verdict.cluster_bootstrap_*``.
+    one statistic, whose replicates are the models (and examples), ready for ``verdict.paired_difference``.
     """
     logits = population.checkpoint_logits.float()  # (E, T, N, C)
     if score == "hard":

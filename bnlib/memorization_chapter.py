@@ -25,7 +25,7 @@ MEASURES = {
                                                        "(probability of the trained label, IN - OUT)"),
     ("inliers", "soft"): ("fz_memorization_inliers", "Mean soft Feldman-Zhang score of the inliers"),
 }
-HEADLINE = ("canary_memorization", "fz_memorization_outliers")  # the names of the Holm family, every comparison
+HEADLINE = tuple(name for name, _ in MEASURES.values() if verdict.is_primary(name))  # primary endpoints here
 SAME_SCHEDULE_HEADER = ("norm", "inlier fit (own half)", "test accuracy", "IN canaries", "OUT canaries",
                         "memorization [95% CI]")
 ANNEALED_HEADER = ("norm", "schedule", "final inlier fit", "memorization [95% CI]")
@@ -151,16 +151,13 @@ def most_memorized_examples(cfg, found: Mapping[str, Any], count: int) -> tuple[
 
 def chapter_metrics(cfg, found: Mapping[str, Any], compared: Comparisons) -> dict[str, Any]:
     """Every metric of ``MEASURES`` for the three comparisons (``population.metric_entries``), annotated with
-    verdicts: the canary families of ``HEADLINE`` are Holm-adjusted together, and a matched-fit row is judged
-    against the size of its same-schedule effect (``scales``)."""
+    verdicts: canary memorization (``config.PRIMARY_ENDPOINTS``) in every comparison is Holm-adjusted together,
+    every other row is secondary (``verdict.annotate``)."""
     metrics: dict[str, Any] = {}
     for (group, score), (name, what) in MEASURES.items():
         metrics.update(population.metric_entries(cfg, found, compared[(group, score)], name, what=what,
                                                  higher_means=f"more memorization of {group}"))
-    headline = [f"{name}_{c}" for name in HEADLINE for c in config.COMPARISONS]
-    scales = {f"{name}_{c}": metrics[f"{name}_same_schedule"]["difference"]["mean"]
-              for name in HEADLINE for c in config.COMPARISONS[1:]}
-    return verdict.annotate(metrics, headline, scales=scales)
+    return verdict.annotate(metrics)
 
 
 def sentences(metrics: Mapping[str, Any]) -> dict[str, str]:

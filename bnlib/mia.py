@@ -50,21 +50,23 @@ from .mia_attacks import (
 from .mia_eval import (
     LOW_FPRS,
     METRICS,
+    MIN_FALSE_POSITIVES,
+    ZERO_FP,
     Resamples,
     at_fit_level,
     direction,
     epochs_to_fit_level,
     estimate,
     interval,
+    low_fpr_metric,
     matched_fit_level,
     pair,
-    paired_difference,
     pooled_at_fit_level,
-    pooled_difference,
     pooled_estimate,
     pooled_interval,
     pooled_over_pools,
     pooled_roc,
+    pooled_scores,
     roc_metrics,
     weighted_roc_metrics,
 )
@@ -78,9 +80,10 @@ __all__ = [
     "check_zoo_size", "fit_gaussians", "lira_reference", "lira_score", "logit_scaled_confidence",
     "null_leave_one_out_auc", "pooled_std", "reference_attack", "rmia_score", "true_class_log_probability",
     # bnlib.mia_eval
-    "LOW_FPRS", "METRICS", "Resamples", "at_fit_level", "direction", "epochs_to_fit_level", "estimate", "interval",
-    "matched_fit_level", "pair", "paired_difference", "pooled_at_fit_level", "pooled_difference", "pooled_estimate",
-    "pooled_interval", "pooled_over_pools", "pooled_roc", "roc_metrics", "weighted_roc_metrics",
+    "LOW_FPRS", "METRICS", "MIN_FALSE_POSITIVES", "ZERO_FP", "Resamples", "at_fit_level", "direction",
+    "epochs_to_fit_level", "estimate", "interval", "low_fpr_metric", "matched_fit_level", "pair",
+    "pooled_at_fit_level", "pooled_estimate", "pooled_interval", "pooled_over_pools", "pooled_roc", "pooled_scores",
+    "roc_metrics", "weighted_roc_metrics",
 ]
 
 AUGMENTS = ("none", "flip", "flip_shift")

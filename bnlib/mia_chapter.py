@@ -3,10 +3,10 @@
 Everything here reads :func:`bnlib.mia.measure` results (``measured``: norm -> that dict) and the shared
 bootstrap resamples (``resamples``: group -> :class:`bnlib.mia.Resamples`); the numbers themselves come from
 :mod:`bnlib.mia_eval`. A *comparison* is one dict ``{norm: interval, ..., "diff": BN - no norm}``: the interval
-of each norm (``mean``, ``ci95``, ``n`` targets) and the paired bootstrap difference of BatchNorm minus no
-normalization (``mean``, ``ci95``, ``n``, ``p_value``, ``se``, ``unit``). The notebook shows the tables and glues
-the values its prose quotes; :mod:`bnlib.mia_summary` turns the comparisons into the chapter's headline metrics
-and :mod:`bnlib.mia_plots` draws its figures.
+of each norm (``mean``, ``ci95``, ``n`` targets) and the difference of BatchNorm minus no normalization on target
+pairs (``mean``, ``ci95``, ``n``, ``p_value``, ``se``, ``df``, ``unit``; :mod:`bnlib.verdict`). The notebook shows
+the tables and glues the values its prose quotes; :mod:`bnlib.mia_summary` turns the comparisons into the chapter's
+headline metrics and :mod:`bnlib.mia_plots` draws its figures.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 
 from . import chapter, memorization, mia, population
+from . import verdict as verdict_lib
 from . import zoo as zoo_lib
 from .plots import NORM_LABELS
 
-SHORT = {"auc": "auc", "tpr_at_1pct_fpr": "tpr1", "tpr_at_0.1pct_fpr": "tpr01", "balanced_accuracy": "bacc"}
-POOLED_METRICS = ("auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr")  # read off the ROC pooled over targets
+SHORT = {"auc": "auc", "tpr_at_1pct_fpr": "tpr1", "tpr_at_0.1pct_fpr": "tpr01", "tpr_at_0fp": "tpr0fp",
+         "balanced_accuracy": "bacc"}
+POOLED_METRICS = ("auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0fp")  # read off the ROC pooled over targets
 QUERY_METRICS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")  # of the query-mode table
 UNIT = "models"  # what the n of a per-norm interval counts: target models
 
@@ -34,27 +36,79 @@ def _text(summary: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- comparisons
 
 def compare(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], resamples: mia.Resamples) -> dict[str, Any]:
-    """Per norm the interval of a per-target metric, and the paired BN - no-norm difference.
+    """Per norm the interval of a per-target metric, and the BN - no-norm difference on target pairs.
 
     Args:
         pairs: norm -> (point (T,), resampled (T, B)) (:func:`bnlib.mia.pair`, :func:`bnlib.mia.at_fit_level`);
-            must hold ``batch`` and ``none``.
-        resamples: the resamples behind ``resampled`` (the same for every norm: the comparison is paired).
+            must hold ``batch`` and ``none``; target t of both is one pair (same keep mask and seed).
+        resamples: the resamples behind ``resampled`` (each norm's interval only).
+    Returns:
+        norm -> interval, and ``diff``: ``verdict.paired_difference`` of the per-target values (a t over the
+        pairs reaching a value in both norms; target: conditional on the examples).
     """
     out: dict[str, Any] = {norm: mia.interval(*pair, resamples) for norm, pair in pairs.items()}
-    out["diff"] = mia.paired_difference(pairs["batch"], pairs["none"], resamples)
+    out["diff"] = verdict_lib.paired_difference(pairs["batch"][0], pairs["none"][0], unit=UNIT)
     return out
 
 
+def pooled_pair_difference(a: Mapping[str, Any], b: Mapping[str, Any], metric: str, *, n_permutations: int = 1000,
+                           seed: int = 0, chunk: int = 4_000_000) -> dict[str, Any]:
+    """a - b of a metric of the ROC pooled over targets (no per-pair summary exists), on the target pairs both
+    zoos hold (same target index: same keep mask and seed; :func:`bnlib.mia.pooled_scores`).
+
+    ``p_value``: the pair-swap permutation test (BN and no-BN scores of a target trade places;
+    ``verdict.pair_swap_test``; exact under exchangeable labels); ``se``, ``ci95``, ``df``: the pair-level
+    jackknife with a t (``verdict.jackknife_interval``; data pools as strata). ``tests/test_mia_chapter.py``
+    simulates both. Shaped like ``verdict.paired_difference``, with ``p_value_t`` (the jackknife t's p).
+    """
+    common = np.intersect1d(np.unique(a["target"]), np.unique(b["target"]))
+    keep_a, keep_b = np.isin(a["target"], common), np.isin(b["target"], common)
+    members = np.asarray(a["members"])[keep_a]
+    if common.size == 0 or not np.array_equal(members, np.asarray(b["members"])[keep_b]):
+        if common.size:
+            raise ValueError("Parameters 'a' and 'b' hold different members for the same targets: not one keep mask.")
+        return {**verdict_lib.stratified_t(np.array([np.nan]), unit=UNIT), "n": 0, "p_value_t": float("nan")}
+    pair = np.searchsorted(common, np.asarray(a["target"])[keep_a])  # (M,) pair index of each pooled score
+    scores = np.concatenate([np.asarray(a["scores"])[keep_a], np.asarray(b["scores"])[keep_b]])  # (2M,)
+    both_members = np.concatenate([members, members])
+    pair_of_score = np.concatenate([pair, pair])
+    per_chunk = max(1, chunk // scores.size)
+
+    def pooled_metric(in_arm: np.ndarray) -> np.ndarray:
+        """(K,) metric of the ROC of the scores selected by in_arm (K, 2 n_pairs): column j < n_pairs selects
+        pair j's scores from a, column n_pairs + j from b."""
+        columns = pair_of_score + np.repeat([0, len(common)], len(pair))  # (2M,) the column of each score
+        return np.concatenate([
+            mia.weighted_roc_metrics(scores, both_members, in_arm[start:start + per_chunk][:, columns]
+                                     .astype(np.int32))[metric]
+            for start in range(0, len(in_arm), per_chunk)])
+
+    def swapped(flips: np.ndarray) -> np.ndarray:  # (B, n_pairs) -> (B,)
+        first = np.concatenate([~flips, flips], axis=1)
+        return pooled_metric(first) - pooled_metric(~first)
+
+    def kept(rows: np.ndarray) -> np.ndarray:  # (K, n_pairs) -> (K,)
+        nothing = np.zeros_like(rows)
+        return pooled_metric(np.concatenate([rows, nothing], axis=1)) - pooled_metric(
+            np.concatenate([nothing, rows], axis=1))
+
+    pools = np.asarray(a["target_pool"])[common]
+    out = verdict_lib.jackknife_interval(kept, len(common), pools, unit=UNIT)
+    p_value = verdict_lib.pair_swap_test(swapped, len(common), n_permutations=n_permutations, seed=seed)
+    return {**out, "p_value_t": out["p_value"], "p_value": p_value,
+            "method": "pair-swap permutation p; pair jackknife interval (t, pools as strata)"}
+
+
 def compare_pooled(pooled: Mapping[str, dict[str, Any]], metric: str) -> dict[str, Any]:
-    """Per norm ``metric`` of the ROC pooled over targets, and the paired BN - no-norm difference.
+    """Per norm ``metric`` of the ROC pooled over targets, and the BN - no-norm difference on target pairs
+    (:func:`pooled_pair_difference`).
 
     Args:
         pooled: norm -> :func:`bnlib.mia.pooled_estimate` (or ``pooled_over_pools``, ``pooled_at_fit_level``)
             with resamples.
     """
     out: dict[str, Any] = {norm: mia.pooled_interval(estimated, metric) for norm, estimated in pooled.items()}
-    out["diff"] = mia.pooled_difference(pooled["batch"], pooled["none"], metric)
+    out["diff"] = pooled_pair_difference(pooled["batch"], pooled["none"], metric)
     return out
 
 
@@ -100,8 +154,9 @@ def pooled_over_population(populations: Mapping[str, population.Population], cfg
 
 
 def all_pools_comparisons(all_pools: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """metric -> comparison of TPR at 0.1% and 1% FPR from :func:`pooled_over_population`."""
-    return {metric: compare_pooled(all_pools, metric) for metric in ("tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr")}
+    """metric -> comparison of TPR at 0.1% and 1% FPR and at 0 false positives from :func:`pooled_over_population`."""
+    return {metric: compare_pooled(all_pools, metric)
+            for metric in ("tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", mia.ZERO_FP)}
 
 
 def checkpoint_fits(cfg, params: mia.ChapterParams, measured: Mapping[str, dict[str, Any]]
@@ -120,16 +175,16 @@ def checkpoint_fits(cfg, params: mia.ChapterParams, measured: Mapping[str, dict[
 def matched_comparisons(fits: Mapping[str, dict[str, Any]], level: float, keep: np.ndarray, mask: np.ndarray,
                         resamples: mia.Resamples) -> dict[str, dict[str, Any]]:
     """Comparisons on the outliers at inlier train accuracy ``level``: per target (``auc``, ``tpr_at_1pct_fpr``,
-    ``tpr_at_0.1pct_fpr``, each target interpolated at its crossing) and from the ROC pooled over targets
-    (``pooled_tpr_at_1pct_fpr``, ``pooled_tpr_at_0.1pct_fpr``).
+    ``tpr_at_0.1pct_fpr``, ``tpr_at_0fp``, each target interpolated at its crossing) and from the ROC pooled over
+    targets (``pooled_`` + each TPR).
 
     Args:
         fits: norm -> ``measure(...)["fit"]``; keep: (T, N); mask: (N,) the outliers; resamples: theirs.
     """
     out = {metric: compare({norm: mia.at_fit_level(fit, "outliers", metric, level) for norm, fit in fits.items()},
-                           resamples) for metric in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")}
+                           resamples) for metric in ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", mia.ZERO_FP)}
     at_level = {norm: mia.pooled_at_fit_level(fit, keep, mask, level, resamples) for norm, fit in fits.items()}
-    for metric in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"):
+    for metric in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", mia.ZERO_FP):
         out["pooled_" + metric] = compare_pooled(at_level, metric)
     return out
 
@@ -137,9 +192,10 @@ def matched_comparisons(fits: Mapping[str, dict[str, Any]], level: float, keep: 
 def annealed_comparisons(annealed_measured: Mapping[str, dict[str, Any]], attack: str, resamples: mia.Resamples
                          ) -> dict[str, dict[str, Any]]:
     """Comparisons on the outliers of the annealed zoos (``measure`` of each norm's first-pool zoo at the end of
-    its annealed schedule): ``auc``, ``tpr_at_1pct_fpr`` per target, and ``pooled_`` + each over targets."""
+    its annealed schedule): ``auc``, ``tpr_at_1pct_fpr``, ``tpr_at_0fp`` per target, and ``pooled_`` + each over
+    targets."""
     out = {}
-    for metric in ("auc", "tpr_at_1pct_fpr"):
+    for metric in ("auc", "tpr_at_1pct_fpr", mia.ZERO_FP):
         out[metric] = compare({norm: mia.pair(m["attacks"][attack]["outliers"], metric)
                                for norm, m in annealed_measured.items()}, resamples)
         out[f"pooled_{metric}"] = compare_pooled({norm: m["pooled"][attack]["outliers"]
@@ -167,8 +223,8 @@ def headline_table(measured: Mapping[str, dict[str, Any]], attack: str, resample
             estimated = m["attacks"][attack][group]
             intervals = [mia.interval(*mia.pair(estimated, metric), resamples[group]) for metric in mia.METRICS]
             rows.append([NORM_LABELS[norm], group, *map(_text, intervals), f"{estimated['n_nonmembers'].mean():.0f}"])
-    return chapter.markdown_table(["norm", "examples", "AUC", "TPR @ 0.1% FPR", "TPR @ 1% FPR", "balanced accuracy",
-                                   "non-members per target"], rows)
+    return chapter.markdown_table(["norm", "examples", "AUC", "TPR @ 0.1% FPR", "TPR @ 1% FPR", "TPR @ 0 FP",
+                                   "balanced accuracy", "non-members per target"], rows)
 
 
 def attacks_table(measured: Mapping[str, dict[str, Any]], resamples: Mapping[str, mia.Resamples]) -> str:
@@ -200,7 +256,7 @@ def pooled_table(measured: Mapping[str, dict[str, Any]], pooled: Mapping[tuple[s
             rows.append([f"`{attack}`", NORM_LABELS[norm], *(_text(pooled[attack, metric][norm]) for metric in
                                                              POOLED_METRICS), _text(per_target)])
     return chapter.markdown_table(["attack", "norm", "pooled AUC", "TPR @ 0.1% FPR (pooled)", "TPR @ 1% FPR (pooled)",
-                                   "AUC (mean over targets)"], rows)
+                                   "TPR @ 0 FP (pooled)", "AUC (mean over targets)"], rows)
 
 
 def query_mode_table(modes: Mapping[str, dict[str, Any]], resamples: Mapping[str, mia.Resamples]) -> str:
@@ -226,7 +282,7 @@ def comparison_glue(prefix: str, comparison: Mapping[str, Any], *, intervals: bo
     difference = comparison["diff"]
     if verdict:
         values[f"{prefix}_verdict"] = memorization.describe_difference(difference, difference["p_value"],
-                                                                       "paired bootstrap")
+                                                                       "paired t over target pairs")
     values[f"{prefix}_direction"] = mia.direction(difference)
     return values
 
@@ -335,10 +391,10 @@ def query_mode_glue(modes: Mapping[str, dict[str, Any]], resamples: Mapping[str,
             continue
         for group in resamples:
             for metric in ("auc", "tpr_at_1pct_fpr"):
-                difference = mia.paired_difference(mia.pair(modes[mode][group], metric),
-                                                   mia.pair(modes["eval"][group], metric), resamples[group])
+                difference = verdict_lib.paired_difference(modes[mode][group]["point"][metric],
+                                                           modes["eval"][group]["point"][metric], unit=UNIT)
                 key = f"{mode}_{SHORT[metric]}_{group}"
                 values[key] = difference["mean"] + float(modes["eval"][group]["point"][metric].mean())
                 values[f"{key}_verdict"] = memorization.describe_difference(difference, difference["p_value"],
-                                                                            "paired bootstrap")
+                                                                            "paired t over target pairs")
     return values

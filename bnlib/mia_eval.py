@@ -1,5 +1,7 @@
-"""Evaluating membership scores: ROC metrics, the two-way bootstrap over targets and examples, intervals,
-paired BN-vs-no-BN differences, the ROC pooled over targets, and reading a zoo's checkpoints at a fit level.
+"""Evaluating membership scores: ROC metrics, the two-way bootstrap over targets and examples (each norm's
+interval), the ROC pooled over targets, and reading a zoo's checkpoints at a fit level. BN-vs-no-BN differences
+are tested on target pairs in :mod:`bnlib.mia_chapter` with :mod:`bnlib.verdict` (not here: this module
+decides cached measurements).
 
 Metrics come from scikit-learn's ``roc_curve``: AUC, TPR at a fixed low FPR (the largest TPR whose
 FPR does not exceed it: with n negatives, a TPR at FPR f allows floor(f n) false positives, so with
@@ -13,6 +15,7 @@ scores and keep are (T, N), one row per target model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +26,14 @@ from sklearn.metrics import auc, roc_curve
 from . import stats
 
 LOW_FPRS = (0.001, 0.01)
-METRICS = ("auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "balanced_accuracy")
+ZERO_FP = "tpr_at_0fp"  # the TPR at zero false positives (the highest threshold above every non-member)
+METRICS = ("auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", ZERO_FP, "balanced_accuracy")
+MIN_FALSE_POSITIVES = 10  # a TPR at FPR x is named so only where the non-members allow this many false positives
 
 
 def roc_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict[str, float]:
-    """AUC, TPR at 0.1% and 1% FPR and balanced accuracy of one target, with scikit-learn's ``roc_curve``.
+    """AUC, TPR at 0.1% and 1% FPR and at 0 false positives, and balanced accuracy of one target, with
+    scikit-learn's ``roc_curve``.
 
     ``drop_intermediate=False``: the default drops collinear ROC points, among them sometimes the one
     with the largest TPR at a fixed FPR (fine for plots, not for reading a TPR off the curve).
@@ -39,6 +45,7 @@ def roc_metrics(scores: np.ndarray, is_member: np.ndarray) -> dict[str, float]:
     out = {"auc": float(auc(fpr, tpr))}
     for level in LOW_FPRS:
         out[f"tpr_at_{level * 100:g}pct_fpr"] = float(tpr[fpr <= level].max())
+    out[ZERO_FP] = float(tpr[fpr <= 0].max())
     out["balanced_accuracy"] = float(np.max(1 - (fpr + (1 - tpr)) / 2))
     return out
 
@@ -64,6 +71,7 @@ def weighted_roc_metrics(scores: np.ndarray, is_member: np.ndarray, weights: np.
     with np.errstate(invalid="ignore", divide="ignore"):
         tpr, fpr = true_positives / positives, false_positives / negatives
         out = {f"tpr_at_{level * 100:g}pct_fpr": np.max(np.where(fpr <= level, tpr, 0), axis=1) for level in LOW_FPRS}
+        out[ZERO_FP] = np.max(np.where(fpr <= 0, tpr, 0), axis=1)
         out["balanced_accuracy"] = np.maximum(np.max((1 + tpr - fpr) / 2, axis=1), 0.5)
         previous_tpr = np.concatenate([np.zeros_like(tpr[:, :1]), tpr[:, :-1]], axis=1)
         out["auc"] = np.sum(np.diff(fpr, axis=1, prepend=0) * (tpr + previous_tpr) / 2, axis=1)
@@ -71,15 +79,27 @@ def weighted_roc_metrics(scores: np.ndarray, is_member: np.ndarray, weights: np.
     return {metric: np.where(invalid, np.nan, out[metric]) for metric in METRICS}
 
 
+def low_fpr_metric(metric: str, n_nonmembers: int) -> str:
+    """The name a TPR may carry: ``metric`` (a TPR at FPR x) where the non-members allow at least
+    ``MIN_FALSE_POSITIVES`` false positives at x (floor(x n) >= 10), else ``ZERO_FP``: with fewer, the "TPR at
+    x FPR" is read at 0 or a handful of false positives and says nothing about the rate x. Other metrics
+    are returned as they are."""
+    levels = {f"tpr_at_{level * 100:g}pct_fpr": level for level in LOW_FPRS}
+    if metric not in levels:
+        return metric
+    return metric if math.floor(levels[metric] * n_nonmembers + 1e-9) >= MIN_FALSE_POSITIVES else ZERO_FP
+
+
 @dataclass
 class Resamples:
     """A two-way ("pigeonhole") bootstrap: targets and examples resampled independently.
 
     Targets share their examples (and, leave-one-out, their shadows), so their metrics are correlated
-    and resampling targets alone gives intervals that are too narrow (``tests/test_verdict.py`` shows a
-    models-only bootstrap covering too rarely on a synthetic models x examples population). Resampling
-    examples as well accounts for the shared examples (Owen 2007, crossed random effects); it is
-    conservative when the (target, example) interaction is large.
+    and resampling targets alone gives intervals that are too narrow for a target that generalizes over
+    examples. Resampling examples as well accounts for the shared examples (Owen 2007, crossed random
+    effects); it is conservative when the (target, example) interaction is large, and it is used only for
+    each norm's own interval: differences between norms are conditional on the examples
+    (``bnlib.verdict.TARGET``) and tested on target pairs.
 
     Attributes:
         targets: (B, T) target indices; weights: (B, n) multiplicity of each of a subgroup's n examples.
@@ -150,36 +170,9 @@ def interval(point: np.ndarray, resampled: np.ndarray, resamples: Resamples, con
             "ci": [float(q) for q in np.nanquantile(means, [tail, 1 - tail])], "n": n}
 
 
-def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],
-                      resamples: Resamples) -> dict[str, Any]:
-    """a - b for two zoos with the same keep mask and examples (BN vs no-BN), each given as
-    (point (T,), resampled (T, B)), with the same resamples for both.
-
-    Returns:
-        ``mean``, ``ci95`` of the difference of means over targets, ``n`` targets with both values, a
-        two-sided bootstrap ``p_value`` (twice the smaller share of resampled differences on either side of
-        0, at least 1/(B+1)), the bootstrap ``se`` and ``unit`` ("models": the targets).
-    """
-    n = int(np.sum(~np.isnan(a[0]) & ~np.isnan(b[0])))
-    mean = float(np.nanmean(a[0]) - np.nanmean(b[0])) if n else float("nan")
-    return _bootstrap_difference(mean, _resampled_means(a[1], resamples) - _resampled_means(b[1], resamples), n)
-
-
-def _bootstrap_difference(mean: float, resampled: np.ndarray, n: int) -> dict[str, Any]:
-    """Interval, two-sided p-value and SE of a difference from its (B,) resampled values (NaN dropped)."""
-    diff = resampled[~np.isnan(resampled)]
-    if diff.size < 2 or n == 0:
-        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "n": 0, "p_value": float("nan"),
-                "se": float("nan"), "unit": "models"}
-    low, high = np.quantile(diff, [0.025, 0.975])
-    tail = min(np.sum(diff <= 0), np.sum(diff >= 0))
-    return {"mean": mean, "ci95": [float(low), float(high)], "n": n,
-            "p_value": float(min(1.0, (1 + 2 * tail) / (1 + diff.size))), "se": float(diff.std(ddof=1)),
-            "unit": "models"}
-
-
 def direction(difference: dict[str, Any], alpha: float = 0.05) -> str:
-    """Words for a :func:`paired_difference` of BN minus another norm: higher / lower / not different."""
+    """Words for a paired difference of BN minus another norm (``bnlib.verdict.paired_difference``): higher /
+    lower / not different, for the chapter's prose (the verdicts of record are ``bnlib.verdict.verdict``'s)."""
     if difference["n"] == 0 or np.isnan(difference["mean"]):
         return "not measurable"
     if difference["p_value"] >= alpha:
@@ -205,11 +198,14 @@ def pooled_estimate(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, resa
         chunk: the most (resample, score) pairs held at once.
     Returns:
         ``point``: metric -> float; ``resampled``: metric -> (B,) (absent without ``resamples``);
-        ``n_members``, ``n_nonmembers``: the pooled counts; ``n_targets``.
+        ``n_members``, ``n_nonmembers``: the pooled counts; ``n_targets``; and what a pair-level test of
+        two zoos needs (:func:`pooled_scores`): ``scores``, ``members`` and ``target`` (the target index of
+        each pooled score, (T n,)) and ``target_pool`` ((T,) zeros: one data pool).
     """
     scores, keep = scores[:, mask], keep[:, mask]  # (T, n)
     out: dict[str, Any] = {"point": roc_metrics(scores.ravel(), keep.ravel()), "n_members": int(keep.sum()),
-                           "n_nonmembers": int((~keep).sum()), "n_targets": int(len(scores))}
+                           "n_nonmembers": int((~keep).sum()), "n_targets": int(len(scores)),
+                           **pooled_scores(scores, keep)}
     if resamples is not None:
         n_targets, size = scores.shape[0], scores.size
         # (B, T) copies of each target; index -1 marks a draw that counts for nothing
@@ -224,6 +220,19 @@ def pooled_estimate(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, resa
     return out
 
 
+def pooled_scores(scores: np.ndarray, keep: np.ndarray, target: np.ndarray | None = None,
+                  target_pool: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The pooled ROC's inputs, kept so that two zoos' pooled metrics can be compared pair by pair:
+    ``scores`` (M,), ``members`` (M,) bool, ``target`` (M,) int (which target each score belongs to: the row of
+    ``scores`` (T, n), or ``target`` (T,) where given) and ``target_pool`` int, indexed by target (default: all
+    in pool 0)."""
+    rows = np.arange(len(scores)) if target is None else np.asarray(target)
+    return {"scores": np.asarray(scores, dtype=float).ravel(), "members": np.asarray(keep, dtype=bool).ravel(),
+            "target": np.repeat(rows, scores.shape[1]),
+            "target_pool": (np.zeros(int(rows.max()) + 1 if rows.size else 0, dtype=int) if target_pool is None
+                            else np.asarray(target_pool))}
+
+
 def pooled_interval(estimated: dict[str, Any], metric: str) -> dict[str, Any]:
     """A :func:`pooled_estimate`'s ``metric`` with its percentile 95% interval, shaped like
     :func:`bnlib.stats.mean_ci` (``n``: targets pooled)."""
@@ -232,13 +241,6 @@ def pooled_interval(estimated: dict[str, Any], metric: str) -> dict[str, Any]:
         return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "n": estimated["n_targets"]}
     low, high = np.nanquantile(draws, [0.025, 0.975])
     return {"mean": float(estimated["point"][metric]), "ci95": [float(low), float(high)], "n": estimated["n_targets"]}
-
-
-def pooled_difference(a: dict[str, Any], b: dict[str, Any], metric: str) -> dict[str, Any]:
-    """a - b of a pooled metric for two zoos with the same keep mask, examples and resamples (paired);
-    shaped like :func:`paired_difference`."""
-    return _bootstrap_difference(float(a["point"][metric] - b["point"][metric]),
-                                 a["resampled"][metric] - b["resampled"][metric], min(a["n_targets"], b["n_targets"]))
 
 
 def pooled_over_pools(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], n_bootstrap: int | None = None,
@@ -251,12 +253,18 @@ def pooled_over_pools(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
         n_bootstrap: resamples of a bootstrap stratified by pool (targets and examples resampled within each
             pool, each pool with its own seeded draw, the pool's index); None: the point only.
     Returns:
-        like :func:`pooled_estimate`, ``n_targets`` summed over the pools.
+        like :func:`pooled_estimate`, ``n_targets`` summed over the pools, targets numbered pool by pool and
+        ``target_pool`` their pools.
     """
     scores = np.concatenate([s[:, m].ravel() for s, _, m in parts])
     members = np.concatenate([k[:, m].ravel() for _, k, m in parts])
+    first_target = np.cumsum([0] + [len(s) for s, _, _ in parts])  # targets numbered pool by pool
     out: dict[str, Any] = {"point": roc_metrics(scores, members), "n_members": int(members.sum()),
-                           "n_nonmembers": int((~members).sum()), "n_targets": sum(len(s) for s, _, _ in parts)}
+                           "n_nonmembers": int((~members).sum()), "n_targets": sum(len(s) for s, _, _ in parts),
+                           "scores": scores, "members": members,
+                           "target": np.concatenate([np.repeat(np.arange(len(s)) + first_target[p], int(m.sum()))
+                                                     for p, (s, _, m) in enumerate(parts)]),
+                           "target_pool": np.repeat(np.arange(len(parts)), [len(s) for s, _, _ in parts])}
     if n_bootstrap is not None:
         weights = []  # per pool, (B, T n) multiplicity of each (target, example) score
         for pool, (part_scores, _, mask) in enumerate(parts):
@@ -291,6 +299,7 @@ def pooled_at_fit_level(fit: dict[str, Any], keep: np.ndarray, mask: np.ndarray,
     if not reached.any():  # nothing to read: NaN metrics, reported as not measurable
         n_resamples = 0 if resamples is None else len(resamples.targets)
         return {"point": dict.fromkeys(METRICS, float("nan")), "n_members": 0, "n_nonmembers": 0, "n_targets": 0,
+                **pooled_scores(np.zeros((0, int(mask.sum()))), np.zeros((0, int(mask.sum())), dtype=bool)),
                 **({} if resamples is None else {"resampled": {m: np.full(n_resamples, np.nan) for m in METRICS}})}
     lower = np.floor(np.where(reached, position, 0)).astype(int)
     upper = np.minimum(lower + 1, len(accuracy) - 1)
@@ -300,6 +309,7 @@ def pooled_at_fit_level(fit: dict[str, Any], keep: np.ndarray, mask: np.ndarray,
     if resamples is not None:  # a target that never reaches the level is drawn with weight 0
         resamples = Resamples(np.where(reached[resamples.targets], resamples.targets, -1), resamples.weights)
     out = pooled_estimate(at_level[reached], keep[reached], mask, None)
+    out.update(pooled_scores(at_level[reached][:, mask], keep[reached][:, mask], np.flatnonzero(reached)))
     if resamples is not None:
         full = pooled_estimate(at_level, keep, mask, resamples)
         out["resampled"] = full["resampled"]

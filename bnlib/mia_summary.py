@@ -10,12 +10,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import chapter, mia, results, verdict
+from . import chapter, config, mia, results, verdict
 from .mia_chapter import UNIT, annealed_lengths
 from .plots import NORM_LABELS
 
-PAIRED_TEST = "paired two-way bootstrap over targets and examples (BN vs none)"
-POOLED_TEST = "paired two-way bootstrap over targets and examples of the ROC pooled over targets (BN vs none)"
+PAIRED_TEST = "paired t over target pairs (BN vs none; conditional on the examples)"
+POOLED_TEST = ("pair-swap permutation test over target pairs of the ROC pooled over targets, pair-jackknife interval "
+               "(BN vs none; conditional on the examples)")
 
 @dataclass
 class Findings:
@@ -52,23 +53,27 @@ def family(attack: str) -> str:
 
 
 def headline_family(attack: str) -> list[str]:
-    """The metrics Holm-adjusted together: outlier AUC (per target) and TPR at 1% FPR (pooled over targets;
-    same schedule: over every pool's targets), same schedule, matched fit and annealed."""
+    """The chapter's primary endpoints (``config.PRIMARY_ENDPOINTS``), Holm-adjusted with the other chapters' in
+    the report: TPR at 1% FPR on the outliers from the ROC pooled over targets, same schedule, matched fit and
+    annealed. (Only LiRA's are primary; another attack's list is empty.)"""
     name = family(attack)
-    return [f"mia_{name}_auc_outliers_same_schedule", f"mia_{name}_auc_outliers_matched_fit",
-            f"mia_{name}_pooled_all_pools_tpr_at_1pct_fpr_outliers_same_schedule",
-            f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit",
-            f"mia_{name}_auc_outliers_matched_fit_annealed",
-            f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit_annealed"]
+    names = [f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_{comparison}" for comparison in config.COMPARISONS]
+    return [metric for metric in names if verdict.is_primary(metric)]
 
 
 def _entry(norms: Sequence[str], values: Mapping[str, Any], description: str, comparison: str,
            test: str = PAIRED_TEST) -> dict[str, Any]:
-    """A ``results.metric_entry`` of a comparison; its paired bootstrap difference (mean, ci95, se, p_value, n
-    targets) travels with the entry for the verdict."""
+    """A ``results.metric_entry`` of a comparison; its paired difference over target pairs (mean, ci95, se, df,
+    p_value, n targets; ``bnlib.verdict``) travels with the entry for the verdict."""
     return {**results.metric_entry({norm: values[norm] for norm in norms}, p_value=values["diff"]["p_value"],
                                    test=test, higher_means="more membership leakage", description=description,
                                    comparison=comparison), "difference": values["diff"]}
+
+
+def tpr_words(metric: str) -> str:
+    """A TPR metric in words: "TPR at 1% FPR", "TPR at 0.1% FPR" or "TPR at 0 false positives"."""
+    return {"tpr_at_1pct_fpr": "TPR at 1% FPR", "tpr_at_0.1pct_fpr": "TPR at 0.1% FPR",
+            mia.ZERO_FP: "TPR at 0 false positives"}[metric]
 
 
 def headline_metrics(cfg, params: mia.ChapterParams, findings: Findings) -> dict[str, dict[str, Any]]:
@@ -76,8 +81,11 @@ def headline_metrics(cfg, params: mia.ChapterParams, findings: Findings) -> dict
     the headline attack (same schedule per target and pooled, matched fit, annealed, every pool), the loss and
     RMIA attacks and the reference code's LiRA.
 
-    :func:`headline_family` is Holm-adjusted together; a matched-fit or annealed comparison whose detectable
-    difference exceeds the same-schedule effect of the same metric is "inconclusive".
+    A TPR at FPR x is named and reported so only where its non-members (per target, or pooled) allow at least
+    ``mia.MIN_FALSE_POSITIVES`` false positives at x; otherwise the row is the TPR at 0 false positives
+    (``mia.low_fpr_metric``; two rows that both become it are one). The rows named by
+    ``config.PRIMARY_ENDPOINTS`` (LiRA's TPR at 1% FPR pooled over targets) are Holm-adjusted together (the
+    report re-adjusts them with every chapter's primary rows); every other row is secondary.
     """
     name, norms, f = family(params.attack), cfg.norms, findings
     reference = mia.reference_attack(params.attack)
@@ -91,6 +99,11 @@ def headline_metrics(cfg, params: mia.ChapterParams, findings: Findings) -> dict
     annealed_how = f"at the end of schedules that end at the same inlier fit ({annealed_lengths(f.annealed_epochs)})"
     all_pools_where = (f"the ROC pooled over the {f.all_pools_targets} targets of all {len(cfg.pools)} data pools "
                        f"({f.all_pools_negatives} outlier non-members)")
+    inlier_negatives = cfg.n_train // 2  # per target: the keep mask holds out half of the inliers
+    # what each TPR may be called: per target, pooled over one pool's targets, pooled over every pool's
+    per_target, pooled, all_pools = ({m: mia.low_fpr_metric(m, count) for m in ("tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")}
+                                     for count in (f.negatives, f.pooled_negatives, f.all_pools_negatives))
+    inlier_tpr1 = mia.low_fpr_metric("tpr_at_1pct_fpr", inlier_negatives)
 
     def entry(values, description, comparison, test=PAIRED_TEST):
         return _entry(norms, values, description, comparison, test)
@@ -99,75 +112,76 @@ def headline_metrics(cfg, params: mia.ChapterParams, findings: Findings) -> dict
         f"mia_{name}_auc_outliers_same_schedule": entry(
             f.same["auc", "outliers"], f"AUC of {where} on the outlier canaries, after the common schedule.",
             "same_schedule"),
-        f"mia_{name}_tpr_at_1pct_fpr_outliers_same_schedule": entry(
-            f.same["tpr_at_1pct_fpr", "outliers"], f"TPR at 1% FPR of {where} on the outlier canaries "
-            f"(about {f.negatives} non-members per target), after the common schedule.", "same_schedule"),
+        f"mia_{name}_{per_target['tpr_at_1pct_fpr']}_outliers_same_schedule": entry(
+            f.same[per_target["tpr_at_1pct_fpr"], "outliers"], f"{tpr_words(per_target['tpr_at_1pct_fpr'])} of "
+            f"{where} on the outlier canaries (about {f.negatives} non-members per target), after the common "
+            "schedule.", "same_schedule"),
         f"mia_{name}_auc_inliers_same_schedule": entry(
             f.same["auc", "inliers"], f"AUC of {where} on the inliers, after the common schedule.", "same_schedule"),
-        f"mia_{name}_tpr_at_1pct_fpr_inliers_same_schedule": entry(
-            f.same["tpr_at_1pct_fpr", "inliers"], f"TPR at 1% FPR of {where} on the inliers, after the common "
-            "schedule.", "same_schedule"),
+        f"mia_{name}_{inlier_tpr1}_inliers_same_schedule": entry(
+            f.same[inlier_tpr1, "inliers"], f"{tpr_words(inlier_tpr1)} of {where} on the inliers (about "
+            f"{inlier_negatives} non-members per target), after the common schedule.", "same_schedule"),
         f"mia_{name}_auc_outliers_matched_fit": entry(
             f.matched["auc"], f"AUC of {where} on the outlier canaries, {matched_how}.", "matched_fit"),
-        f"mia_{name}_tpr_at_1pct_fpr_outliers_matched_fit": entry(
-            f.matched["tpr_at_1pct_fpr"], f"TPR at 1% FPR of {where} on the outlier canaries, {matched_how}.",
-            "matched_fit"),
+        f"mia_{name}_{per_target['tpr_at_1pct_fpr']}_outliers_matched_fit": entry(
+            f.matched[per_target["tpr_at_1pct_fpr"]], f"{tpr_words(per_target['tpr_at_1pct_fpr'])} of {where} on "
+            f"the outlier canaries, {matched_how}.", "matched_fit"),
         "mia_loss_auc_outliers_same_schedule": entry(
             f.attacks_auc["loss"], "AUC of the loss-threshold attack (Yeom et al.) on the outlier canaries, same "
             "schedule.", "same_schedule"),
         "mia_rmia_auc_outliers_same_schedule": entry(
             f.attacks_auc["rmia_online"], "AUC of online RMIA (test set as population) on the outlier canaries, same "
             "schedule.", "same_schedule"),
-        f"mia_{name}_pooled_tpr_at_0.1pct_fpr_outliers_same_schedule": entry(
-            f.pooled[params.attack, "tpr_at_0.1pct_fpr"], f"TPR at 0.1% FPR of {where} on the outlier canaries, from "
-            f"the ROC {pooled_where}, after the common schedule.", "same_schedule", POOLED_TEST),
-        f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_same_schedule": entry(
-            f.pooled[params.attack, "tpr_at_1pct_fpr"], f"TPR at 1% FPR of {where} on the outlier canaries, from "
-            f"the ROC {pooled_where}, after the common schedule.", "same_schedule", POOLED_TEST),
+        **{f"mia_{name}_pooled_{metric}_outliers_same_schedule": entry(
+            f.pooled[params.attack, metric], f"{tpr_words(metric)} of {where} on the outlier canaries, from the ROC "
+            f"{pooled_where}, after the common schedule.", "same_schedule", POOLED_TEST)
+           for metric in dict.fromkeys(pooled.values())},
         f"mia_{name}_auc_outliers_matched_fit_annealed": entry(
             f.annealed["auc"], f"AUC of {where} on the outlier canaries of the first pool, {annealed_how}.",
             "matched_fit_annealed"),
-        f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit_annealed": entry(
-            f.annealed["pooled_tpr_at_1pct_fpr"], f"TPR at 1% FPR of {where} on the outlier canaries of the first "
-            f"pool, from the ROC pooled over targets, {annealed_how}.", "matched_fit_annealed", POOLED_TEST),
+        f"mia_{name}_pooled_{pooled['tpr_at_1pct_fpr']}_outliers_matched_fit_annealed": entry(
+            f.annealed["pooled_" + pooled["tpr_at_1pct_fpr"]], f"{tpr_words(pooled['tpr_at_1pct_fpr'])} of {where} "
+            f"on the outlier canaries of the first pool, from the ROC pooled over targets, {annealed_how}.",
+            "matched_fit_annealed", POOLED_TEST),
         **{f"mia_{name}_pooled_all_pools_{metric}_outliers_same_schedule": entry(
-            f.all_pools[metric], f"TPR at {level} FPR of {where} on the outlier canaries, from {all_pools_where}, "
+            f.all_pools[metric], f"{tpr_words(metric)} of {where} on the outlier canaries, from {all_pools_where}, "
             "after the common schedule.", "same_schedule", POOLED_TEST + ", stratified by data pool")
-           for metric, level in (("tpr_at_0.1pct_fpr", "0.1%"), ("tpr_at_1pct_fpr", "1%"))},
-        f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit": entry(
-            f.matched["pooled_tpr_at_1pct_fpr"], f"TPR at 1% FPR of {where} on the outlier canaries, from the ROC "
-            f"pooled over targets, {matched_how}.", "matched_fit", POOLED_TEST),
+           for metric in dict.fromkeys(all_pools.values())},
+        f"mia_{name}_pooled_{pooled['tpr_at_1pct_fpr']}_outliers_matched_fit": entry(
+            f.matched["pooled_" + pooled["tpr_at_1pct_fpr"]], f"{tpr_words(pooled['tpr_at_1pct_fpr'])} of {where} "
+            f"on the outlier canaries, from the ROC pooled over targets, {matched_how}.", "matched_fit", POOLED_TEST),
         "mia_lira_reference_auc_outliers_same_schedule": entry(
             f.attacks_auc[reference], f"AUC of {reference_where} on the outlier canaries (mean over targets), same "
             "schedule.", "same_schedule"),
         **{f"mia_lira_reference_pooled_{metric}_outliers_same_schedule": entry(
-            f.pooled[reference, metric], f"TPR at {level} FPR of {reference_where} on the outlier canaries, from the "
-            f"ROC {pooled_where}, same schedule.", "same_schedule", POOLED_TEST)
-           for metric, level in (("tpr_at_0.1pct_fpr", "0.1%"), ("tpr_at_1pct_fpr", "1%"))},
+            f.pooled[reference, metric], f"{tpr_words(metric)} of {reference_where} on the outlier canaries, from "
+            f"the ROC {pooled_where}, same schedule.", "same_schedule", POOLED_TEST)
+           for metric in dict.fromkeys(pooled.values())},
     }
-    same_auc = abs(f.same["auc", "outliers"]["diff"]["mean"])
-    same_tpr1 = abs(f.same["tpr_at_1pct_fpr", "outliers"]["diff"]["mean"])
-    same_pooled_tpr1 = abs(f.pooled[params.attack, "tpr_at_1pct_fpr"]["diff"]["mean"])
-    scales = {f"mia_{name}_auc_outliers_matched_fit": same_auc,
-              f"mia_{name}_tpr_at_1pct_fpr_outliers_matched_fit": same_tpr1,
-              f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit": same_pooled_tpr1,
-              f"mia_{name}_auc_outliers_matched_fit_annealed": same_auc,
-              f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit_annealed": same_pooled_tpr1}
-    return verdict.annotate(metrics, headline_family(params.attack), scales=scales)
+    return verdict.annotate(metrics)
+
+
+def _row(metrics: Mapping[str, dict[str, Any]], pattern: str, *metric_names: str) -> dict[str, Any]:
+    """The first of ``pattern.format(m)`` for m in ``metric_names`` that the summary holds (a TPR at FPR x, or
+    the TPR at 0 false positives that replaces it where the non-members are too few: :func:`headline_metrics`)."""
+    return next(metrics[pattern.format(m)] for m in (*metric_names, mia.ZERO_FP) if pattern.format(m) in metrics)
 
 
 def verdict_glue(metrics: Mapping[str, dict[str, Any]], attack: str) -> dict[str, str]:
     """The verdicts the prose quotes: sentences (``bnlib.verdict.sentence``) for every pool's pooled TPRs and the
     annealed comparisons, and the verdict words of the same-schedule and matched-fit headline comparisons."""
-    name, headline = family(attack), headline_family(attack)
-    return {"all_pools_tpr01_sentence": verdict.sentence(
-                metrics[f"mia_{name}_pooled_all_pools_tpr_at_0.1pct_fpr_outliers_same_schedule"]),
-            "all_pools_tpr1_sentence": verdict.sentence(metrics[headline[2]]),
-            "annealed_auc_sentence": verdict.sentence(metrics[headline[4]]),
-            "annealed_pooled_tpr1_sentence": verdict.sentence(metrics[headline[5]]),
-            "verdict_auc_same": metrics[headline[0]]["verdict"], "verdict_auc_matched": metrics[headline[1]]["verdict"],
-            "verdict_pooled_tpr1_same": metrics[headline[2]]["verdict"],
-            "verdict_pooled_tpr1_matched": metrics[headline[3]]["verdict"]}
+    name = family(attack)
+    same, matched, annealed = (f"mia_{name}_{{}}_outliers_{c}" for c in config.COMPARISONS)
+    all_pools = f"mia_{name}_pooled_all_pools_{{}}_outliers_same_schedule"
+    return {"all_pools_tpr01_sentence": verdict.sentence(_row(metrics, all_pools, "tpr_at_0.1pct_fpr")),
+            "all_pools_tpr1_sentence": verdict.sentence(_row(metrics, all_pools, "tpr_at_1pct_fpr")),
+            "annealed_auc_sentence": verdict.sentence(metrics[annealed.format("auc")]),
+            "annealed_pooled_tpr1_sentence": verdict.sentence(_row(metrics, annealed.format("pooled_{}"),
+                                                                   "tpr_at_1pct_fpr")),
+            "verdict_auc_same": metrics[same.format("auc")]["verdict"],
+            "verdict_auc_matched": metrics[matched.format("auc")]["verdict"],
+            "verdict_pooled_tpr1_same": _row(metrics, all_pools, "tpr_at_1pct_fpr")["verdict"],
+            "verdict_pooled_tpr1_matched": _row(metrics, matched.format("pooled_{}"), "tpr_at_1pct_fpr")["verdict"]}
 
 
 def metrics_table(metrics: Mapping[str, dict[str, Any]], norms: Sequence[str]) -> str:

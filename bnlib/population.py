@@ -184,21 +184,22 @@ def compare(batch: Population, none: Population, group: str = "outliers", score:
             positions: dict[str, Sequence[np.ndarray]] | None = None, n_bootstrap: int = 2000,
             seed: int = 0) -> dict[str, Any]:
     """BN - no-BN memorization of ``group`` (mean signed score: acc(IN) - acc(OUT) per member, and the mean
-    Feldman-Zhang score of the group), with the cluster bootstrap over pools, members and examples, paired
-    by (pool, member index, example).
+    Feldman-Zhang score of the group) on model pairs (pool, member index): each pair's mean over examples of
+    the paired difference, with a t over pairs, pools as strata (``verdict.paired_difference``; target:
+    conditional on the data draws and canaries). ``n_bootstrap`` and ``seed`` are unused since the cluster
+    bootstrap was replaced (kept until the chapter drops its ``n_bootstrap`` parameter).
 
     Returns:
-        ``batch``/``none``: {"mean", "ci95", "n"} of each norm; ``difference``: ``verdict.
-        cluster_bootstrap_difference`` (``unit`` "models").
+        ``batch``/``none``: {"mean", "ci95", "n"} of each norm (``verdict.stratified_mean``); ``difference``:
+        ``verdict.paired_difference`` (``unit`` "models", n counts pairs).
     """
     values = {}
     for name, population in (("batch", batch), ("none", none)):
         values[name], pools = signed_values(population, group, score, (positions or {}).get(name))
-    difference = verdict.cluster_bootstrap_difference(values["batch"], values["none"], paired=True, pools=pools,
-                                                      n_bootstrap=n_bootstrap, seed=seed, unit="models")
+    difference = verdict.paired_difference(values["batch"], values["none"], pools=pools, unit="models")
     per_norm = {}
     for name in config.COMPARED_NORMS:
-        summary = verdict.cluster_bootstrap_mean(values[name], pools=pools, n_bootstrap=n_bootstrap, seed=seed)
+        summary = verdict.stratified_mean(values[name], pools)
         per_norm[name] = {"mean": summary["mean"], "ci95": summary["ci95"], "n": summary["n"]}
     return {**per_norm, "difference": difference}
 
@@ -250,15 +251,15 @@ def describe_design(cfg, found: dict[str, Any]) -> dict[str, str]:
 def metric_entries(cfg, found: dict[str, Any], compared: dict[str, dict[str, Any]], name: str, *,
                    what: str, higher_means: str) -> dict[str, dict[str, Any]]:
     """``results.metric_entry``-shaped entries ``{name}_{comparison}`` for the three comparisons, each with its
-    cluster-bootstrap ``difference`` (used by ``verdict.annotate``) and ``unit``."""
+    paired ``difference`` (``verdict.paired_difference``, used by ``verdict.annotate``) and ``unit``."""
     where = describe_design(cfg, found)
     pools, models = len(cfg.pools), cfg.n_models
     out = {}
     for comparison, result in compared.items():
         entry = results.metric_entry(
             {norm: result[norm] for norm in config.COMPARED_NORMS}, p_value=result["difference"]["p_value"],
-            test=(f"cluster bootstrap over {pools} data pools x {models} models x examples, paired by pool, model "
-                  "index and example (two-sided percentile p)"),
+            test=(f"paired t over {pools} data pools x {models} model pairs (each pair's mean over examples of "
+                  "BN - no-BN), pools as strata, df = pairs - pools; conditional on the data draws and canaries"),
             higher_means=higher_means, description=f"{what}, {where[comparison]}; n counts models.",
             comparison=comparison)
         out[f"{name}_{comparison}"] = {**entry, "difference": result["difference"], "unit": "models"}

@@ -38,14 +38,15 @@ VERDICT_COLORS = {"BN higher": "#d62728", "no-BN higher": "#1f77b4", "no differe
 
 def headline(summaries: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Merge the metrics of every chapter summary of one set into one dict (metric -> entry with its
-    chapter, profile and result set)."""
+    chapter, profile and result set), re-annotated as one book: Holm over the primary endpoints of every
+    chapter, verdicts at the book family's alpha (``verdict.book_family_holm``)."""
     summaries = results.read_summaries() if summaries is None else summaries
     table: dict[str, dict[str, Any]] = {}
     for chapter, summary in summaries.items():
         for metric, entry in summary["metrics"].items():
             table[metric] = {"chapter": chapter, "profile": summary["config"].get("profile"),
                              "result_set": summary.get("result_set", "?"), **entry}
-    return table
+    return verdict_lib.book_family_holm(table)
 
 
 # ----------------------------------------------------------------------------- what a number means

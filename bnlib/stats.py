@@ -67,15 +67,6 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     return out
 
 
-def welch_test(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided Welch t-test p-value for independent samples (NaN if either has < 2 values)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
-    if a.size < 2 or b.size < 2:
-        return float("nan")
-    return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
 def value_at_level(levels: Sequence[float], values: Sequence[float], target: float) -> float:
     """``values`` read where the run's ``levels`` first cross ``target``, linearly interpolated.
 

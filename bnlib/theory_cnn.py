@@ -153,5 +153,5 @@ def slope_metric(per_canary: Mapping[str, np.ndarray], slope_summary: Mapping[st
             description="Least-squares slope of log counterfactual influence against log batch size for one "
                         f"inserted canary among random inliers, at the trained weights (seed {seed}).",
             comparison="same_schedule"),
-    }, headline=[], units={METRIC: "canaries (one model)"})
+    }, units={METRIC: "canaries (one model)"})
     return metrics, test["t_p_value"]

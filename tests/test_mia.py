@@ -246,7 +246,7 @@ def test_weighted_roc_metrics_equal_scikit_learns_on_the_resampled_examples():
     assert np.isnan(only_members["auc"]).all()
 
 
-def test_interval_and_paired_difference():
+def test_interval():
     rng = np.random.default_rng(8)
     resamples = mia.Resamples.draw(16, 50, 2000)
     point = rng.normal(0.7, 0.05, 16)
@@ -254,10 +254,6 @@ def test_interval_and_paired_difference():
     summary = mia.interval(point, resampled, resamples)
     assert summary["n"] == 16 and summary["mean"] == pytest.approx(point.mean())
     assert summary["ci95"][0] < point.mean() < summary["ci95"][1]
-    same = mia.paired_difference((point, resampled), (point, resampled), resamples)
-    assert same["mean"] == 0 and same["p_value"] == 1.0
-    shifted = mia.paired_difference((point + 0.1, resampled + 0.1), (point, resampled), resamples)
-    assert shifted["mean"] == pytest.approx(0.1) and shifted["p_value"] < 0.01
     assert mia.interval(np.full(16, np.nan), resampled, resamples)["n"] == 0
 
 
@@ -385,8 +381,20 @@ def test_pooled_estimate_equals_scikit_learn_on_the_pooled_resampled_scores():
             assert pooled["resampled"][metric][b] == pytest.approx(reference[metric], abs=1e-12), metric
     summary = mia.pooled_interval(pooled, "auc")
     assert summary["n"] == n_models and summary["ci95"][0] <= summary["mean"] <= summary["ci95"][1]
-    same = mia.pooled_difference(pooled, pooled, "tpr_at_1pct_fpr")
-    assert same["mean"] == 0 and same["p_value"] == 1.0 and same["unit"] == "models"
+    # what a pair-level test of two zoos needs: every pooled score with its target
+    assert np.array_equal(pooled["scores"], scores[:, mask].ravel()) and pooled["target"].tolist() == np.repeat(
+        np.arange(n_models), 20).tolist() and not pooled["target_pool"].any()
+
+
+def test_low_fpr_names_and_the_tpr_at_zero_false_positives():
+    # 10 false positives at x are needed to name a TPR at FPR x
+    assert mia.low_fpr_metric("tpr_at_1pct_fpr", 1000) == "tpr_at_1pct_fpr"
+    assert mia.low_fpr_metric("tpr_at_1pct_fpr", 999) == mia.ZERO_FP == "tpr_at_0fp"
+    assert mia.low_fpr_metric("tpr_at_0.1pct_fpr", 10_000) == "tpr_at_0.1pct_fpr"
+    assert mia.low_fpr_metric("auc", 5) == "auc"
+    # members 0.9, 0.8, 0.3; non-members 0.85, 0.2: above every non-member only the member at 0.9
+    out = mia.roc_metrics(np.array([0.9, 0.8, 0.3, 0.85, 0.2]), np.array([1, 1, 1, 0, 0], dtype=bool))
+    assert out[mia.ZERO_FP] == pytest.approx(1 / 3)
 
 
 def test_pooled_low_fpr_resolves_what_one_target_cannot():

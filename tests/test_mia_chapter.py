@@ -107,8 +107,8 @@ def test_matched_comparisons_read_each_target_at_the_level(measured):
     fits = mia_chapter.checkpoint_fits(config.load("smoke", n_models=T), PARAMS, measured)
     assert fits["batch"] is measured["batch"]["fit"]  # no long schedule: the measured fits themselves
     matched = mia_chapter.matched_comparisons(fits, 0.5, KEEP, OUTLIER, RESAMPLES["outliers"])  # checkpoint 1
-    assert set(matched) == {"auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "pooled_tpr_at_1pct_fpr",
-                            "pooled_tpr_at_0.1pct_fpr"}
+    assert set(matched) == {"auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "tpr_at_0fp", "pooled_tpr_at_1pct_fpr",
+                            "pooled_tpr_at_0.1pct_fpr", "pooled_tpr_at_0fp"}
     assert matched["auc"]["batch"]["mean"] == pytest.approx(fits["batch"]["outliers"]["point"]["auc"][1].mean())
     at_checkpoint = mia.pooled_estimate(fits["batch"]["scores"][1].astype(float), KEEP, OUTLIER)
     assert matched["pooled_tpr_at_1pct_fpr"]["batch"]["mean"] == pytest.approx(
@@ -119,14 +119,15 @@ def test_matched_comparisons_read_each_target_at_the_level(measured):
 
 def test_annealed_comparisons_query_modes_and_all_pools(measured):
     annealed = mia_chapter.annealed_comparisons(measured, ATTACK, RESAMPLES["outliers"])
-    assert set(annealed) == {"auc", "tpr_at_1pct_fpr", "pooled_auc", "pooled_tpr_at_1pct_fpr"}
+    assert set(annealed) == {"auc", "tpr_at_1pct_fpr", "tpr_at_0fp", "pooled_auc", "pooled_tpr_at_1pct_fpr",
+                             "pooled_tpr_at_0fp"}
     assert mia_chapter.annealed_lengths({"batch": 3, "none": 5}) == "batch 3 epochs, none 5 epochs"
     modes = mia_chapter.query_modes(measured["batch"], ATTACK)
     assert list(modes) == ["eval", "train_shuffled", "train_pool_order"]
     parts = {norm: [(m["scores"], KEEP, OUTLIER)] * 2 for norm, m in measured.items()}
     all_pools = {norm: mia.pooled_over_pools(p, n_bootstrap=50) for norm, p in parts.items()}
     pools_low = mia_chapter.all_pools_comparisons(all_pools)
-    assert set(pools_low) == {"tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr"}
+    assert set(pools_low) == {"tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", "tpr_at_0fp"}
     assert pools_low["tpr_at_1pct_fpr"]["batch"]["n"] == 2 * T  # every pool's targets
 
 
@@ -158,7 +159,8 @@ def test_comparison_glue_names_and_values():
     values = mia_chapter.comparison_glue("same_auc_outliers", _comparison(0.8, 0.6, p_value=0.001))
     assert values["same_auc_outliers_batch"] == 0.8 and values["same_auc_outliers_none_hi"] == pytest.approx(0.7)
     assert values["same_auc_outliers_direction"] == "higher with BatchNorm"
-    assert values["same_auc_outliers_verdict"].startswith("+0.200 (95% CI [+0.100, +0.300], n = 8; paired bootstrap")
+    assert values["same_auc_outliers_verdict"].startswith(
+        "+0.200 (95% CI [+0.100, +0.300], n = 8; paired t over target pairs")
     short = mia_chapter.comparison_glue("ref", _comparison(0.5, 0.6), intervals=False, verdict=False)
     assert set(short) == {"ref_batch", "ref_none", "ref_direction"}
 
@@ -214,12 +216,15 @@ def _findings(matched_n: int = T) -> mia_summary.Findings:
         same={(m, g): strong if g == "outliers" else none for m in mia.METRICS for g in GROUPS},
         attacks_auc={"loss": strong, "rmia_online": none, "lira_reference_online_global": strong},
         pooled={(a, m): strong for a in (ATTACK, "lira_reference_online_global") for m in mia_chapter.POOLED_METRICS},
-        all_pools={m: strong for m in ("tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr")},
+        all_pools={m: strong for m in ("tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr", mia.ZERO_FP)},
         matched={m: _comparison(0.6, 0.5, n=matched_n, p_value=0.4) for m in (
-            "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "pooled_tpr_at_1pct_fpr", "pooled_tpr_at_0.1pct_fpr")},
-        annealed={m: none for m in ("auc", "tpr_at_1pct_fpr", "pooled_auc", "pooled_tpr_at_1pct_fpr")},
-        level=0.5, annealed_epochs={"batch": 3, "none": 5}, negatives=20, pooled_negatives=160, all_pools_targets=16,
-        all_pools_negatives=320)
+            "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", mia.ZERO_FP, "pooled_tpr_at_1pct_fpr",
+            "pooled_tpr_at_0.1pct_fpr", "pooled_" + mia.ZERO_FP)},
+        annealed={m: none for m in ("auc", "tpr_at_1pct_fpr", mia.ZERO_FP, "pooled_auc", "pooled_tpr_at_1pct_fpr",
+                                    "pooled_" + mia.ZERO_FP)},
+        # 20 non-members per target allow no false positive at 1% FPR; 1,600 pooled allow 16 at 1% but 1 at 0.1%
+        level=0.5, annealed_epochs={"batch": 3, "none": 5}, negatives=20, pooled_negatives=1600, all_pools_targets=16,
+        all_pools_negatives=3200)
 
 
 def test_headline_metrics_names_verdicts_and_units():
@@ -234,19 +239,26 @@ def test_headline_metrics_names_verdicts_and_units():
         assert (entry["p_value_holm"] is not None) == (name in headline), name
         assert entry["comparison"] in ("same_schedule", "matched_fit", "matched_fit_annealed")
     assert metrics["mia_lira_auc_outliers_same_schedule"]["verdict"].startswith("BN higher")
-    assert metrics["mia_lira_auc_inliers_same_schedule"]["verdict"].startswith("no difference detected")
-    # matched fit: detectable 2.8 x SE = 0.14 < the same-schedule effect 0.4, so "no difference detected" ...
-    assert metrics["mia_lira_auc_outliers_matched_fit"]["verdict"].startswith("no difference detected")
-    description = metrics["mia_lira_tpr_at_1pct_fpr_outliers_same_schedule"]["description"]
-    assert "about 20 non-members per target" in description
-    assert "pooled over 8 targets, 160 outlier non-members" in metrics[
+    # an SE of 0.05 detects only 2.8 x 0.05 = 0.14, more than the AUC's equivalence margin 0.05: inconclusive
+    assert metrics["mia_lira_auc_inliers_same_schedule"]["verdict"].startswith(
+        "inconclusive (could detect only ≥ 0.14, more than the margin ±0.05)")
+    assert metrics["mia_lira_auc_outliers_matched_fit"]["verdict"].startswith("inconclusive (could detect only")
+    assert metrics["mia_lira_auc_outliers_matched_fit"]["equivalence_margin"] == 0.05
+    description = metrics["mia_lira_tpr_at_0fp_outliers_same_schedule"]["description"]
+    assert "about 20 non-members per target" in description and description.startswith("TPR at 0 false positives")
+    assert "mia_lira_tpr_at_1pct_fpr_outliers_same_schedule" not in metrics  # too few non-members to name 1% FPR
+    assert "pooled over 8 targets, 1600 outlier non-members" in metrics[
         "mia_lira_pooled_tpr_at_1pct_fpr_outliers_same_schedule"]["description"]
+    assert {"mia_lira_pooled_tpr_at_0fp_outliers_same_schedule",
+            "mia_lira_pooled_all_pools_tpr_at_0fp_outliers_same_schedule"} <= set(metrics)
+    assert "mia_lira_pooled_tpr_at_0.1pct_fpr_outliers_same_schedule" not in metrics
     assert "(batch 3 epochs, none 5 epochs)" in metrics["mia_lira_auc_outliers_matched_fit_annealed"]["description"]
-    assert "16 targets of all 2 data pools (320 outlier non-members)" in metrics[headline[2]]["description"]
-    assert metrics[headline[2]]["test"].endswith(", stratified by data pool")
-    # ... and with no target at the level it is inconclusive
+    all_pools = metrics["mia_lira_pooled_all_pools_tpr_at_1pct_fpr_outliers_same_schedule"]
+    assert "16 targets of all 2 data pools (3200 outlier non-members)" in all_pools["description"]
+    assert all_pools["test"].endswith(", stratified by data pool")
+    # ... and with no target at the level it is inconclusive for want of pairs
     unmatched = mia_summary.headline_metrics(cfg, PARAMS, _findings(matched_n=0))
-    assert unmatched["mia_lira_auc_outliers_matched_fit"]["verdict"].startswith("inconclusive")
+    assert unmatched["mia_lira_auc_outliers_matched_fit"]["verdict"].startswith("inconclusive (0 pairs")
 
 
 def test_verdict_glue_and_the_summary_table():
@@ -260,9 +272,9 @@ def test_verdict_glue_and_the_summary_table():
     assert [row[0] for row in rows] == [f"`{name}`" for name in metrics]
     same = rows[0]
     assert same[2] == "0.900 [0.800, 1.000]" and same[4] == "0.001" and same[-2] == "8 models"
-    matched = rows[list(metrics).index("mia_lira_auc_outliers_matched_fit")]
+    matched = rows[list(metrics).index("mia_lira_pooled_tpr_at_1pct_fpr_outliers_matched_fit")]
     assert matched[2] == "0.600 (2 models)" and matched[5] != ""  # too few targets for an interval; Holm-adjusted
-    assert rows[list(metrics).index("mia_lira_tpr_at_1pct_fpr_outliers_matched_fit")][5] == ""  # not in the family
+    assert rows[list(metrics).index("mia_lira_auc_outliers_matched_fit")][5] == ""  # secondary: not in the family
 
 
 # ----------------------------------------------------------------------------- figures
