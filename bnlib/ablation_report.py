@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import ablations, chapter, plots, results, stats
+from . import ablations, chapter, plots, results, stats, verdict
 
 Points = Sequence[dict[str, Any]]  # ablations.compare_point results
 
@@ -252,9 +252,9 @@ def group_versus_batch(points: Points, params: ablations.ChapterParams, comparis
                          f"(got {sorted(arms)}).")
     pair = [arms["group"], arms["batch"]]
     missing = ablations.not_reached(pair, params.fit_level) if comparison == "matched_fit" else None
-    result = ablations.paired_inference(pair[0][comparison], pair[1][comparison], params.equivalence_margin)
+    result = ablations.paired_inference(pair[0][comparison], pair[1][comparison], ablations.equivalence_margin())
     if missing:
-        return {**ablations.paired_inference([], [], params.equivalence_margin), "verdict": missing}
+        return {**ablations.paired_inference([], [], ablations.equivalence_margin()), "verdict": missing}
     return result
 
 
@@ -292,9 +292,9 @@ def group_reading(group_none: dict[str, Any], group_batch: dict[str, Any]) -> st
 
 
 def ablations_words(result: dict[str, Any]) -> str:
-    """The leading words of a verdict (one of ``ablations.VERDICTS``, or "not reached")."""
+    """The leading words of a verdict (one of ``verdict.VERDICTS``, or "not reached")."""
     text = result["verdict"]
-    return next((words for words in (*ablations.VERDICTS, "not reached") if text.startswith(words)), text)
+    return next((words for words in (*verdict.VERDICTS, "not reached") if text.startswith(words)), text)
 
 
 def norm_values(points: Points, params: ablations.ChapterParams) -> dict[str, Any]:
@@ -336,23 +336,24 @@ def summary_metrics(points: Points, params: ablations.ChapterParams) -> dict[str
         arms = found["arms"]
         for comparison in COMPARISONS:
             result = found[comparison]
-            per_arm = {arm["norm"]: (stats.mean_ci(arm[comparison]) if result["reached"] else
-                                     {"mean": float("nan"), "ci95": [float("nan")] * 2,
-                                      "n": int(np.isfinite(arm[comparison]).sum())}) for arm in arms}
+            # not reached: no per-norm values at all, so the report keeps the verdict "not reached (...)" (the
+            # book's re-annotation, verdict.book_family_holm, leaves rows without both norms as they are)
+            per_arm = {arm["norm"]: stats.mean_ci(arm[comparison]) for arm in arms} if result["reached"] else {}
             where = ("at the end of its schedule" if comparison == "same_schedule" else
                      f"where each model's inlier fit first crosses {params.fit_level:g} (the headline level)")
             entry = results.metric_entry(
                 per_arm, p_value=result["p_value"] if math.isfinite(result["p_value"]) else None,
                 test=f"paired t over model pairs (member t of both arms: same data, keep mask and seed); TOST at "
-                     f"±{params.equivalence_margin:g}", higher_means="more memorization",
+                     f"±{ablations.equivalence_margin():g}", higher_means="more memorization",
                 description=(f"Canary memorization, acc(IN canaries) - acc(OUT canaries) per model, {point.sweep} "
                              f"point {point.label}, {where}; n counts model pairs."),
                 comparison=comparison, unit="models", verdict=result["verdict"],
                 detectable_difference=result["detectable_difference"], p_value_holm=None,
                 difference={"mean": result["mean"], "ci95": result["ci95"], "n": result["n"], "se": result["se"],
-                            "unit": "models"},
+                            "df": result["df"], "unit": "models"},
+                reached={arm["norm"]: int(np.isfinite(arm[comparison]).sum()) for arm in arms},
                 family="secondary", fit_level=None if comparison == "same_schedule" else params.fit_level,
-                equivalence_margin=params.equivalence_margin, p_equivalence=result["p_equivalence"],
+                equivalence_margin=ablations.equivalence_margin(), p_equivalence=result["p_equivalence"],
                 steps={arm["norm"]: arm["schedule"]["steps"] for arm in arms},
                 exposures={arm["norm"]: arm["schedule"]["exposures"] for arm in arms})
             metrics[f"ablation_canary_memorization_{point.name}_{comparison}"] = entry
@@ -382,7 +383,7 @@ def sweep_markdown(points: Points, name: str) -> str:
 
 def verdict_names() -> str:
     """The five verdicts as the page names them: ``*BN higher*, *no-BN higher*, ... or *inconclusive*``."""
-    names = [f"*{words}*" for words in ablations.VERDICTS]
+    names = [f"*{words}*" for words in verdict.VERDICTS]
     names[2] = "*equivalent within ±m*"
     names[3] = "*no difference detected (could detect ≥ X)*"
     return ", ".join(names[:-1]) + " or " + names[-1]

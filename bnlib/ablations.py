@@ -18,9 +18,11 @@ Each member is read two ways, like the book's populations:
     ``params.fit_level`` (interpolated between epochs). Reported only where every member of both arms
     reaches the level; otherwise the point says "not reached" and no level is invented.
 
-The inference is a paired t over model pairs (:func:`paired_inference`, one function the book's common
-procedure can replace), with a TOST equivalence test at the declared ``params.equivalence_margin`` and
-five verdicts. Batch-size points train at *equal steps*: a batch of B takes epochs x (steps per epoch at
+The inference is the book's (``verdict.paired_difference``: a paired t over model pairs; ``verdict.verdict``'s
+five verdicts, with the margin ``config.EQUIVALENCE_MARGINS`` declares for ``ablation_canary_memorization``),
+and no verdict comes from fewer than :data:`MIN_PAIRS` pairs (:func:`paired_inference`).
+
+Batch-size points train at *equal steps*: a batch of B takes epochs x (steps per epoch at
 the chapter's batch size) / (steps per epoch at B), with the peak learning rate scaled by
 ``params.batch_lr_rule`` (:func:`batch_size_overrides`).
 """
@@ -33,15 +35,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import stats as scipy_stats
 
-from . import config, memorization, population, train
+from . import config, memorization, population, train, verdict
 from .config import ARCHS, NORMS
 
 MIN_PAIRS = 8  # no verdict, interval or direction word from fewer model pairs
 LR_RULES = ("linear", "sqrt", "constant")
 SWEEPS = ("batch_size", "norm", "length", "lr", "arch", "canary_rate")
-VERDICTS = ("BN higher", "no-BN higher", "equivalent within", "no difference detected", "inconclusive")
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,9 @@ class ChapterParams:
     canary_rates: tuple[float, ...] = field(default=(0.01, 0.10), metadata={
         "positive": True, "doc": "canary-rate sweep: fraction of canaries in the training set (besides the chapter's)"})
     pair_count: int = field(default=MIN_PAIRS, metadata={
-        "minimum": 2, "doc": "model pairs per sweep point (members of each arm's zoo, first pool)"})
+        "minimum": MIN_PAIRS, "doc": "model pairs per sweep point (members of each arm's zoo, first pool)"})
     fit_level: float = field(default=0.95, metadata={
         "positive": True, "doc": "headline matched-fit level: inlier train accuracy where each model is read"})
-    equivalence_margin: float = field(default=0.08, metadata={
-        "positive": True, "doc": "margin of equivalence in canary memorization (TOST)"})
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": dict(sweeps=("batch_size", "norm"), batch_sizes=(16, 32, 64), variant_norms=("ghost", "group"),
@@ -91,9 +89,6 @@ class ChapterParams:
         if self.fit_level > 1:
             raise ValueError(f"Parameter 'fit_level' (an inlier train accuracy) got {self.fit_level!r}; "
                              "allowed: a value in (0, 1].")
-        if self.equivalence_margin >= 2:
-            raise ValueError(f"Parameter 'equivalence_margin' got {self.equivalence_margin!r}; allowed: a value in "
-                             "(0, 2), canary memorization lies in [-1, 1].")
 
 
 def check_config(cfg, params: ChapterParams) -> None:
@@ -249,63 +244,43 @@ def measure_arm(cfg, params: ChapterParams, arm: Arm, progress: bool = True) -> 
 
 # ----------------------------------------------------------------------------- the inference of a point
 
-def paired_inference(first: Sequence[float], second: Sequence[float], margin: float, alpha: float = 0.05,
-                     power: float = 0.8) -> dict[str, Any]:
-    """Paired t over model pairs of ``first`` - ``second`` (one value per member of each arm), with two one-sided
-    tests of equivalence within +-``margin`` (``statsmodels.stats.weightstats.ttost_paired``).
+MARGIN_METRIC = "ablation_canary_memorization"  # its margin is declared in config.EQUIVALENCE_MARGINS
 
-    The book's common procedure (a per-pair stratified t) can replace this function: it takes the per-pair
-    values and returns the same keys.
+
+def equivalence_margin() -> float:
+    """The declared equivalence margin of the ablations' canary memorization (``verdict.equivalence_margin``)."""
+    return float(verdict.equivalence_margin(MARGIN_METRIC))
+
+
+def paired_inference(first: Sequence[float], second: Sequence[float], margin: float, alpha: float = verdict.ALPHA,
+                     power: float = verdict.POWER) -> dict[str, Any]:
+    """``verdict.paired_difference`` (paired t over model pairs, one pool) of ``first`` - ``second`` (one value per
+    member of each arm, member t of both arms a pair), with ``verdict.equivalence`` (TOST within +-``margin``),
+    the detectable difference at the same t and the book's five verdicts, none from fewer than
+    :data:`MIN_PAIRS` pairs.
 
     Returns:
-        ``mean``, ``se``, ``ci95`` (t interval), ``p_value`` (two-sided), ``p_equivalence`` (TOST), ``n``
-        (pairs with both values finite), ``detectable_difference`` ((t_{1-alpha/2} + t_power) x se, df n - 1),
-        ``margin``, ``unit`` ("models") and ``verdict`` (:func:`verdict_text`).
+        ``mean``, ``se``, ``df``, ``ci95`` (t interval), ``p_value`` (two-sided), ``p_equivalence`` (TOST), ``n``
+        (pairs with both values finite), ``detectable_difference``, ``margin``, ``unit`` ("models") and
+        ``verdict``.
     """
-    from statsmodels.stats.weightstats import ttost_paired
-
     a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"Parameters 'first' {a.shape} and 'second' {b.shape} must be (T,) arrays of one shape: "
                          "one value per member of each arm, member t of both arms a pair.")
-    both = np.isfinite(a) & np.isfinite(b)
-    a, b = a[both], b[both]
-    n = int(both.sum())
-    out = {"mean": float("nan"), "se": float("nan"), "ci95": [float("nan")] * 2, "p_value": float("nan"),
-           "p_equivalence": float("nan"), "n": n, "detectable_difference": float("nan"), "margin": float(margin),
-           "unit": "models"}
-    if n >= 2:
-        difference = a - b
-        mean, se = float(difference.mean()), float(difference.std(ddof=1) / math.sqrt(n))
-        quantile = scipy_stats.t.ppf(1 - alpha / 2, n - 1)
-        out.update(mean=mean, se=se, ci95=[mean - quantile * se, mean + quantile * se],
-                   detectable_difference=float((quantile + scipy_stats.t.ppf(power, n - 1)) * se))
-        if np.ptp(difference) > 1e-12 * max(1.0, float(np.abs(difference).max())):  # else equal up to rounding
-            out["p_value"] = float(scipy_stats.ttest_1samp(difference, 0.0).pvalue)
-            out["p_equivalence"] = float(ttost_paired(a, b, -margin, margin)[0])
-        else:  # every pair differs by the same amount: a t-test has no variance to work with
-            out.update(se=0.0, ci95=[mean, mean], detectable_difference=0.0)
-            out["p_value"] = 1.0 if mean == 0 else 0.0
-            out["p_equivalence"] = 0.0 if abs(mean) < margin else 1.0
-    out["verdict"] = verdict_text(out, alpha)
-    return out
-
-
-def verdict_text(result: dict[str, Any], alpha: float = 0.05) -> str:
-    """One of five verdicts (:data:`VERDICTS`) on a :func:`paired_inference` result, each starting with its
-    words: "inconclusive" below :data:`MIN_PAIRS` pairs or without a finite estimate; "BN higher" / "no-BN
-    higher" (the first arm / the second) if p < alpha; "equivalent within ±m" if the TOST p < alpha; else "no
-    difference detected (could detect ≥ X)"."""
-    n, mean, p_value = result["n"], result["mean"], result["p_value"]
+    result = verdict.paired_difference(a, b, unit="models") if a.size else verdict.stratified_t(a, unit="models")
+    mean, se, df, n = result["mean"], result["se"], result["df"], result["n"]
+    finite = math.isfinite(mean) and math.isfinite(se)
+    out = {**result, "margin": float(margin),
+           "p_equivalence": verdict.equivalence(mean, se, margin, df=df, alpha=alpha)["p_value"] if finite
+           else float("nan"),
+           "detectable_difference": verdict.detectable_difference(se, alpha, power, df) if finite else float("nan")}
     if n < MIN_PAIRS:
-        return f"inconclusive ({n} model pairs; at least {MIN_PAIRS} needed)"
-    if not all(math.isfinite(v) for v in (mean, result["se"], p_value)):
-        return "inconclusive (no finite estimate, standard error or p-value)"
-    if p_value < alpha:
-        return f"{'BN higher' if mean > 0 else 'no-BN higher'} (difference {mean:+.3f}, p = {p_value:.2g})"
-    if result["p_equivalence"] < alpha:
-        return f"equivalent within ±{result['margin']:g} (TOST p = {result['p_equivalence']:.2g})"
-    return f"no difference detected (could detect ≥ {result['detectable_difference']:.3g})"
+        out["verdict"] = f"inconclusive ({n} model pairs; at least {MIN_PAIRS} needed)"
+    else:
+        out["verdict"] = verdict.verdict(mean, se, result["p_value"], n, alpha=alpha, power=power, margin=margin,
+                                         df=df)
+    return out
 
 
 def not_reached(arms: Sequence[dict[str, Any]], level: float) -> str | None:
@@ -328,10 +303,10 @@ def compare_point(cfg, params: ChapterParams, point: Point, progress: bool = Tru
     arms = [measure_arm(cfg, params, arm, progress=progress) for arm in point.arms]
     out: dict[str, Any] = {"point": point, "arms": arms}
     for comparison in ("same_schedule", "matched_fit"):
-        result = paired_inference(arms[0][comparison], arms[1][comparison], params.equivalence_margin)
+        result = paired_inference(arms[0][comparison], arms[1][comparison], equivalence_margin())
         missing = not_reached(arms, params.fit_level) if comparison == "matched_fit" else None
         if missing:
-            result = {**paired_inference([], [], params.equivalence_margin), "verdict": missing}
+            result = {**paired_inference([], [], equivalence_margin()), "verdict": missing}
         out[comparison] = {**result, "reached": missing is None}
     return out
 

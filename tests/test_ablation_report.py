@@ -1,7 +1,6 @@
 """What the ablations chapter shows (bnlib.ablation_report): tables, figures, glued sentences and the summary, on
 synthetic compared points with known answers; the explorer on one of them."""
 
-import math
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -9,7 +8,8 @@ import pytest
 
 from bnlib import ablation_report, ablations, config, plots
 
-PARAMS = ablations.ChapterParams(fit_level=0.9, equivalence_margin=0.08)
+PARAMS = ablations.ChapterParams(fit_level=0.9)
+MARGIN = ablations.equivalence_margin()
 
 
 def _arm(norm: str, same: list[float], matched: list[float], epochs: int = 12, batch: int = 128) -> dict:
@@ -31,9 +31,9 @@ def _found(label: str, name: str, first: dict, second: dict, sweep: str = "batch
     found = {"point": point, "arms": [first, second]}
     for comparison in ablation_report.COMPARISONS:
         missing = ablations.not_reached([first, second], PARAMS.fit_level) if comparison == "matched_fit" else None
-        result = ablations.paired_inference(first[comparison], second[comparison], PARAMS.equivalence_margin)
+        result = ablations.paired_inference(first[comparison], second[comparison], MARGIN)
         if missing:
-            result = {**ablations.paired_inference([], [], PARAMS.equivalence_margin), "verdict": missing}
+            result = {**ablations.paired_inference([], [], MARGIN), "verdict": missing}
         found[comparison] = {**result, "reached": missing is None}
     return found
 
@@ -61,7 +61,7 @@ def test_comparison_table_known_rows():
     lines = ablation_report.comparison_table_markdown(_batch_points()).splitlines()
     assert lines[0] == "| setting | comparison | arm | against | difference [95% CI] | n | verdict |"
     assert lines[2].startswith("| 32 | same schedule | BatchNorm: 0.544 [") and "+0.300 [+0.300, +0.300]" in lines[2]
-    assert "| 8 model pairs | BN higher (difference +0.300" in lines[2]
+    assert "| 8 model pairs | BN higher (difference 0.3" in lines[2]
     assert lines[5].startswith("| 128 | matched fit") and "equivalent within ±0.08" in lines[5]
     assert lines[7] == ("| 512 | matched fit | BatchNorm: – | no norm: – | – | 0 model pairs | not reached (8 of 8 "
                         "'none' models never reach fit 0.9) |")
@@ -122,9 +122,9 @@ def test_group_reading_follows_the_verdicts(group, reading):
     if group == UP:  # GroupNorm equal to BN in every pair
         assert sentence.startswith("equivalent within ±0.08")
     elif group == DOWN:
-        assert sentence.startswith("BatchNorm higher (difference -0.300")
+        assert sentence.startswith("BatchNorm higher (difference -0.3")
     else:
-        assert sentence.startswith("GroupNorm higher (difference +0.300")
+        assert sentence.startswith("GroupNorm higher (difference 0.3")
 
 
 def test_group_reading_says_when_matched_fit_is_not_reached():
@@ -168,7 +168,17 @@ def test_summary_metrics_names_units_and_fields():
     assert matched["fit_level"] == 0.9 and matched["verdict"].startswith("equivalent within ±0.08")
     never = metrics["ablation_canary_memorization_batch512_matched_fit"]
     assert never["verdict"].startswith("not reached") and never["p_value"] is None
-    assert math.isnan(never["batch"]["mean"]) and never["none"]["n"] == 0
+    assert "batch" not in never and never["reached"] == {"batch": 8, "none": 0}
+    assert entry["difference"]["df"] == 7
+
+
+def test_the_books_reannotation_keeps_every_verdict():
+    from bnlib import verdict
+
+    metrics = ablation_report.summary_metrics(_batch_points(), PARAMS)
+    again = verdict.book_family_holm(metrics)
+    assert {name: e["verdict"] for name, e in again.items()} == {name: e["verdict"] for name, e in metrics.items()}
+    assert {e["family"] for e in again.values()} == {"secondary"}
 
 
 def test_summary_metrics_feed_the_report():

@@ -1,5 +1,5 @@
 """Ablations as small populations (bnlib.ablations): the plan of each sweep, the equal-steps rule, the paired
-inference over model pairs with its five verdicts (known answers against scipy and statsmodels, a planted
+inference over model pairs with the book's five verdicts (known answers against scipy and statsmodels, a planted
 effect found and a null not), and one point trained at smoke."""
 
 import math
@@ -13,6 +13,10 @@ from bnlib import ablations, config, memorization, train, zoo
 
 # ----------------------------------------------------------------------------- parameters and plans
 
+def test_the_margin_is_the_one_config_declares():
+    assert ablations.equivalence_margin() == config.EQUIVALENCE_MARGINS["ablation_canary_memorization"]
+
+
 def test_parameters_are_validated():
     with pytest.raises(ValueError, match="'variant_norms'"):
         config.load("smoke", extras=ablations.ChapterParams, variant_norms="batch,instance")
@@ -22,6 +26,8 @@ def test_parameters_are_validated():
         config.load("smoke", extras=ablations.ChapterParams, sweeps="batch_size,dropout")
     with pytest.raises(ValueError, match="'batch_lr_rule'"):
         config.load("smoke", extras=ablations.ChapterParams, batch_lr_rule="cubic")
+    with pytest.raises(ValueError, match="'pair_count'"):
+        config.load("smoke", extras=ablations.ChapterParams, pair_count=4)
     cfg, params = config.load("smoke", extras=ablations.ChapterParams, batch_sizes="16,64")
     with pytest.raises(ValueError, match="'batch_sizes'.*must contain the chapter's batch_size"):
         ablations.check_config(cfg, params)
@@ -103,6 +109,7 @@ def test_paired_inference_is_scipys_paired_t_and_statsmodels_tost():
     reference = scipy_stats.ttest_rel(a, b)
     assert result["p_value"] == pytest.approx(reference.pvalue)
     assert result["mean"] == pytest.approx(np.mean(a - b)) and result["n"] == 12 and result["unit"] == "models"
+    assert result["df"] == 11
     low, high = scipy_stats.t.interval(0.95, 11, loc=np.mean(a - b), scale=scipy_stats.sem(a - b))
     assert result["ci95"] == pytest.approx([low, high])
     assert result["p_equivalence"] == pytest.approx(ttost_paired(a, b, -0.1, 0.1)[0])
@@ -124,7 +131,11 @@ def test_a_planted_effect_is_found_and_a_null_is_not():
                                       margin=0.08)
     assert null["verdict"].startswith("equivalent within ±0.08")
     noisy = ablations.paired_inference(rng.normal(0, 0.5, 8), rng.normal(0, 0.5, 8), margin=0.08)
-    assert noisy["verdict"].startswith("no difference detected (could detect ≥")
+    assert noisy["verdict"].startswith("inconclusive (could detect only ≥")  # 8 pairs cannot see the margin
+    z = rng.normal(0, 1, 8)
+    z = (z - z.mean()) / z.std(ddof=1)  # differences of mean 0.05, SE 0.0245: p ~0.08, TOST fails, X ~0.08
+    undecided = ablations.paired_inference(0.05 + 0.0245 * np.sqrt(8) * z, np.zeros(8), margin=0.08)
+    assert undecided["verdict"].startswith("no difference detected (could detect ≥")
 
 
 def test_null_type_one_error_of_the_paired_t_is_nominal():
