@@ -9,7 +9,10 @@ Modules, from the data to the book:
     parameters cell, glue, summary).
 
 Per chapter, the measurement (in the cache keys of what it computes) apart from its reading (tables, glue,
-figures, headline metrics; free to change without re-training anything):
+figures, headline metrics; free to change without re-training anything). The reading modules are named in one
+place, ``results.READING_MODULES`` and ``results.READING_SUFFIXES`` (``*_chapter``, ``*_report``, ``*_plots``):
+``results.code_of`` never puts them in a key nor follows imports through them, and no measuring module imports
+one (tests/test_cache_keys.py):
     data_and_models: runs → data_and_models_chapter
     memorization: memorization, population → memorization_chapter
     influence: influence (with the per-sample gradient engine in ``bnlib.persample``) → influence_chapter,

@@ -128,10 +128,11 @@ def built_result_set(build_dir: Path | None = None) -> str | None:
     return json.loads(record.read_text())["result_set"] if record.exists() else None
 
 
-def _code_fingerprint() -> str:
+def code_fingerprint(package: Path = REPO_ROOT / "bnlib") -> str:
+    """Hash of every source file of bnlib, subpackages included (``persample/``), named by its path in it."""
     digest = hashlib.sha256()
-    for path in sorted((REPO_ROOT / "bnlib").glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -145,7 +146,7 @@ def fingerprint(document: str, parameters: dict[str, Any], root: Path = REPO_ROO
             digest.update(path.read_bytes())
     digest.update(json.dumps(parameters, sort_keys=True, default=str).encode())
     digest.update(result_set.encode())
-    digest.update(_code_fingerprint().encode())
+    digest.update(code_fingerprint().encode())
     digest.update(os.environ.get("BNLIB_CACHE", "").encode())
     return digest.hexdigest()[:20]
 

@@ -89,49 +89,100 @@ def torch_load(path: Path) -> Any:
 
 # One policy for every cache entry: its key holds the source of every bnlib module that decides what is
 # stored (the data draw, the networks, the training loop, the measurement), named by the code that creates
-# the entry. Modules that only move bytes (this one, config validation, plots) are not part of any key.
+# the entry (``code_of``). Two kinds of module are never in a key, and ``code_of`` does not follow imports
+# through them: the package's plumbing (``INFRASTRUCTURE``: caching itself, the version, the configuration,
+# whose values go into the key as configuration, not as code) and the *reading* modules, which turn measured
+# values into tables, glue, prose, figures and the website (``READING_MODULES`` and ``READING_SUFFIXES``).
+# A measuring module imports no reading module (tests/test_cache_keys.py), so rewording a sentence or
+# restyling a figure never retrains anything.
 PACKAGE_ROOT = Path(__file__).resolve().parent
-# Modules that never decide a stored value: caching itself, validation messages, figures, the book.
-NOT_DECIDING = ("__init__.py", "__main__.py", "results.py", "config.py", "plots.py", "figures.py", "chapter.py",
-                "book.py", "report.py", "cli.py")
+INFRASTRUCTURE = ("__init__.py", "__main__.py", "results.py", "config.py")
+# The reading modules of the package (files directly under bnlib/): by name, and every file whose name ends
+# with one of READING_SUFFIXES (a chapter's tables and glue, a report, figures).
+READING_MODULES = ("book.py", "chapter.py", "cli.py", "dp_tradeoff.py", "figures.py", "mia_summary.py", "plots.py",
+                   "report.py", "theory_cnn.py", "theory_derivation.py")
+READING_SUFFIXES = ("_chapter.py", "_report.py", "_plots.py")
+
+
+def is_reading(name: str) -> bool:
+    """Whether ``name`` (a path under bnlib, ``"plots.py"``) is a reading module: tables, glue, prose, figures
+    or the website, never in a cache key."""
+    return "/" not in name and (name in READING_MODULES or name.endswith(READING_SUFFIXES))
+
+
+def in_no_key(name: str) -> bool:
+    """Whether ``name`` (a path under bnlib) is never part of a cache key: plumbing or a reading module."""
+    return name in INFRASTRUCTURE or is_reading(name)
+
+
+def _module_path(parts: list[str], root: Path) -> Path | None:
+    """The file of the module named by ``parts`` under ``root`` (a package: its ``__init__.py``), else None."""
+    target = root.joinpath(*parts)
+    if (target / "__init__.py").is_file():
+        return target / "__init__.py"
+    return target.with_suffix(".py") if parts and target.with_suffix(".py").is_file() else None
 
 
 def _imported_modules(path: Path, root: Path) -> set[str]:
-    """bnlib modules that ``path`` imports relatively (``from . import a``, ``from .b import c``), as paths
-    under ``root``: ``a.py`` for a module, ``b`` for a subpackage folder."""
+    """The package's modules that ``path`` imports, as paths under ``root`` (``"zoo.py"``,
+    ``"persample/api.py"``), resolved as Python resolves them: ``from .x import y`` is the file of ``x`` (or of
+    its submodule ``y``), ``from . import x`` the file of ``x``, ``from .persample import api`` the file
+    ``persample/api.py``, and a name a package defines its ``__init__.py``. Absolute imports of the package
+    (``from bnlib.x import y``) count too."""
     found = set()
+    package = list(path.relative_to(root).parent.parts)
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level >= 1:
-            base = path.parent
-            for _ in range(node.level - 1):
-                base = base.parent
-            names = [node.module] if node.module else [alias.name for alias in node.names]
-            for name in names:
-                target = base.joinpath(*name.split("."))
-                if target.is_dir():
-                    found.add(str(target.relative_to(root)))
-                elif target.with_suffix(".py").is_file():
-                    found.add(str(target.with_suffix(".py").relative_to(root)))
+        if isinstance(node, ast.ImportFrom):
+            if node.level >= 1:
+                if node.level - 1 > len(package):
+                    continue
+                base = package[:len(package) - (node.level - 1)] + (node.module.split(".") if node.module else [])
+            elif node.module and node.module.split(".")[0] == root.name:
+                base = node.module.split(".")[1:]
+            else:
+                continue
+            for alias in node.names:
+                target = _module_path([*base, alias.name], root) or _module_path(base, root)
+                if target is not None:
+                    found.add(target.relative_to(root).as_posix())
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == root.name:
+                    target = _module_path(alias.name.split(".")[1:], root)
+                    if target is not None:
+                        found.add(target.relative_to(root).as_posix())
     return found
 
 
 def code_of(module: str, root: Path = PACKAGE_ROOT) -> tuple[str, ...]:
-    """``module`` (``"zoo"``, or ``"persample"`` for a subpackage) and every bnlib module it imports,
-    directly or not, except ``NOT_DECIDING``: the code whose source goes into the key of what it computes."""
-    start = module if (root / module).is_dir() else f"{module}.py"
-    todo, seen = [start], set()
+    """The code whose source goes into the key of what ``module`` computes: ``module`` and every module of the
+    package it imports, directly or through other measuring modules, as paths under ``root``.
+
+    Imports are not followed through a module in no key (``in_no_key``: plumbing, reading modules), so what only
+    a figure or a sentence needs never enters a key.
+
+    Args:
+        module: ``"zoo"``, ``"persample.api"`` (a module), ``"persample"`` (a package: its ``__init__.py``) or a
+            path under ``root`` (``"persample/api.py"``).
+
+    Raises:
+        ValueError: ``module`` does not exist under ``root``, or is in no key (a reading module decides nothing).
+    """
+    start = _module_path(module.removesuffix(".py").replace("/", ".").split("."), root)
+    if start is None:
+        raise ValueError(f"Parameter 'module' got {module!r}: no such module under {root}.")
+    start_name = start.relative_to(root).as_posix()
+    if in_no_key(start_name):
+        raise ValueError(f"Parameter 'module' got {module!r}, which is in no cache key (plumbing or a reading "
+                         "module: results.INFRASTRUCTURE, results.is_reading); allowed: a measuring module.")
+    todo, seen = [start_name], set()
     while todo:
         name = todo.pop()
-        if name in seen:
+        if name in seen or in_no_key(name):
             continue
         seen.add(name)
-        path = root / name
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for file in files:
-            todo += [m for m in _imported_modules(file, root) if m not in seen]
-    folders = {name for name in seen if (root / name).is_dir()}
-    inside = {name for name in seen if any(name.startswith(f"{folder}/") for folder in folders)}
-    return tuple(sorted(seen - set(NOT_DECIDING) - inside))
+        todo += sorted(_imported_modules(root / name, root) - seen)
+    return tuple(sorted(seen))
 
 
 def code_hash(modules: tuple[str, ...], root: Path = PACKAGE_ROOT) -> str:
