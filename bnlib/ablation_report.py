@@ -1,163 +1,171 @@
-"""What the ablations chapter shows, from the rows of ``ablations.sweep``: tables, figures, the batch-size
-explorer, the values its prose quotes and its summary metrics.
+"""What the ablations chapter shows, from the compared points of ``ablations.sweep``: tables with n and its
+unit, figures, the batch-size explorer, the sentences its prose quotes and its summary metrics.
 
-Apart from :mod:`bnlib.ablations` on purpose: that module's source (with its imports) is in the cache key of
-every sweep point (``results.code_of("ablations")``), so a change to a table or a figure here retrains
-nothing.
+Apart from :mod:`bnlib.ablations` on purpose: a change to a table or a figure here retrains nothing.
+
+Every number here comes from a point of ``ablations.compare_point``: two arms of ``pair_count`` zoo members,
+member t of both arms a pair; verdicts and intervals only from at least ``ablations.MIN_PAIRS`` pairs.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from . import ablations, chapter, config, memorization, plots, results, runs, theory, verdict
+from . import ablations, chapter, plots, results, stats, verdict
 
-Rows = Sequence[dict[str, Any]]
+Points = Sequence[dict[str, Any]]  # ablations.compare_point results
 
-# measure (a key of a sweep row) -> its name in tables and panel titles
-MEASURES = {
-    "memorization": "canary memorization (final)",
-    "memorization_at_fit": "canary memorization at matched fit",
-    "auc": "loss-attack AUC on canaries",
-    "log10_influence_ratio_trained": "log10 influence ratio canary/inlier (trained)",
-    "test": "test accuracy",
-}
-PANEL_MEASURES = ("memorization", "memorization_at_fit", "auc", "log10_influence_ratio_trained")
-DEFENCE_BASELINE = ("BatchNorm", "batch")  # (setting, norm) of the defence sweep's baseline row
-DEFENCE_GROUP = ("GroupNorm instead of BN", "group")
+COMPARISONS = ("same_schedule", "matched_fit")
+COMPARISON_LABELS = {"same_schedule": "same schedule", "matched_fit": "matched fit"}
+
+
+def arm_label(norm: str) -> str:
+    return plots.NORM_LABELS.get(norm, norm)
+
+
+def first_arm(found: dict[str, Any]) -> str:
+    return arm_label(found["point"].arms[0].norm)
 
 
 # ----------------------------------------------------------------------------- tables
 
-def interval_cell(summary: dict[str, Any]) -> str:
-    """A table cell of a ``stats.mean_ci`` summary over seeds: ``chapter.interval`` text (``mean [lo, hi]``, or
-    ``mean (2 seeds)`` below three seeds), a bare ``–`` when no seed has a value (e.g. fit level never reached)."""
-    if summary["n"] == 0:
+def interval_text(result: dict[str, Any], number_format: str = "+.3f") -> str:
+    """A difference with its 95% interval, or "–" where there is no estimate; no interval below
+    ``ablations.MIN_PAIRS`` pairs (the count is said instead)."""
+    if not math.isfinite(result["mean"]):
         return "–"
-    return chapter.interval(summary, ".3f", "seeds")
+    if result["n"] < ablations.MIN_PAIRS:
+        return f"{result['mean']:{number_format}} ({result['n']} model pairs: no interval)"
+    low, high = result["ci95"]
+    return f"{result['mean']:{number_format}} [{low:{number_format}}, {high:{number_format}}]"
 
 
-def table_markdown(rows: Rows, measures: dict[str, str] = MEASURES) -> str:
-    """Markdown table of a sweep: one row per (setting, norm), in the order of the sweep, with each measure of
-    ``measures`` (key -> column name) as :func:`interval_cell` over seeds."""
-    summaries = {m: ablations.summarize(rows, m) for m in measures}
-    body = [(setting, plots.NORM_LABELS.get(norm, norm), *(interval_cell(summaries[m][(setting, norm)])
-                                                            for m in measures))
-            for setting, norm in summaries[next(iter(measures))]]
-    return chapter.markdown_table(("setting", "norm", *measures.values()), body)
+def arm_cell(values: np.ndarray) -> str:
+    """Mean of one arm's per-member values with its t interval (``stats.mean_ci``), "–" without values."""
+    summary = stats.mean_ci(values)
+    if summary["n"] < ablations.MIN_PAIRS:
+        return "–" if summary["n"] == 0 else f"{summary['mean']:.3f} ({summary['n']} models: no interval)"
+    return chapter.interval(summary, ".3f", "models")
 
 
-def defence_table_markdown(rows: Rows) -> str:
-    """Markdown table of the defence sweep: per change, mean final canary memorization, loss-attack AUC and
-    test accuracy over seeds, each with its difference from the BatchNorm baseline (gain: baseline minus the
-    change, positive = less leakage; cost: the change minus baseline, negative = less accurate)."""
-    summaries = {m: ablations.summarize(rows, m) for m in ("memorization", "auc", "test")}
-    base = {m: s[DEFENCE_BASELINE]["mean"] for m, s in summaries.items()}
+def comparison_table_markdown(points: Points) -> str:
+    """One row per point and comparison: the two arms' mean canary memorization, their paired difference
+    [95% CI], n (model pairs) and the verdict."""
     body = []
-    for key in summaries["memorization"]:
-        mem, auc, test = (summaries[m][key]["mean"] for m in ("memorization", "auc", "test"))
-        body.append((key[0], f"{mem:.3f}", f"{base['memorization'] - mem:+.3f}", f"{auc:.3f}",
-                     f"{base['auc'] - auc:+.3f}", f"{test:.3f}", f"{test - base['test']:+.3f}"))
-    header = ("change", "canary memorization", "gain", "loss-attack AUC", "gain", "test accuracy", "cost")
+    for found in points:
+        for comparison in COMPARISONS:
+            result = found[comparison]
+            arms = found["arms"]
+            reached = result["reached"]
+            body.append((found["point"].label, COMPARISON_LABELS[comparison],
+                         f"{first_arm(found)}: {arm_cell(arms[0][comparison]) if reached else '–'}",
+                         f"{arm_label(arms[1]['norm'])}: {arm_cell(arms[1][comparison]) if reached else '–'}",
+                         interval_text(result), f"{result['n']} model pairs", result["verdict"]))
+    header = ("setting", "comparison", "arm", "against", "difference [95% CI]", "n", "verdict")
+    return chapter.markdown_table(header, body)
+
+
+def schedule_table_markdown(points: Points) -> str:
+    """What each arm's schedule gives a member: epochs, batch size, peak learning rate, SGD steps, exposures of
+    each training example, learning-rate integral, final inlier fit and test accuracy (means over members),
+    and the epoch where members cross the matched-fit level (mean; "not reached" if some never do)."""
+    body = []
+    for found in points:
+        for arm in found["arms"]:
+            facts = arm["schedule"]
+            crossed = np.isfinite(arm["epoch_at_fit"])
+            at_fit = f"{np.mean(arm['epoch_at_fit']):.1f}" if crossed.all() else \
+                f"not reached ({int((~crossed).sum())} of {crossed.size})"
+            body.append((found["point"].label, arm_label(arm["norm"]), facts["epochs"], facts["batch_size"],
+                         f"{facts['lr']:.4g}", f"{facts['steps']:.0f}", f"{facts['exposures']:.1f}",
+                         f"{facts['lr_integral']:.2f}", f"{np.mean(arm['final_fit']):.3f}",
+                         f"{np.mean(arm['test']):.3f}", at_fit, f"{arm['final_fit'].size} models"))
+    header = ("setting", "arm", "epochs", "batch", "peak lr", "steps", "exposures", "lr integral", "final fit",
+              "test accuracy", "epoch at matched fit", "n")
     return chapter.markdown_table(header, body)
 
 
 # ----------------------------------------------------------------------------- figures
 
-def panels(rows: Rows, settings: Sequence[Any], xlabel: str, measures: Sequence[str] = PANEL_MEASURES,
-           log_x: bool = False):
-    """One panel per measure (2 x 2): mean with its 95% interval band over seeds against the setting, one line
-    per norm. Numeric ``settings`` (batch sizes) are the x values (``log_x``: base-2 axis); text settings
-    (learning rates, canary rates) are evenly spaced and named on the axis."""
-    fig, axes = plots.subplots(2, 2, height=5.0)
-    text = isinstance(settings[0], str)
-    xs = list(range(len(settings))) if text else [float(s) for s in settings]
-    missing = {"mean": np.nan, "ci95": [np.nan, np.nan]}
-    for ax, m in zip(axes.ravel(), measures, strict=False):
-        summary = ablations.summarize(rows, m)
-        for norm in dict.fromkeys(n for _, n in summary):
-            found = [summary.get((str(s), norm), missing) for s in settings]
-            color = plots.NORM_COLORS.get(norm, "k")
-            ax.plot(xs, [f["mean"] for f in found], "o-", color=color, label=plots.NORM_LABELS.get(norm, norm))
-            ax.fill_between(xs, [f["ci95"][0] for f in found], [f["ci95"][1] for f in found], color=color,
-                            alpha=0.2, linewidth=0)
-        ax.set_title(MEASURES[m], fontsize=plots.MIN_FONT)
-        ax.set_xlabel(xlabel)
-        if text:
-            ax.set_xticks(xs, list(settings))
-        elif log_x:
-            ax.set_xscale("log", base=2)
-    axes.flat[0].legend(fontsize=plots.MIN_FONT)
-    fig.tight_layout()
-    return fig
-
-
-def norm_bars(rows: Rows, measures: Sequence[str] = ("memorization", "memorization_at_fit", "auc")):
-    """The normalizer sweep as bars: one panel per measure, one bar per normalizer (mean over seeds, 95%
-    interval as the error bar), in the sweep's order."""
-    fig, axes = plots.subplots(1, len(measures), height=3.2, squeeze=False)
-    for ax, m in zip(axes.flat, measures, strict=True):
-        summary = ablations.summarize(rows, m)
-        labels = [norm for (_, norm) in summary]
-        means = np.array([v["mean"] for v in summary.values()])
-        errors = np.array([[v["mean"] - v["ci95"][0], v["ci95"][1] - v["mean"]] for v in summary.values()]).T
-        ax.bar(range(len(labels)), means, yerr=errors, capsize=3,
-               color=[plots.NORM_COLORS.get(n, "0.6") for n in labels])
-        ax.set_xticks(range(len(labels)), labels, rotation=30)
-        ax.set_title(MEASURES[m], fontsize=plots.MIN_FONT)
-    fig.tight_layout()
-    return fig
-
-
-def influence_amplification(rows: Rows, settings: Sequence[Any]) -> list[float]:
-    """Per setting: the influence ratio (canary over inliers, trained; geometric mean over seeds) under BN
-    divided by the same under no normalization, 10 ** (mean log10 ratio BN - mean log10 ratio none)."""
-    logs = ablations.summarize(rows, "log10_influence_ratio_trained")
-    return [10 ** (logs[(str(s), "batch")]["mean"] - logs[(str(s), "none")]["mean"]) for s in settings]
-
-
-def amplification_figure(rows: Rows, batch_sizes: Sequence[int], distances: Sequence[float] = (2.0, 4.0)):
-    """Measured BN/no-BN influence amplification (:func:`influence_amplification`) of the batch-size sweep
-    against the theory chapter's toy-model prediction (``theory.amplification``) for an outlier at each
-    distance ``a`` along the learned direction, on log-log axes."""
-    fig, ax = plots.subplots(height=3.4)
-    sizes = np.array(batch_sizes)
-    ax.plot(sizes, influence_amplification(rows, batch_sizes), "o-", color=plots.NORM_COLORS["batch"],
-            label="measured: CNN (BN ratio / no-BN ratio, geometric means)")
-    grid = np.unique(np.geomspace(max(3, sizes.min() / 2), sizes.max() * 2, 40).astype(int))
-    for distance in distances:
-        ax.plot(grid, theory.amplification(grid, distance), "--", label=f"theory: toy model, a = {distance:g}")
-    ax.axhline(1.0, color="0.5", linewidth=0.8)
-    ax.set(xscale="log", yscale="log", xlabel="batch size m", ylabel="BN / no-BN influence")
+def difference_figure(points: Points, xlabel: str, log_x: bool = False):
+    """Paired difference (first arm - second) in canary memorization per point, with its 95% interval, one
+    series per comparison; points without an estimate (matched fit not reached) are left out and marked at
+    the axis with an ×."""
+    fig, ax = plots.subplots(height=3.2)
+    labels = [found["point"].label for found in points]
+    numeric = all(label.isdigit() for label in labels)
+    xs = np.array([float(label) for label in labels]) if numeric else np.arange(len(points), dtype=float)
+    offsets = {"same_schedule": 0.97, "matched_fit": 1.03} if (numeric and log_x) else \
+        {"same_schedule": -0.08, "matched_fit": 0.08}
+    for comparison, color in zip(COMPARISONS, ("0.35", plots.NORM_COLORS["batch"]), strict=True):
+        shifted = xs * offsets[comparison] if (numeric and log_x) else xs + offsets[comparison]
+        means = np.array([found[comparison]["mean"] for found in points])
+        lows = np.array([found[comparison]["ci95"][0] for found in points])
+        highs = np.array([found[comparison]["ci95"][1] for found in points])
+        shown = np.isfinite(means)
+        ax.errorbar(shifted[shown], means[shown], yerr=[means[shown] - lows[shown], highs[shown] - means[shown]],
+                    fmt="o", color=color, capsize=3, label=COMPARISON_LABELS[comparison])
+        if (~shown).any():
+            ax.plot(shifted[~shown], np.zeros((~shown).sum()), "x", color=color,
+                    label=f"{COMPARISON_LABELS[comparison]}: not reached")
+    ax.axhline(0.0, color="0.5", linewidth=0.8)
+    ax.set(xlabel=xlabel, ylabel="difference in canary memorization")
+    if numeric and log_x:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, labels)
+    elif not numeric:
+        ax.set_xticks(xs, labels)
     ax.legend(fontsize=plots.MIN_FONT)
+    fig.tight_layout()
+    return fig
+
+
+def norm_figure(points: Points):
+    """The normalizer sweep: each normalizer's mean canary memorization (95% t interval over its models), at
+    the end of the schedule and at matched fit, with no norm's as a line."""
+    fig, axes = plots.subplots(1, 2, height=3.2, squeeze=False)
+    for ax, comparison in zip(axes.flat, COMPARISONS, strict=True):
+        norms = [found["arms"][0]["norm"] for found in points]
+        summaries = [stats.mean_ci(found["arms"][0][comparison]) for found in points]
+        means = np.array([s["mean"] for s in summaries])
+        errors = np.array([[s["mean"] - s["ci95"][0], s["ci95"][1] - s["mean"]] for s in summaries]).T
+        ax.bar(range(len(norms)), np.nan_to_num(means), yerr=np.nan_to_num(errors), capsize=3,
+               color=[plots.NORM_COLORS.get(n, "0.6") for n in norms])
+        reference = stats.mean_ci(points[0]["arms"][1][comparison]) if points else {"mean": float("nan")}
+        if math.isfinite(reference["mean"]):
+            ax.axhline(reference["mean"], color=plots.NORM_COLORS["none"], linestyle="--", linewidth=1,
+                       label="no norm")
+            ax.legend(fontsize=plots.MIN_FONT)
+        ax.set_xticks(range(len(norms)), [arm_label(n) for n in norms], rotation=30)
+        ax.set_title(f"canary memorization, {COMPARISON_LABELS[comparison]}", fontsize=plots.MIN_FONT)
     fig.tight_layout()
     return fig
 
 
 # ----------------------------------------------------------------------------- the batch-size explorer
 
-def draw_memorization_against_fit(ax, cfg, params: ablations.ChapterParams, batch_size: int) -> None:
-    """Draw on ``ax`` (cleared first) canary memorization against inlier fit along training, one line per run
-    of the sweep's seeds, BN and no normalization, at one batch size (runs trained or read from the cache)."""
+def draw_memorization_against_fit(ax, found: dict[str, Any], fit_level: float) -> None:
+    """Draw on ``ax`` (cleared first) canary memorization against inlier fit along training, one line per
+    member of both arms of one point."""
     ax.clear()
-    point = replace(cfg, batch_size=int(batch_size))
-    for norm in config.COMPARED_NORMS:
-        for k, seed in enumerate(cfg.seeds[:params.sweep_seeds]):
-            curve = memorization.memorization_curve(runs.train_run(point, norm, seed, progress=False))
-            ax.plot(curve["fit"], curve["memorization"], "-", color=plots.NORM_COLORS[norm], alpha=0.8,
-                    label=plots.NORM_LABELS[norm] if k == 0 else None)
-    ax.axvline(params.fit_level, color="0.5", linestyle=":", linewidth=0.8)
-    ax.set(xlabel="inlier train accuracy (fit)", ylabel="canary memorization", xlim=(0, 1.02), ylim=(-0.1, 1.02),
-           title=f"batch size {batch_size}")
+    for arm in found["arms"]:
+        curves = arm["curves"]
+        for t in range(curves["fit"].shape[1]):
+            ax.plot(curves["fit"][:, t], curves["memorization"][:, t], "-", color=plots.NORM_COLORS[arm["norm"]],
+                    alpha=0.6, linewidth=0.9, label=f"{arm_label(arm['norm'])} ({curves['fit'].shape[1]} models)"
+                    if t == 0 else None)
+    ax.axvline(fit_level, color="0.5", linestyle=":", linewidth=0.8)
+    ax.set(xlabel="inlier train accuracy (fit)", ylabel="canary memorization", xlim=(0, 1.02), ylim=(-0.2, 1.02),
+           title=f"batch size {found['point'].label}")
     ax.legend(loc="upper left", fontsize=plots.MIN_FONT)
 
 
-def batch_size_animation(cfg, params: ablations.ChapterParams) -> str:
-    """Offline HTML slider over ``params.batch_sizes`` (``plots.offline_jshtml``): each frame is
+def batch_size_animation(points: Points, fit_level: float) -> str:
+    """Offline HTML slider over the batch-size points (``plots.offline_jshtml``): each frame is
     :func:`draw_memorization_against_fit` at one batch size, rendered now, so it moves in a static page."""
     import matplotlib.pyplot as plt
     from matplotlib.animation import FuncAnimation
@@ -165,33 +173,33 @@ def batch_size_animation(cfg, params: ablations.ChapterParams) -> str:
     fig, ax = plots.subplots(height=3.6)
 
     def frame(k: int) -> None:
-        draw_memorization_against_fit(ax, cfg, params, params.batch_sizes[k])
+        draw_memorization_against_fit(ax, points[k], fit_level)
 
-    animation = FuncAnimation(fig, frame, frames=len(params.batch_sizes))
+    animation = FuncAnimation(fig, frame, frames=len(points))
     html = plots.offline_jshtml(animation)
     plt.close(fig)
     return html
 
 
-def batch_size_png(cfg, params: ablations.ChapterParams, batch_size: int) -> bytes:
-    """:func:`draw_memorization_against_fit` at one batch size as PNG bytes (the figure is closed)."""
+def batch_size_png(found: dict[str, Any], fit_level: float) -> bytes:
+    """:func:`draw_memorization_against_fit` of one point as PNG bytes (the figure is closed)."""
     fig, ax = plots.subplots(height=3.6)
-    draw_memorization_against_fit(ax, cfg, params, batch_size)
+    draw_memorization_against_fit(ax, found, fit_level)
     fig.tight_layout()
     return plots.figure_png(fig)
 
 
-def batch_size_slider(cfg, params: ablations.ChapterParams):
+def batch_size_slider(points: Points, fit_level: float):
     """A live ``ipywidgets`` explorer: a batch-size slider above an Image redrawn (:func:`batch_size_png`) when
     it moves. An Image, not an Output widget: batch execution can deadlock on an Output widget."""
     import ipywidgets as widgets
 
-    slider = widgets.SelectionSlider(options=list(params.batch_sizes), description="batch size",
-                                     continuous_update=False)
-    picture = widgets.Image(format="png", value=batch_size_png(cfg, params, slider.value))
+    by_label = {found["point"].label: found for found in points}
+    slider = widgets.SelectionSlider(options=list(by_label), description="batch size", continuous_update=False)
+    picture = widgets.Image(format="png", value=batch_size_png(by_label[slider.value], fit_level))
 
     def redraw(change: dict[str, Any]) -> None:
-        picture.value = batch_size_png(cfg, params, change["new"])
+        picture.value = batch_size_png(by_label[change["new"]], fit_level)
 
     slider.observe(redraw, "value")
     return widgets.VBox([slider, picture])
@@ -199,90 +207,183 @@ def batch_size_slider(cfg, params: ablations.ChapterParams):
 
 # ----------------------------------------------------------------------------- what the prose quotes
 
-def gap_text(label: str, gap: dict[str, Any]) -> str:
-    """One ``stats.paired_test`` result over seeds as prose: ``at 4.1% +0.136 (95% CI [-0.1, +0.3], n = 2 seeds)``."""
-    low, high = gap["diff"]["ci95"]
-    return f"at {label} {gap['diff']['mean']:+.3f} (95% CI [{low:+.3f}, {high:+.3f}], n = {gap['n']} seeds)"
+def result_sentence(result: dict[str, Any]) -> str:
+    """A comparison in words: its verdict, then (where there is an estimate) the difference, its 95% interval
+    and n with its unit: ``BN higher (...): +0.120 [+0.050, +0.190], n = 8 model pairs``."""
+    if not math.isfinite(result["mean"]):
+        return result["verdict"]
+    return f"{result['verdict']}: {interval_text(result)}, n = {result['n']} model pairs"
 
 
-def batch_size_values(rows: Rows, batch_sizes: Sequence[int]) -> dict[str, Any]:
-    """The batch-size section's glued values: ``bs_small``/``bs_large`` (smallest and largest batch size) with
-    BN − no-BN final memorization paired over seeds (``_gap``, ``_gap_low``, ``_gap_high``), the influence
-    amplification at both (``bs_influence_small``, ``_large``) and the inlier fit reached at the largest
-    (``bs_large_fit_bn``, ``bs_large_fit_none``)."""
-    smallest, largest = str(min(batch_sizes)), str(max(batch_sizes))
-    values: dict[str, Any] = {}
-    for label, setting in (("small", smallest), ("large", largest)):
-        gap = ablations.paired_gap(rows, "memorization", setting)
-        values.update({f"bs_{label}": int(setting), f"bs_{label}_gap": gap["diff"]["mean"],
-                       f"bs_{label}_gap_low": gap["diff"]["ci95"][0], f"bs_{label}_gap_high": gap["diff"]["ci95"][1]})
-    small, large = influence_amplification(rows, (smallest, largest))
-    fits = ablations.summarize(rows, "fit")
-    return {**values, "bs_influence_small": float(small), "bs_influence_large": float(large),
-            "bs_large_fit_bn": fits[(largest, "batch")]["mean"], "bs_large_fit_none": fits[(largest, "none")]["mean"]}
+def point_sentences(points: Points) -> str:
+    """Each point's two comparisons in words, one clause per point: ``batch 32: same schedule ...; matched
+    fit ...``, joined by semicolons."""
+    return "; ".join(f"{SWEEP_TITLES[found['point'].sweep]} {found['point'].label}: same schedule "
+                     f"{result_sentence(found['same_schedule'])}, matched fit {result_sentence(found['matched_fit'])}"
+                     for found in points)
 
 
-def norm_sentence(rows: Rows, variant_norms: Sequence[str]) -> str:
-    """Mean final canary memorization of each normalizer of the normalizer sweep: ``BatchNorm 0.031, ...``."""
-    summary = ablations.summarize(rows, "memorization")
-    return ", ".join(f"{plots.NORM_LABELS.get(n, n)} {summary[(n, n)]['mean']:.3f}" for n in variant_norms)
+def batch_size_values(points: Points, cfg, params: ablations.ChapterParams) -> dict[str, Any]:
+    """The batch-size section's glued values: the rule (``bs_rule_text``), the steps every point takes
+    (``bs_steps``), the smallest and largest batch with their epochs and peak learning rates, and each
+    point's comparisons in words (``bs_sentences``)."""
+    smallest, largest = points[0], points[-1]
+    rule = {"linear": "scaled in proportion to the batch size (the linear scaling rule)",
+            "sqrt": "scaled with the square root of the batch size",
+            "constant": "kept at the chapter's value"}[params.batch_lr_rule]
+    return {"bs_rule_text": rule, "bs_steps": int(round(smallest["arms"][0]["schedule"]["steps"])),
+            "bs_base": int(cfg.batch_size), "bs_base_epochs": int(cfg.epochs), "bs_base_lr": float(cfg.lr),
+            "bs_small": smallest["point"].label, "bs_small_epochs": smallest["arms"][0]["schedule"]["epochs"],
+            "bs_small_lr": smallest["arms"][0]["schedule"]["lr"],
+            "bs_large": largest["point"].label, "bs_large_epochs": largest["arms"][0]["schedule"]["epochs"],
+            "bs_large_lr": largest["arms"][0]["schedule"]["lr"],
+            "bs_sentences": point_sentences(points)}
 
 
-def length_values(rows: Rows, epoch_factors: Sequence[int]) -> dict[str, Any]:
-    """The training-length section's glued values: BN − no-BN final memorization on the chapter's schedule
-    (``length_gap_short``) and on the longest (``length_long``, e.g. ``3x``: ``length_gap_long`` with its
-    ``_low`` and ``_high`` paired interval)."""
-    long_label = f"{max(epoch_factors)}x"
-    gap_long = ablations.paired_gap(rows, "memorization", long_label)
-    gap_short = ablations.paired_gap(rows, "memorization", f"{min(epoch_factors)}x")
-    return {"length_long": long_label, "length_gap_short": gap_short["diff"]["mean"],
-            "length_gap_long": gap_long["diff"]["mean"], "length_gap_long_low": gap_long["diff"]["ci95"][0],
-            "length_gap_long_high": gap_long["diff"]["ci95"][1]}
+def group_versus_batch(points: Points, params: ablations.ChapterParams, comparison: str = "matched_fit"
+                       ) -> dict[str, Any]:
+    """GroupNorm against BatchNorm, paired by member (both arms of the normalizer sweep pair member t with
+    the same no-norm member, so GroupNorm member t and BN member t trained on the same data): an
+    ``ablations.paired_inference`` of GroupNorm - BN at ``comparison`` ("not reached" where a member of either
+    never reaches the fit level)."""
+    arms = {found["arms"][0]["norm"]: found["arms"][0] for found in points}
+    if "group" not in arms or "batch" not in arms:
+        raise ValueError("Parameter 'points' must hold the normalizer sweep with 'batch' and 'group' "
+                         f"(got {sorted(arms)}).")
+    pair = [arms["group"], arms["batch"]]
+    missing = ablations.not_reached(pair, params.fit_level) if comparison == "matched_fit" else None
+    result = ablations.paired_inference(pair[0][comparison], pair[1][comparison], ablations.equivalence_margin())
+    if missing:
+        return {**ablations.paired_inference([], [], ablations.equivalence_margin()), "verdict": missing}
+    return result
 
 
-def canary_rate_values(rows: Rows, cfg, params: ablations.ChapterParams) -> dict[str, Any]:
-    """The canary-rate section's glued values: each rate as it really is with its number of canaries
-    (``canary_rates_text``), the rate of the book's own population (``book_canary_rate``) and BN − no-BN final
-    memorization paired over seeds at each rate (``rate_gaps_text``, :func:`gap_text`)."""
-    labels = [ablations.canary_rate_label(cfg.n_train, rate) for rate in params.canary_rates]
-    counts = [ablations.canaries_for_rate(cfg.n_train, rate) for rate in params.canary_rates]
-    gaps = {label: ablations.paired_gap(rows, "memorization", label) for label in labels}
-    return {"canary_rates_text": ", ".join(f"{label} ({k} canaries)" for label, k in zip(labels, counts, strict=True)),
-            "book_canary_rate": cfg.n_canaries / (cfg.n_train + cfg.n_canaries),
-            "rate_gaps_text": "; ".join(gap_text(label, gap) for label, gap in gaps.items())}
+def group_reading(group_none: dict[str, Any], group_batch: dict[str, Any]) -> str:
+    """What GroupNorm's result says about the batch-coupling explanation (GroupNorm normalizes each example by
+    its own statistics: no example of a batch affects another's), chosen from the two verdicts at matched
+    fit: GroupNorm against no norm, and GroupNorm against BN (here "BN higher" means GroupNorm higher)."""
+    words_none, words_batch = (ablations_words(r) for r in (group_none, group_batch))
+    if "not reached" in (words_none, words_batch) or "inconclusive" in (words_none, words_batch):
+        return ("These populations cannot say what GroupNorm's result means for the batch-coupling explanation: "
+                "at matched fit the comparison is not reached or inconclusive.")
+    lead = "GroupNorm, which couples no two examples of a batch,"
+    above_none, above_batch = words_none == "BN higher", words_batch == "BN higher"
+    below_batch = words_batch == "no-BN higher"
+    if above_none and above_batch:
+        return (f"{lead} memorizes the canaries more than no norm and more than BatchNorm at matched fit: "
+                "normalization can raise memorization without any batch coupling, so batch coupling cannot be the "
+                "whole explanation of BN's effect.")
+    if above_none and below_batch:
+        return (f"{lead} memorizes the canaries more than no norm but less than BatchNorm at matched fit: "
+                "normalization alone accounts for part of BN's effect, and batch coupling may account for the rest.")
+    if above_none:
+        return (f"{lead} memorizes the canaries more than no norm at matched fit, and not detectably less than "
+                "BatchNorm: what normalization does to memorization does not need batch coupling, which weakens the "
+                "batch-coupling explanation of BN's effect.")
+    if below_batch:
+        return (f"{lead} memorizes the canaries less than BatchNorm at matched fit and not more than no norm: "
+                "consistent with the batch-coupling explanation, where the coupling, not the normalization, carries "
+                "BN's effect.")
+    if above_batch:
+        return (f"{lead} memorizes the canaries more than BatchNorm at matched fit but not more than no norm: BN "
+                "itself is not above no norm here, and the batch-coupling explanation gets no support.")
+    return (f"{lead} is not distinguishable from no norm at matched fit, nor from BatchNorm: these populations do "
+            "not separate normalization from batch coupling.")
 
 
-def defence_values(rows: Rows) -> dict[str, float]:
-    """GroupNorm instead of BN in the defence sweep: its gain in final canary memorization over the BN baseline
-    (``defence_group_gain``, positive = less) and its test-accuracy change (``defence_group_cost``)."""
-    mem, test = (ablations.summarize(rows, m) for m in ("memorization", "test"))
-    return {"defence_group_gain": mem[DEFENCE_BASELINE]["mean"] - mem[DEFENCE_GROUP]["mean"],
-            "defence_group_cost": test[DEFENCE_GROUP]["mean"] - test[DEFENCE_BASELINE]["mean"]}
+def ablations_words(result: dict[str, Any]) -> str:
+    """The leading words of a verdict (one of ``verdict.VERDICTS``, or "not reached")."""
+    text = result["verdict"]
+    return next((words for words in (*verdict.VERDICTS, "not reached") if text.startswith(words)), text)
+
+
+def norm_values(points: Points, params: ablations.ChapterParams) -> dict[str, Any]:
+    """The normalizer section's glued values: every normalizer against no norm in words
+    (``norm_sentences``), and where GroupNorm is in the sweep, GroupNorm - BN at matched fit
+    (``group_batch_sentence``) and what it means (``group_reading``)."""
+    values: dict[str, Any] = {"norm_sentences": "; ".join(
+        f"{first_arm(found)}: same schedule {result_sentence(found['same_schedule'])}, matched fit "
+        f"{result_sentence(found['matched_fit'])}" for found in points)}
+    norms = [found["arms"][0]["norm"] for found in points]
+    if "group" in norms and "batch" in norms:
+        group_batch = group_versus_batch(points, params)
+        group_none = next(found["matched_fit"] for found in points if found["arms"][0]["norm"] == "group")
+        sentence = result_sentence(group_batch)
+        words = ablations_words(group_batch)  # the first arm is GroupNorm, the second BatchNorm: name them
+        named = {"BN higher": "GroupNorm higher", "no-BN higher": "BatchNorm higher"}.get(words, words)
+        values.update(group_batch_sentence=named + sentence[len(words):],
+                      group_reading=group_reading(group_none, group_batch))
+    else:
+        values.update(group_batch_sentence="(GroupNorm is not in this sweep)",
+                      group_reading="GroupNorm is not in this run's normalizer sweep.")
+    return values
 
 
 # ----------------------------------------------------------------------------- summary
 
-def summary_metrics(batch_rows: Rows, rate_rows: Rows, cfg, params: ablations.ChapterParams
-                    ) -> dict[str, dict[str, Any]]:
-    """The chapter's summary (``verdict.annotate``d ``results.metric_entry`` values, no headline family: these
-    sweeps describe, raw p-values): BN and no-BN final canary memorization over seeds, with the paired t-test,
-    at each batch size (``ablation_canary_memorization_batch{B}_same_schedule``) and each canary rate
-    (``..._rate{R}pct_same_schedule``, R the rate asked for, in percent)."""
-    metrics = {}
-    common = dict(test="paired t-test over seeds", higher_means="more memorization", comparison="same_schedule")
-    batch = ablations.summarize(batch_rows, "memorization")
-    for b in params.batch_sizes:
-        gap = ablations.paired_gap(batch_rows, "memorization", str(b))
-        metrics[f"ablation_canary_memorization_batch{b}_same_schedule"] = results.metric_entry(
-            {"batch": batch[(str(b), "batch")], "none": batch[(str(b), "none")]}, p_value=gap["t_p_value"],
-            description=f"Final canary accuracy, inserted minus held out, at batch size {b} (same epochs).", **common)
-    rate = ablations.summarize(rate_rows, "memorization")
-    for fraction in params.canary_rates:
-        label = ablations.canary_rate_label(cfg.n_train, fraction)
-        gap = ablations.paired_gap(rate_rows, "memorization", label)
-        metrics[f"ablation_canary_memorization_rate{round(100 * fraction)}pct_same_schedule"] = results.metric_entry(
-            {"batch": rate[(label, "batch")], "none": rate[(label, "none")]}, p_value=gap["t_p_value"],
-            description=f"Final canary accuracy, inserted minus held out, with canaries making {label} of the "
-                        f"training set ({ablations.canaries_for_rate(cfg.n_train, fraction)} canaries; same epochs); "
-                        "n counts seeds.", **common)
-    return verdict.annotate(metrics)
+def summary_metrics(points: Points, params: ablations.ChapterParams) -> dict[str, dict[str, Any]]:
+    """The chapter's summary: for every BN-against-no-norm point, ``ablation_canary_memorization_{point}_{comparison}``
+    entries (``results.metric_entry``), each arm's mean over its models, the paired t over model pairs as
+    ``difference``, ``unit`` "models", the verdict, ``family`` "secondary" (the sweeps describe; raw p-values),
+    the fit level, the equivalence margin and each arm's schedule (steps, exposures per example)."""
+    metrics: dict[str, dict[str, Any]] = {}
+    seen = set()
+    for found in points:
+        point = found["point"]
+        if [arm.norm for arm in point.arms] != ["batch", "none"] or point.arms in seen:
+            continue  # a variant is not BN (its rows would sit under the report's BN column); a shared point once
+        seen.add(point.arms)
+        arms = found["arms"]
+        for comparison in COMPARISONS:
+            result = found[comparison]
+            # not reached: no per-norm values at all, so the report keeps the verdict "not reached (...)" (the
+            # book's re-annotation, verdict.book_family_holm, leaves rows without both norms as they are)
+            per_arm = {arm["norm"]: stats.mean_ci(arm[comparison]) for arm in arms} if result["reached"] else {}
+            where = ("at the end of its schedule" if comparison == "same_schedule" else
+                     f"where each model's inlier fit first crosses {params.fit_level:g} (the headline level)")
+            entry = results.metric_entry(
+                per_arm, p_value=result["p_value"] if math.isfinite(result["p_value"]) else None,
+                test=f"paired t over model pairs (member t of both arms: same data, keep mask and seed); TOST at "
+                     f"±{ablations.equivalence_margin():g}", higher_means="more memorization",
+                description=(f"Canary memorization, acc(IN canaries) - acc(OUT canaries) per model, {point.sweep} "
+                             f"point {point.label}, {where}; n counts model pairs."),
+                comparison=comparison, unit="models", verdict=result["verdict"],
+                detectable_difference=result["detectable_difference"], p_value_holm=None,
+                difference={"mean": result["mean"], "ci95": result["ci95"], "n": result["n"], "se": result["se"],
+                            "df": result["df"], "unit": "models"},
+                reached={arm["norm"]: int(np.isfinite(arm[comparison]).sum()) for arm in arms},
+                family="secondary", fit_level=None if comparison == "same_schedule" else params.fit_level,
+                equivalence_margin=ablations.equivalence_margin(), p_equivalence=result["p_equivalence"],
+                steps={arm["norm"]: arm["schedule"]["steps"] for arm in arms},
+                exposures={arm["norm"]: arm["schedule"]["exposures"] for arm in arms})
+            metrics[f"ablation_canary_memorization_{point.name}_{comparison}"] = entry
+    return metrics
+
+
+# ----------------------------------------------------------------------------- sweeps a profile may not run
+
+SWEEP_TITLES = {"batch_size": "batch size", "norm": "normalizer", "length": "training length",
+                "lr": "peak learning rate", "arch": "architecture", "canary_rate": "canary rate"}
+
+
+def sweeps_text(params: ablations.ChapterParams) -> str:
+    """The sweeps this run makes, in words: ``batch size and normalizer``."""
+    names = [SWEEP_TITLES[name] for name in ablations.SWEEPS if name in params.sweeps]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def sweep_markdown(points: Points, name: str) -> str:
+    """A sweep's comparison table and its points in words, or, where the run did not make it, how to make it."""
+    if not points:
+        return (f"*The {SWEEP_TITLES[name]} sweep does not run at this profile; it runs at `paper`, or with "
+                f"`-p sweeps ...,{name}`.*")
+    return (comparison_table_markdown(points) + "\n\n" + schedule_table_markdown(points) + "\n\nIn words: "
+            + point_sentences(points) + ".")
+
+
+def verdict_names() -> str:
+    """The five verdicts as the page names them: ``*BN higher*, *no-BN higher*, ... or *inconclusive*``."""
+    names = [f"*{words}*" for words in verdict.VERDICTS]
+    names[2] = "*equivalent within ±m*"
+    names[3] = "*no difference detected (could detect ≥ X)*"
+    return ", ".join(names[:-1]) + " or " + names[-1]

@@ -1,64 +1,86 @@
-"""Ablations: how the BN effect moves with batch size, normalizer, schedule and architecture, and what
-mitigates it. Every point of every sweep is one cached ``runs.train_run`` measured three ways:
+"""Ablations as small populations: how the BN effect moves with batch size, normalizer, schedule, learning
+rate, architecture and canary rate, each point judged with the unit of every other verdict, the model pair.
 
-    memorization   canary accuracy, inserted minus held out (``memorization.memorization_curve``), after
-                   the schedule and at a fixed inlier-fit level (``stats.value_at_level`` along the run)
-    influence      counterfactual per-step influence (``influence.counterfactual_influence``) of a canary
-                   over the median of the inliers of the same batch, on probe batches of the run's batch
-                   size, at initialization and for the trained model
-    membership     a loss-threshold attack (Yeom) with the inserted canaries as members and the held-out
-                   ones as non-members: AUC and TPR at a low FPR (few negatives: K), plus the loss gap
-                   (held-out minus inserted canary loss) at the fixed fit level
+A sweep *point* compares two *arms* (BN against no normalization, or a normalizer variant against no
+normalization). Each arm is a zoo of ``params.pair_count`` members on the first data pool
+(``population.train_population`` with a modified configuration: ``n_models`` = pair_count, one pool), so member
+t of both arms trains on the same examples (complementary keep masks, the zoo's), from the same seed: the
+pair is the unit of replication. Members are cached zoo members: an arm whose configuration equals the
+memorization chapter's (the baseline point) reuses its first members, and arms shared between sweeps train
+once.
 
-The sweeps share runs: a point already trained for another chapter (same config, norm, seed) is reused.
+Each member is read two ways, like the book's populations:
+
+``same_schedule``
+    its canary memorization, acc(IN canaries) - acc(OUT canaries), at the end of its schedule;
+``matched_fit``
+    the same, read where the member's own inlier fit first crosses the declared headline level
+    ``params.fit_level`` (interpolated between epochs). Reported only where every member of both arms
+    reaches the level; otherwise the point says "not reached" and no level is invented.
+
+The inference is the book's (``verdict.paired_difference``: a paired t over model pairs; ``verdict.verdict``'s
+five verdicts, with the margin ``config.EQUIVALENCE_MARGINS`` declares for ``ablation_canary_memorization``),
+and no verdict comes from fewer than :data:`MIN_PAIRS` pairs (:func:`paired_inference`).
+
+Batch-size points train at *equal steps*: a batch of B takes epochs x (steps per epoch at
+the chapter's batch size) / (steps per epoch at B), with the peak learning rate scaled by
+``params.batch_lr_rule`` (:func:`batch_size_overrides`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from . import config, influence, memorization, mia, models, results, runs, stats
-from . import data as data_lib
+from . import config, memorization, population, train, verdict
 from .config import ARCHS, NORMS
+
+MIN_PAIRS = 8  # no verdict, interval or direction word from fewer model pairs
+LR_RULES = ("linear", "sqrt", "constant")
+SWEEPS = ("batch_size", "norm", "length", "lr", "arch", "canary_rate")
 
 
 @dataclass(frozen=True)
 class ChapterParams:
-    """Parameters of the ablations chapter (validated by ``config.load(..., extras=ChapterParams)``)."""
+    """Parameters of the ablations chapter (validated by ``config.load(..., extras=ChapterParams)``).
 
-    batch_sizes: tuple[int, ...] = field(default=(32, 128, 512), metadata={"minimum": 2, "doc": "batch-size sweep"})
+    A sweep whose tuple is empty at a profile is not run there (``sweeps`` names the ones that run)."""
+
+    sweeps: tuple[str, ...] = field(default=SWEEPS, metadata={"choices": SWEEPS, "doc": "sweeps to run"})
+    batch_sizes: tuple[int, ...] = field(default=(32, 128, 512), metadata={
+        "minimum": 2, "doc": "batch-size sweep (equal steps; must contain the chapter's batch_size)"})
+    batch_lr_rule: str = field(default="linear", metadata={
+        "choices": LR_RULES, "doc": "peak learning rate at batch B: lr x B/batch_size (linear), x sqrt(B/batch_size), "
+                                    "or lr (constant)"})
     variant_norms: tuple[str, ...] = field(
-        default=("batch", "ghost", "running", "group", "layer", "none"),
-        metadata={"choices": NORMS, "doc": "normalizers of the normalizer sweep"})
-    learning_rates: tuple[float, ...] = field(default=(0.02, 0.05, 0.1), metadata={"positive": True,
-                                                                                  "doc": "learning-rate sweep"})
-    epoch_factors: tuple[int, ...] = field(default=(1, 3), metadata={"positive": True,
-                                                                     "doc": "training-length sweep (x epochs)"})
-    archs: tuple[str, ...] = field(default=("mlp", "small_cnn"), metadata={"choices": ARCHS,
-                                                                          "doc": "architecture sweep"})
-    # 0.0385: the quick profile's own rate (100 canaries among 2,500 inliers), so those runs are shared
-    canary_rates: tuple[float, ...] = field(default=(0.01, 0.0385, 0.10), metadata={
-        "positive": True, "doc": "canary-rate sweep: fraction of canaries in the training set"})
-    fit_level: float = field(default=0.95, metadata={"positive": True, "doc": "inlier train accuracy of matched fit"})
-    strong_weight_decay: float = field(default=5e-3, metadata={"positive": True,
-                                                              "doc": "weight decay of the regularization defence"})
-    sweep_seeds: int = field(default=2, metadata={"positive": True, "doc": "seeds per sweep point (the first ones)"})
-    probe_batches: int = field(default=4, metadata={"positive": True, "doc": "probe batches per influence value"})
+        default=("ghost", "running", "group", "layer"),
+        metadata={"choices": NORMS, "doc": "normalizers compared with no norm in the normalizer sweep"})
+    learning_rates: tuple[float, ...] = field(default=(0.02, 0.1), metadata={
+        "positive": True, "doc": "learning-rate sweep (besides the chapter's lr)"})
+    epoch_factors: tuple[int, ...] = field(default=(2,), metadata={
+        "positive": True, "doc": "training-length sweep (x epochs, besides 1x)"})
+    archs: tuple[str, ...] = field(default=("mlp",), metadata={
+        "choices": ARCHS, "doc": "architecture sweep (besides the chapter's arch)"})
+    # 0.0385: the quick profile's own rate (100 canaries among 2,500 inliers) is the baseline point
+    canary_rates: tuple[float, ...] = field(default=(0.01, 0.10), metadata={
+        "positive": True, "doc": "canary-rate sweep: fraction of canaries in the training set (besides the chapter's)"})
+    pair_count: int = field(default=MIN_PAIRS, metadata={
+        "minimum": MIN_PAIRS, "doc": "model pairs per sweep point (members of each arm's zoo, first pool)"})
+    fit_level: float = field(default=0.95, metadata={
+        "positive": True, "doc": "headline matched-fit level: inlier train accuracy where each model is read"})
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": dict(batch_sizes=(16, 32), epoch_factors=(1, 2), variant_norms=("batch", "ghost", "running", "none"),
-                      canary_rates=(0.04, 0.1),
-                      learning_rates=(0.05, 0.1), archs=("mlp", "small_cnn"), fit_level=0.5, probe_batches=2),
-        "quick": dict(variant_norms=("batch", "ghost", "running", "group", "none"), learning_rates=(0.05, 0.1),
-                      epoch_factors=(1, 2)),
-        "paper": dict(batch_sizes=(8, 32, 128, 512), learning_rates=(0.02, 0.05, 0.1), archs=ARCHS, sweep_seeds=5,
-                      probe_batches=16),
+        "smoke": dict(sweeps=("batch_size", "norm"), batch_sizes=(16, 32, 64), variant_norms=("ghost", "group"),
+                      fit_level=0.5),
+        # quick: two sweeps, the large batch at 256 (equal steps make batch 512 take 60 epochs: about twice the
+        # chapter's cost again); the others, and 512, at paper or with -p
+        "quick": dict(sweeps=("batch_size", "norm"), batch_sizes=(32, 128, 256)),
+        "paper": dict(batch_sizes=(32, 128, 512), learning_rates=(0.02, 0.1), epoch_factors=(2,),
+                      archs=("small_cnn", "vgg"), variant_norms=("ghost", "running", "group", "layer")),
     }
 
     def __post_init__(self) -> None:
@@ -71,106 +93,63 @@ class ChapterParams:
 
 def check_config(cfg, params: ChapterParams) -> None:
     """Fail fast on combinations that cannot run (before any training)."""
-    if len(cfg.seeds) < params.sweep_seeds:
-        raise ValueError(f"Parameter 'sweep_seeds' ({params.sweep_seeds}) exceeds the number of 'seeds' "
-                         f"({len(cfg.seeds)}); allowed: 1..{len(cfg.seeds)}.")
-    too_large = [b for b in params.batch_sizes if b > cfg.n_train]
+    config.check_compared_norms(cfg)
+    if "batch_size" in params.sweeps and cfg.batch_size not in params.batch_sizes:
+        raise ValueError(f"Parameter 'batch_sizes' {params.batch_sizes} must contain the chapter's batch_size "
+                         f"({cfg.batch_size}): the equal-steps rule scales from it.")
+    too_large = [b for b in params.batch_sizes if b > member_examples(cfg)]
     if too_large:
-        raise ValueError(f"Parameter 'batch_sizes' has {too_large} larger than n_train ({cfg.n_train}).")
+        raise ValueError(f"Parameter 'batch_sizes' has {too_large} larger than a member's training set "
+                         f"({member_examples(cfg)} examples: half of n_train + n_canaries).")
+    bad = [n for n in params.variant_norms if n == "none"]
+    if bad:
+        raise ValueError("Parameter 'variant_norms' contains 'none'; allowed: normalizers compared WITH no norm "
+                         f"({', '.join(repr(n) for n in NORMS if n != 'none')}).")
 
 
-# ----------------------------------------------------------------------------- one point of a sweep
+# ----------------------------------------------------------------------------- the plan of a sweep
 
-def _probe_batches(experiment: data_lib.ExperimentData, batch_size: int, count: int, seed: int
-                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``count`` batches of ``batch_size`` training examples: batch_size - 1 inliers and one inserted canary
-    (the last), drawn with a seeded generator; inputs normalized like the training data."""
-    generator = torch.Generator().manual_seed(30_000 + seed)
-    inliers = torch.nonzero(~experiment.is_canary).squeeze(1)
-    canaries = torch.nonzero(experiment.is_canary).squeeze(1)
-    x = experiment.standardize(experiment.train_x)
-    batches = []
-    for k in range(count):
-        chosen = inliers[torch.randperm(len(inliers), generator=generator)[:batch_size - 1]]
-        index = torch.cat([chosen, canaries[k % len(canaries)].reshape(1)])
-        batches.append((x[index], experiment.train_y[index]))
-    return batches
+@dataclass(frozen=True)
+class Arm:
+    """One population of a point: a norm and the configuration fields changed from the chapter's."""
+
+    norm: str
+    overrides: tuple[tuple[str, Any], ...] = ()
 
 
-INFLUENCE_INLIERS = 8  # inliers per probe batch whose influence is computed (each costs a leave-one-out batch)
+@dataclass(frozen=True)
+class Point:
+    """One sweep point: ``arms[0]`` compared with ``arms[1]`` (first minus second), paired by member.
 
-
-def influence_ratio(model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Geometric mean over probe batches of I(canary) / median I(inliers), I = counterfactual influence in
-    the whole batch, computed for the canary (last) and the first ``INFLUENCE_INLIERS`` inliers (random).
-
-    For the BN variants I comes from ``persample.counterfactual_influence_reference``: under ``ghost`` the batch
-    without i keeps the batch's virtual batches (i dropped from its own); under ``running`` both passes start
-    from the model's buffers. An untrained ``running`` model has not yet taken its statistics from a batch, so
-    each pass takes them from the batch it sees (no gradient flows through them): at initialization its I
-    includes the shift of the statistics that removing i causes, as a first training step would."""
-    ratios = []
-    for x, y in batches:
-        indices = [*range(min(INFLUENCE_INLIERS, len(x) - 1)), len(x) - 1]
-        values = influence.counterfactual_influence(model, x, y, indices=indices)
-        ratios.append(float(values[-1] / values[:-1].median().clamp_min(1e-30)))
-    return float(np.exp(np.mean(np.log(ratios))))
-
-
-def canary_attack(run: runs.Run) -> dict[str, float]:
-    """Loss-threshold attack: members = inserted canaries, non-members = held-out canaries (eval-mode BN).
-
-    Returns ``mia.roc_metrics`` (AUC, TPR at low FPRs, balanced accuracy) and ``n_negatives``: with K
-    held-out canaries the TPR at an FPR below 1/K is read at FPR 0.
+    Attributes:
+        sweep: the sweep it belongs to; label: its name in tables (``32``, ``GroupNorm``, ``2x``);
+        name: its name in metric names (``batch32``, ``norm_group``, ``epochs2x``).
     """
-    scores = -torch.cat([F.cross_entropy(run.canary_in_logits, run.canary_in_labels, reduction="none"),
-                         F.cross_entropy(run.canary_out_logits, run.canary_out_labels, reduction="none")])
-    is_member = np.r_[np.ones(len(run.canary_in_labels), bool), np.zeros(len(run.canary_out_labels), bool)]
-    return {**mia.roc_metrics(scores.numpy(), is_member), "n_negatives": int((~is_member).sum())}
+
+    sweep: str
+    label: str
+    name: str
+    arms: tuple[Arm, Arm]
 
 
-def measure_point(cfg, norm: str, seed: int, params: ChapterParams, progress: bool = False,
-                  **overrides) -> dict[str, float]:
-    """Train (or load) one run and measure it; cached with the run's key plus the measurement settings.
-
-    Args:
-        overrides: fields of ``cfg`` changed for this point (``batch_size``, ``lr``, ``arch``, ...).
-    Returns:
-        ``fit``, ``test``: final inlier-train and test accuracy; ``memorization``: final canary accuracy
-        gap; ``memorization_at_fit``, ``loss_gap_at_fit``: read at ``params.fit_level`` (NaN if never
-        reached); ``auc``, ``tpr_at_1pct_fpr``, ``tpr_at_0.1pct_fpr``, ``n_negatives``: the canary
-        attack; ``influence_ratio_init``, ``influence_ratio_trained``.
-    """
-    point_cfg = replace(cfg, **overrides)
-    key = {**point_cfg.result_key("n_models"), "norm": norm, "seed": seed, "fit_level": params.fit_level,
-           "probe_batches": params.probe_batches, "influence_inliers": INFLUENCE_INLIERS}
-
-    def compute() -> dict[str, float]:
-        run = runs.train_run(point_cfg, norm, seed, progress=progress)
-        curve = memorization.memorization_curve(run)
-        experiment = data_lib.make_experiment_data(point_cfg, seed=seed)
-        batches = _probe_batches(experiment, min(point_cfg.batch_size, 256), params.probe_batches, seed)
-        torch.manual_seed(seed)
-        untrained = models.build_for(point_cfg, norm, experiment)
-        trained = models.build_for(point_cfg, norm, experiment)
-        trained.load_state_dict(run.state_dict)
-        attack = canary_attack(run)
-        return {
-            "fit": float(curve["fit"][-1]), "test": float(curve["test"][-1]),
-            "memorization": float(curve["memorization"][-1]),
-            "memorization_at_fit": stats.value_at_level(curve["fit"], curve["memorization"], params.fit_level),
-            "loss_gap_at_fit": stats.value_at_level(curve["fit"], curve["loss_gap"], params.fit_level),
-            **{k: float(v) for k, v in attack.items()},
-            "influence_ratio_init": influence_ratio(untrained.eval(), batches),
-            "influence_ratio_trained": influence_ratio(trained.eval(), batches),
-        }
-
-    return results.cached("ablation_point", key, compute, code=results.code_of("ablations"))
+def member_examples(cfg) -> int:
+    """Training examples of zoo member 0 (half of the inliers and half of the canaries, rounded down)."""
+    return cfg.n_train // 2 + cfg.n_canaries // 2
 
 
-# ----------------------------------------------------------------------------- sweeps
-
-SWEEPS = ("batch_size", "norm", "length", "lr", "arch", "defence", "canary_rate")
+def batch_size_overrides(cfg, batch_size: int, rule: str) -> dict[str, Any]:
+    """Configuration fields of the equal-steps point at ``batch_size``: epochs such that a member takes as many
+    SGD steps as at the chapter's batch size (rounded to whole epochs), and the peak learning rate scaled by
+    ``rule`` (``linear``: x B / B0, Goyal et al. 2017; ``sqrt``: x sqrt(B / B0), Hoffer et al. 2017;
+    ``constant``)."""
+    if rule not in LR_RULES:
+        raise ValueError(f"Parameter 'batch_lr_rule' got {rule!r}; allowed values: {', '.join(map(repr, LR_RULES))}.")
+    n = member_examples(cfg)
+    steps = cfg.epochs * (n // cfg.batch_size)
+    epochs = max(1, round(steps / (n // batch_size)))
+    ratio = batch_size / cfg.batch_size
+    lr = cfg.lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "constant": 1.0}[rule]
+    return {"batch_size": int(batch_size), "epochs": int(epochs), "lr": float(lr)}
 
 
 def canaries_for_rate(n_train: int, rate: float) -> int:
@@ -184,63 +163,157 @@ def canary_rate_label(n_train: int, rate: float) -> str:
     return f"{k / (n_train + k):.1%}"
 
 
-def sweep(cfg, params: ChapterParams, name: str, progress: bool = True) -> list[dict[str, Any]]:
-    """Run one sweep; one row per (setting, norm, seed) with the setting, norm, seed, the measurements of
-    :func:`measure_point` and ``log10_influence_ratio_{init,trained}``.
+def _number_name(value: float) -> str:
+    return f"{value:g}".replace(".", "p")
 
-    Sweeps: ``batch_size`` (BN vs none over ``params.batch_sizes``), ``norm`` (every ``variant_norms``),
-    ``length`` (BN vs none, epochs x ``epoch_factors``), ``lr`` (BN vs none over ``learning_rates``),
-    ``arch`` (BN vs none over ``archs``), ``defence`` (BN, BN with strong weight decay, BN with the
-    largest batch size, GroupNorm, no norm), ``canary_rate`` (BN vs none with ``n_canaries`` set so that
-    canaries make each ``canary_rates`` fraction of the training set).
-    """
+
+def _pair(overrides: dict[str, Any]) -> tuple[Arm, Arm]:
+    items = tuple(sorted(overrides.items()))
+    return Arm("batch", items), Arm("none", items)
+
+
+def plan(cfg, params: ChapterParams, name: str) -> list[Point]:
+    """The points of sweep ``name`` (:data:`SWEEPS`), the chapter's own configuration (the baseline) included
+    where the sweep is BN against no norm."""
     if name not in SWEEPS:
         raise ValueError(f"Parameter 'sweep' got {name!r}; allowed values: {', '.join(map(repr, SWEEPS))}.")
-    pairs = config.COMPARED_NORMS
-    plan: list[tuple[str, str, dict[str, Any]]] = []  # (setting label, norm, overrides)
+    own_rate = cfg.n_canaries / (cfg.n_train + cfg.n_canaries)
+    baseline = Point(name, {"length": "1x", "lr": f"{cfg.lr:g}", "arch": cfg.arch}.get(name, f"{own_rate:.1%}"),
+                     {"length": "epochs1x", "lr": f"lr{_number_name(cfg.lr)}", "arch": f"arch_{cfg.arch}"}.get(
+                         name, f"rate{round(100 * own_rate)}pct"), _pair({}))
     if name == "batch_size":
-        plan = [(str(b), n, {"batch_size": b}) for b in params.batch_sizes for n in pairs]
-    elif name == "norm":
-        plan = [(n, n, {}) for n in params.variant_norms]
-    elif name == "length":
-        plan = [(f"{f}x", n, {"epochs": f * cfg.epochs}) for f in params.epoch_factors for n in pairs]
-    elif name == "lr":
-        plan = [(f"{lr:g}", n, {"lr": lr}) for lr in params.learning_rates for n in pairs]
-    elif name == "arch":
-        plan = [(a, n, {"arch": a}) for a in params.archs for n in pairs]
-    elif name == "canary_rate":
-        plan = [(canary_rate_label(cfg.n_train, rate), n, {"n_canaries": canaries_for_rate(cfg.n_train, rate)})
-                for rate in params.canary_rates for n in pairs]
+        return [Point(name, str(b), f"batch{b}", _pair({} if b == cfg.batch_size else
+                                                       batch_size_overrides(cfg, b, params.batch_lr_rule)))
+                for b in sorted(params.batch_sizes)]
+    if name == "norm":  # BN first (the book's arm), then each variant, all against no norm
+        return [Point(name, norm, f"norm_{norm}", (Arm(norm), Arm("none")))
+                for norm in dict.fromkeys(("batch", *params.variant_norms))]
+    if name == "length":
+        return [baseline] + [Point(name, f"{f}x", f"epochs{f}x", _pair({"epochs": f * cfg.epochs}))
+                             for f in params.epoch_factors if f != 1]
+    if name == "lr":
+        return [baseline] + [Point(name, f"{lr:g}", f"lr{_number_name(lr)}", _pair({"lr": lr}))
+                             for lr in params.learning_rates if lr != cfg.lr]
+    if name == "arch":
+        return [baseline] + [Point(name, arch, f"arch_{arch}", _pair({"arch": arch}))
+                             for arch in params.archs if arch != cfg.arch]
+    return [baseline] + [Point(name, canary_rate_label(cfg.n_train, rate), f"rate{round(100 * rate)}pct",
+                               _pair({"n_canaries": canaries_for_rate(cfg.n_train, rate)}))
+                         for rate in params.canary_rates]
+
+
+# ----------------------------------------------------------------------------- training and reading an arm
+
+def arm_config(cfg, params: ChapterParams, arm: Arm):
+    """The configuration of an arm's zoo: the first pool, ``pair_count`` members, the arm's overrides."""
+    pool = cfg.pools[0]
+    return replace(population.pool_config(cfg, pool), pools=(pool,), n_models=params.pair_count,
+                   **dict(arm.overrides))
+
+
+def schedule_facts(cfg, member_sizes: Sequence[int]) -> dict[str, float]:
+    """What an arm's schedule gives a member besides fit: ``steps`` (SGD steps), ``exposures`` (times each
+    training example is seen, on average: steps x batch / examples; the loop drops the last partial batch) and
+    ``lr_integral`` (sum of the learning rate over the steps), means over members."""
+    steps = np.array([cfg.epochs * (n // cfg.batch_size) for n in member_sizes], dtype=float)
+    exposures = steps * cfg.batch_size / np.asarray(member_sizes, dtype=float)
+    integral = [sum(train.learning_rate(s, int(total), cfg.lr, cfg.schedule) for s in range(int(total)))
+                for total in steps]
+    return {"steps": float(steps.mean()), "exposures": float(exposures.mean()), "lr_integral": float(np.mean(integral)),
+            "epochs": int(cfg.epochs), "batch_size": int(cfg.batch_size), "lr": float(cfg.lr)}
+
+
+def measure_arm(cfg, params: ChapterParams, arm: Arm, progress: bool = True) -> dict[str, Any]:
+    """Train (or load) an arm's zoo and read every member.
+
+    Returns:
+        ``same_schedule`` and ``matched_fit`` (T,) canary memorization per member (NaN at matched fit where a
+        member never crosses ``params.fit_level``), ``epoch_at_fit`` (T,), ``final_fit``, ``test`` (T,) final
+        inlier fit and test accuracy, ``curves`` (``memorization.zoo_canary_curves``: arrays (E, T)) and
+        ``schedule`` (:func:`schedule_facts`).
+    """
+    arm_cfg = arm_config(cfg, params, arm)
+    found = population.train_population(arm_cfg, arm.norm, progress=progress)
+    zoo, curves = found.zoos[0], found.curves[0]
+    crossing = memorization.read_at_level(curves, params.fit_level)
+    return {"norm": arm.norm, "same_schedule": curves["memorization"][-1].astype(float),
+            "matched_fit": crossing["value"], "epoch_at_fit": crossing["epoch"],
+            "final_fit": curves["fit"][-1].astype(float), "test": zoo.test_accuracy().numpy().astype(float),
+            "curves": curves, "schedule": schedule_facts(arm_cfg, zoo.keep.sum(1).tolist())}
+
+
+# ----------------------------------------------------------------------------- the inference of a point
+
+MARGIN_METRIC = "ablation_canary_memorization"  # its margin is declared in config.EQUIVALENCE_MARGINS
+
+
+def equivalence_margin() -> float:
+    """The declared equivalence margin of the ablations' canary memorization (``verdict.equivalence_margin``)."""
+    return float(verdict.equivalence_margin(MARGIN_METRIC))
+
+
+def paired_inference(first: Sequence[float], second: Sequence[float], margin: float, alpha: float = verdict.ALPHA,
+                     power: float = verdict.POWER) -> dict[str, Any]:
+    """``verdict.paired_difference`` (paired t over model pairs, one pool) of ``first`` - ``second`` (one value per
+    member of each arm, member t of both arms a pair), with ``verdict.equivalence`` (TOST within +-``margin``),
+    the detectable difference at the same t and the book's five verdicts, none from fewer than
+    :data:`MIN_PAIRS` pairs.
+
+    Returns:
+        ``mean``, ``se``, ``df``, ``ci95`` (t interval), ``p_value`` (two-sided), ``p_equivalence`` (TOST), ``n``
+        (pairs with both values finite), ``detectable_difference``, ``margin``, ``unit`` ("models") and
+        ``verdict``.
+    """
+    a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"Parameters 'first' {a.shape} and 'second' {b.shape} must be (T,) arrays of one shape: "
+                         "one value per member of each arm, member t of both arms a pair.")
+    result = verdict.paired_difference(a, b, unit="models") if a.size else verdict.stratified_t(a, unit="models")
+    mean, se, df, n = result["mean"], result["se"], result["df"], result["n"]
+    finite = math.isfinite(mean) and math.isfinite(se)
+    out = {**result, "margin": float(margin),
+           "p_equivalence": verdict.equivalence(mean, se, margin, df=df, alpha=alpha)["p_value"] if finite
+           else float("nan"),
+           "detectable_difference": verdict.detectable_difference(se, alpha, power, df) if finite else float("nan")}
+    if n < MIN_PAIRS:
+        out["verdict"] = f"inconclusive ({n} model pairs; at least {MIN_PAIRS} needed)"
     else:
-        plan = [("BatchNorm", "batch", {}),
-                ("BN + strong weight decay", "batch", {"weight_decay": params.strong_weight_decay}),
-                (f"BN, batch {max(params.batch_sizes)}", "batch", {"batch_size": max(params.batch_sizes)}),
-                ("GroupNorm instead of BN", "group", {}), ("no normalization", "none", {})]
-    seeds = cfg.seeds[:params.sweep_seeds]
-    rows = []
-    from tqdm.auto import tqdm
-
-    for label, norm, overrides in tqdm(plan, desc=f"sweep {name}", disable=not progress):
-        for seed in seeds:
-            point = measure_point(cfg, norm, seed, params, **overrides)
-            # influence ratios span orders of magnitude (well-fit inliers have tiny gradients): average logs
-            logs = {f"log10_{k}": float(np.log10(point[k]))
-                    for k in ("influence_ratio_init", "influence_ratio_trained")}
-            rows.append({"setting": label, "norm": norm, "seed": seed, **point, **logs})
-    return rows
+        out["verdict"] = verdict.verdict(mean, se, result["p_value"], n, alpha=alpha, power=power, margin=margin,
+                                         df=df)
+    return out
 
 
-def summarize(rows: Sequence[dict[str, Any]], measure: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """(setting, norm) -> ``stats.mean_ci`` of ``measure`` over seeds, in the order rows were made."""
-    grouped: dict[tuple[str, str], list[float]] = {}
-    for row in rows:
-        grouped.setdefault((row["setting"], row["norm"]), []).append(row[measure])
-    return {key: stats.mean_ci(values) for key, values in grouped.items()}
+def not_reached(arms: Sequence[dict[str, Any]], level: float) -> str | None:
+    """None if every member of every arm crosses ``level``; otherwise "not reached (...)" naming who did not."""
+    missing = [f"{int(np.isnan(arm['matched_fit']).sum())} of {arm['matched_fit'].size} '{arm['norm']}'"
+               for arm in arms if np.isnan(arm["matched_fit"]).any()]
+    if not missing:
+        return None
+    return f"not reached ({', '.join(missing)} models never reach fit {level:g})"
 
 
-def paired_gap(rows: Sequence[dict[str, Any]], measure: str, setting: str, a: str = "batch", b: str = "none"
-               ) -> dict[str, Any]:
-    """Paired (by seed) difference a - b of ``measure`` at one setting: ``stats.paired_test``."""
-    by = {(r["norm"], r["seed"]): r[measure] for r in rows if r["setting"] == setting}
-    seeds = sorted({seed for norm, seed in by if norm == a} & {seed for norm, seed in by if norm == b})
-    return stats.paired_test([by[(a, s)] for s in seeds], [by[(b, s)] for s in seeds])
+def compare_point(cfg, params: ChapterParams, point: Point, progress: bool = True) -> dict[str, Any]:
+    """Train (or load) both arms of ``point`` and compare them.
+
+    Returns:
+        ``point``; ``arms`` (two :func:`measure_arm` results); per comparison (``same_schedule``,
+        ``matched_fit``) a :func:`paired_inference`; at matched fit, if some member does not reach the
+        level, its ``verdict`` is "not reached (...)" and no statistic is given (``reached`` False).
+    """
+    arms = [measure_arm(cfg, params, arm, progress=progress) for arm in point.arms]
+    out: dict[str, Any] = {"point": point, "arms": arms}
+    for comparison in ("same_schedule", "matched_fit"):
+        result = paired_inference(arms[0][comparison], arms[1][comparison], equivalence_margin())
+        missing = not_reached(arms, params.fit_level) if comparison == "matched_fit" else None
+        if missing:
+            result = {**paired_inference([], [], equivalence_margin()), "verdict": missing}
+        out[comparison] = {**result, "reached": missing is None}
+    return out
+
+
+def sweep(cfg, params: ChapterParams, name: str, progress: bool = True) -> list[dict[str, Any]]:
+    """:func:`compare_point` for every point of :func:`plan` (``cfg, params, name``), in order; an empty list
+    when ``params.sweeps`` does not name the sweep (it does not run at this profile)."""
+    if name in SWEEPS and name not in params.sweeps:
+        return []
+    return [compare_point(cfg, params, point, progress=progress) for point in plan(cfg, params, name)]
