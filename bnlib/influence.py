@@ -77,11 +77,13 @@ class ChapterParams:
         "positive": True, "doc": "IN canaries in each probe batch, the rest IN inliers (a training batch holds ~5)"})
     probe_inliers: int = field(default=8, metadata={
         "positive": True, "doc": "inliers of each probe batch whose influence is measured (all its canaries are)"})
+    eval_inliers: int = field(default=256, metadata={
+        "minimum": 0, "doc": "IN inliers per member measured in eval mode (a fixed random subset; 0: all)"})
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": dict(probe_batches=1, probe_canaries=2, probe_inliers=4),
+        "smoke": dict(probe_batches=1, probe_canaries=2, probe_inliers=4, eval_inliers=64),
         "quick": dict(),
-        "paper": dict(probe_batches=4, probe_inliers=16),
+        "paper": dict(probe_batches=4, probe_inliers=16, eval_inliers=1024),
     }
 
 
@@ -109,7 +111,8 @@ def member_layout(keep: torch.Tensor, is_outlier: torch.Tensor, batch_size: int,
     Returns:
         batches (P, batch_size) pool indices (inliers first, ``probe_canaries`` canaries last);
         measured (k,) positions in every batch whose influence is measured (the first ``probe_inliers`` and the
-        canaries); measured_is_canary (k,) bool.
+        canaries); measured_is_canary (k,) bool; eval_inliers (L,) pool indices of the IN inliers measured in
+        eval mode (``params.eval_inliers`` of them drawn with the same seed, sorted; all when 0).
     """
     generator = torch.Generator().manual_seed(40_000 + seed)
     inliers = torch.nonzero(keep & ~is_outlier).flatten()
@@ -126,28 +129,28 @@ def member_layout(keep: torch.Tensor, is_outlier: torch.Tensor, batch_size: int,
                                       canaries[p * params.probe_canaries:(p + 1) * params.probe_canaries]])
                            for p in range(params.probe_batches)])
     measured = torch.cat([torch.arange(params.probe_inliers), torch.arange(per_batch, batch_size)])
-    return batches, measured, measured >= per_batch
+    count = len(inliers) if params.eval_inliers == 0 else min(params.eval_inliers, len(inliers))
+    eval_inliers = inliers[torch.randperm(len(inliers), generator=generator)[:count]].sort().values
+    return batches, measured, measured >= per_batch, eval_inliers
 
 
 def member_probes(model: torch.nn.Module, pool_x: torch.Tensor, pool_y: torch.Tensor, keep: torch.Tensor,
-                  is_outlier: torch.Tensor, layout: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-                  ) -> dict[str, dict[str, np.ndarray]]:
+                  is_outlier: torch.Tensor, layout: tuple[torch.Tensor, ...]) -> dict[str, dict[str, np.ndarray]]:
     """The three definitions for one member at one set of weights.
 
     Returns:
-        definition -> ``{"canaries": (K,), "inliers": (L,)}`` float64: eval mode on every IN canary and IN inlier
-        (in pool order); in batch and counterfactual on the measured positions of the probe batches
-        (``layout`` from :func:`member_layout`), canaries and inliers of all batches concatenated.
+        definition -> ``{"canaries": (K,), "inliers": (L,)}`` float64: eval mode on every IN canary and on the
+        layout's ``eval_inliers`` (in pool order); in batch and counterfactual on the measured positions of the
+        probe batches (``layout`` from :func:`member_layout`), canaries and inliers of all batches concatenated.
     """
     device = next(model.parameters()).device
     out: dict[str, dict[str, np.ndarray]] = {}
+    batches, measured, measured_is_canary, eval_inliers = layout
     values = {}
-    for group, mask in (("canaries", keep & is_outlier), ("inliers", keep & ~is_outlier)):
-        index = torch.nonzero(mask).flatten()
+    for group, index in (("canaries", torch.nonzero(keep & is_outlier).flatten()), ("inliers", eval_inliers)):
         values[group] = eval_mode_grad_norms(model, pool_x[index].to(device), pool_y[index].to(device)
                                              ).double().cpu().numpy()
     out["eval_mode"] = values
-    batches, measured, measured_is_canary = layout
     for name, function in _BATCHED.items():
         taken = torch.stack([function(model, pool_x[b].to(device), pool_y[b].to(device),
                                       indices=measured.tolist()).double().cpu() for b in batches]).numpy()
