@@ -448,29 +448,30 @@ def test_checkpoint_weights_are_the_ones_the_checkpoint_logits_came_from(smoke_z
         population.state_dict_at(0, 99)
 
 
-def test_zoo_probes_equal_the_reference_definitions_on_the_same_weights(smoke_zoo):
-    """The probes stored for a member at a checkpoint are the slow reference definitions evaluated on that
-    member's checkpoint weights, its IN examples and its probe batches; the same layout pairs BN with no norm."""
+def test_zoo_probes_equal_the_per_sample_functions_on_the_same_weights(smoke_zoo):
+    """The probes stored for a member at a checkpoint are the per-sample functions (exact against their
+    references, tests above) evaluated in float64 on that member's checkpoint weights, its IN examples and its
+    probe batches; the counterfactual values of the BN member also equal two full batch gradients per measured
+    sample (the obviously right definition); the same layout pairs BN with no norm."""
     from bnlib import config, zoo
+    from bnlib.persample import reference
 
     cfg, zoos = smoke_zoo
     _, params = config.load("smoke", extras=influence.ChapterParams)
     experiment, pool_x, _ = zoo.zoo_inputs(cfg)
+    x, y = pool_x.double(), experiment.pool_y
     for norm, population in zoos.items():
         summary = influence.zoo_probes(cfg, population, params, epoch=1, members=[1])[0]
         stored = influence._probe_entry(cfg, norm, params, 1).load("model_1")["probes"]
         model = population.model(1, 1).double()
-        layout = influence.member_layout(population.keep[1], population.is_outlier, cfg.batch_size, params,
-                                         zoo.member_seed(1))
-        batches, measured, is_canary, eval_inliers = layout
+        batches, measured, is_canary, eval_inliers = influence.member_layout(
+            population.keep[1], population.is_outlier, cfg.batch_size, params, zoo.member_seed(1))
         canaries = torch.nonzero(population.keep[1] & population.is_outlier).flatten()
-        x, y = pool_x.double(), experiment.pool_y
-        expected = {"eval_mode": {"canaries": influence.eval_mode_grad_norms_reference(model, x[canaries], y[canaries]),
-                                  "inliers": influence.eval_mode_grad_norms_reference(model, x[eval_inliers],
-                                                                                      y[eval_inliers])}}
-        for name, reference in (("in_batch", influence.in_batch_grad_norms_reference),
-                                ("counterfactual", influence.counterfactual_influence_reference)):
-            values = torch.stack([reference(model, x[b], y[b])[measured] for b in batches])
+        expected = {"eval_mode": {"canaries": influence.eval_mode_grad_norms(model, x[canaries], y[canaries]),
+                                  "inliers": influence.eval_mode_grad_norms(model, x[eval_inliers], y[eval_inliers])}}
+        for name, function in (("in_batch", influence.in_batch_grad_norms),
+                               ("counterfactual", influence.counterfactual_influence)):
+            values = torch.stack([function(model, x[b], y[b], indices=measured.tolist()) for b in batches])
             expected[name] = {"canaries": values[:, is_canary].flatten(), "inliers": values[:, ~is_canary].flatten()}
         for name in influence.DEFINITION_NAMES:
             for group in ("canaries", "inliers"):
@@ -479,6 +480,16 @@ def test_zoo_probes_equal_the_reference_definitions_on_the_same_weights(smoke_zo
                 expected[name]["canaries"].numpy(), expected[name]["inliers"].numpy()), rel=1e-3, abs=1e-4)
         assert bool(population.keep[1][batches].all())
         assert bool(population.is_outlier[batches[:, measured[is_canary]]].all())
+        if norm == "batch":
+            batch = batches[0]
+            with reference.model_state_preserved(model):
+                model.train()
+                whole = reference.batch_gradient(model, x[batch], y[batch])
+                by_hand = torch.stack([(whole - reference.batch_gradient(
+                    model, x[batch[torch.arange(len(batch)) != i]], y[batch[torch.arange(len(batch)) != i]])).norm()
+                    for i in measured.tolist()])
+            assert torch.allclose(stored["counterfactual"]["canaries"][:int(is_canary.sum())], by_hand[is_canary],
+                                  rtol=2e-4)
     assert torch.equal(zoos["batch"].keep, zoos["none"].keep)  # same keep mask: same probe batches for the pair
 
 
