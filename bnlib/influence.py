@@ -28,6 +28,7 @@ them through ``bnlib.influence``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -173,26 +174,36 @@ def summarize_probes(probes: dict[str, dict[str, np.ndarray]]) -> dict[str, dict
             for name, v in probes.items()}
 
 
-def _probe_entry(cfg, norm: str, params: ChapterParams, epoch: int) -> results.Entry:
-    return results.Entry("influence_probe", {**zoo_lib.zoo_config(cfg, norm), **params.__dict__, "epoch": int(epoch)},
+@functools.lru_cache(maxsize=64)
+def _probe_entry(cfg, norm: str, params: ChapterParams) -> results.Entry:
+    """The probes of one zoo (``probe_name`` per member and checkpoint); memoized: its key hashes the source."""
+    return results.Entry("influence_probe", {**zoo_lib.zoo_config(cfg, norm), **params.__dict__},
                          code=results.code_of("influence"))
+
+
+def probe_name(t: int, epoch: int) -> str:
+    return f"{zoo_lib.member_name(t)}_epoch_{int(epoch)}"
 
 
 def zoo_probes(cfg, zoo: zoo_lib.Zoo, params: ChapterParams, epoch: int | None = None,
                members: Sequence[int] | None = None, inputs=None) -> list[dict[str, dict[str, float]]]:
     """:func:`summarize_probes` of every member (or of ``members``) of ``zoo`` (trained with ``cfg``, one pool)
     at checkpoint ``epoch`` (None: the final weights). Cached per member and checkpoint (the raw probe values
-    are stored too)."""
+    are stored too). ``inputs``: ``zoo.zoo_inputs(cfg)``, or a dict that memoizes it across calls (drawn only
+    when a probe is missing from the cache), or None."""
     final = int(zoo.checkpoint_epochs[-1])
     epoch = final if epoch is None else int(epoch)
-    entry = _probe_entry(cfg, zoo.norm, params, epoch)
+    entry = _probe_entry(cfg, zoo.norm, params)
     out = []
     for t in (range(zoo.n_models) if members is None else members):
-        name = zoo_lib.member_name(t)
+        name = probe_name(t, epoch)
         if not entry.has(name):
-            if inputs is None:
-                inputs = zoo_lib.zoo_inputs(cfg)
-            experiment, pool_x, _ = inputs
+            memo = {} if inputs is None else inputs
+            if isinstance(memo, dict):  # a memo shared by the caller's calls: the data are drawn at most once
+                if "value" not in memo:
+                    memo["value"] = zoo_lib.zoo_inputs(cfg)
+                memo = memo["value"]
+            experiment, pool_x, _ = memo
             layout = member_layout(zoo.keep[t], zoo.is_outlier, cfg.batch_size, params, zoo_lib.member_seed(t))
             with zoo_lib.one_thread():
                 probes = member_probes(zoo.model(t, None if epoch == final else epoch), pool_x, experiment.pool_y,
@@ -220,7 +231,7 @@ def population_summaries(cfg, population, params: ChapterParams,
     for p, (pool, zoo) in enumerate(zip(population.pools, population.zoos, strict=True)):
         pool_cfg = replace(population_lib.pool_config(cfg, pool), epochs=population.epochs)
         epochs = [int(e) for e in zoo.checkpoint_epochs]
-        inputs = None
+        inputs: dict = {}  # the pool's data, drawn only if a probe is missing from the cache
         for t in range(zoo.n_models):
             labels.append(p)
             position = float(len(epochs) - 1) if positions is None else float(positions[p][t])
@@ -231,8 +242,6 @@ def population_summaries(cfg, population, params: ChapterParams,
                 continue
             low = int(math.floor(position))
             high, weight = min(low + 1, len(epochs) - 1), position - low
-            if inputs is None:
-                inputs = zoo_lib.zoo_inputs(pool_cfg)
             below = zoo_probes(pool_cfg, zoo, params, epochs[low], [t], inputs)[0]
             above = zoo_probes(pool_cfg, zoo, params, epochs[high], [t], inputs)[0] if weight > 0 else below
             for name in DEFINITION_NAMES:
