@@ -59,7 +59,8 @@ __all__ = [
     "DEFAULT_MAX_ELEMENTS", "DEFINITION_NAMES", "LOG_FLOOR", "METHODS", "ChapterParams", "Method", "chain_modules",
     "check_config", "counterfactual_influence", "counterfactual_influence_reference", "eval_mode_grad_norms",
     "eval_mode_grad_norms_reference", "ghost_virtual_batches", "in_batch_grad_norms", "in_batch_grad_norms_reference",
-    "log_ratio", "member_layout", "member_probes", "paired_log_comparison", "population_summaries",
+    "log_ratio", "member_layout", "member_probes", "paired_log_comparison", "population_summaries", "probe_entry",
+    "probe_name",
     "summarize_probes", "tune_allocator", "zoo_probes",
 ]
 
@@ -175,7 +176,7 @@ def summarize_probes(probes: dict[str, dict[str, np.ndarray]]) -> dict[str, dict
 
 
 @functools.lru_cache(maxsize=64)
-def _probe_entry(cfg, norm: str, params: ChapterParams) -> results.Entry:
+def probe_entry(cfg, norm: str, params: ChapterParams) -> results.Entry:
     """The probes of one zoo (``probe_name`` per member and checkpoint); memoized: its key hashes the source."""
     return results.Entry("influence_probe", {**zoo_lib.zoo_config(cfg, norm), **params.__dict__},
                          code=results.code_of("influence"))
@@ -193,7 +194,7 @@ def zoo_probes(cfg, zoo: zoo_lib.Zoo, params: ChapterParams, epoch: int | None =
     when a probe is missing from the cache), or None."""
     final = int(zoo.checkpoint_epochs[-1])
     epoch = final if epoch is None else int(epoch)
-    entry = _probe_entry(cfg, zoo.norm, params)
+    entry = probe_entry(cfg, zoo.norm, params)
     out = []
     for t in (range(zoo.n_models) if members is None else members):
         name = probe_name(t, epoch)

@@ -99,7 +99,7 @@ def _probe_count(cfg, params, pop) -> int:
     count = 0
     for pool, zoo in zip(pop.pools, pop.zoos, strict=True):
         pool_cfg = replace(population.pool_config(cfg, pool), epochs=pop.epochs)
-        entry = influence._probe_entry(pool_cfg, zoo.norm, params)
+        entry = influence.probe_entry(pool_cfg, zoo.norm, params)
         count += sum(entry.has(influence.probe_name(t, epoch)) for epoch in zoo.checkpoint_epochs.tolist()
                      for t in range(zoo.n_models))
     return count

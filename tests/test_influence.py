@@ -462,7 +462,7 @@ def test_zoo_probes_equal_the_per_sample_functions_on_the_same_weights(smoke_zoo
     x, y = pool_x.double(), experiment.pool_y
     for norm, population in zoos.items():
         summary = influence.zoo_probes(cfg, population, params, epoch=1, members=[1])[0]
-        stored = influence._probe_entry(cfg, norm, params).load(influence.probe_name(1, 1))["probes"]
+        stored = influence.probe_entry(cfg, norm, params).load(influence.probe_name(1, 1))["probes"]
         model = population.model(1, 1).double()
         batches, measured, is_canary, eval_inliers = influence.member_layout(
             population.keep[1], population.is_outlier, cfg.batch_size, params, zoo.member_seed(1))
