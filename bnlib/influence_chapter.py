@@ -173,7 +173,7 @@ def chapter_metrics(compared: Mapping[str, Mapping[str, Mapping[str, Any]]], rea
                     comparison=comparison, unit="models", scale="log", family=(
                         "primary" if metric in adjusted else "secondary"), fit_level=level,
                     difference={"mean": result["ratio"], "ci95": result["ci95"], "n": result["n"], "unit": "models",
-                                "log_mean": result["log_mean"], "se": result["se"]},
+                                "log_mean": result["log_mean"], "se": result["se"], "df": result["df"]},
                     p_value_holm=p_holm,
                     verdict=ratio_verdict(result, p_holm if metric in adjusted else result["p_value"]),
                     detectable_difference=math.exp(verdict.detectable_difference(result["se"]))
