@@ -36,7 +36,9 @@ COMPARISONS = ("same_schedule", "matched_fit", "matched_fit_annealed")
 # secondary and carries its raw p only.
 PRIMARY_ENDPOINTS = (
     "canary_memorization",  # acc(IN canaries) - acc(OUT canaries) per model (memorization chapter)
-    "influence_counterfactual_outlier_inlier_ratio",  # per-sample influence of canaries over inliers
+    # per-sample influence of canaries over inliers: eval mode (the per-sample gradient norm of the deployed
+    # model); the counterfactual definition gives BN inliers a floor by construction, so it is secondary
+    "influence_eval_mode_outlier_inlier_ratio",
     "mia_lira_pooled_tpr_at_1pct_fpr_outliers",  # LiRA TPR at a low FPR, ROC pooled over targets
 )
 # Equivalence margins (metric-name prefix -> m; the longest matching prefix wins): "equivalent within ±m"

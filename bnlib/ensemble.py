@@ -33,6 +33,7 @@ Batches are identical in both paths: model k draws its permutation of its own ex
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -69,17 +70,21 @@ class TrainedModels:
         snapshots: (E, K, M, num_classes) float16 eval-mode logits on ``snapshot_x`` after each epoch of
             ``snapshot_epochs`` (E = 0 when none were asked for).
         path: the path that trained them.
+        states: per model, the state dicts (CPU copies) after each epoch of ``snapshot_epochs`` when
+            ``snapshot_states`` was asked for, else empty lists.
     """
 
     models: list[nn.Module]
     snapshots: torch.Tensor
     path: TrainingPath
+    states: list[list[dict[str, torch.Tensor]]] = dataclasses.field(default_factory=list)
 
 
 def train_models(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor,
                  seeds: Sequence[int], *, epochs: int, batch_size: int, lr: float, momentum: float = 0.9,
                  weight_decay: float = 5e-4, schedule: str = "onecycle", snapshot_x: torch.Tensor | None = None,
-                 snapshot_epochs: Sequence[int] = (), path: str = "auto", progress: bool = True) -> TrainedModels:
+                 snapshot_epochs: Sequence[int] = (), path: str = "auto", progress: bool = True,
+                 snapshot_states: bool = False) -> TrainedModels:
     """Train ``models[k]`` in place on ``x[keep[k]], y[keep[k]]`` with SGD, as :func:`bnlib.train.fit` would.
 
     Args:
@@ -90,6 +95,8 @@ def train_models(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, 
         snapshot_x: (M, C, H, W) inputs whose eval-mode logits are recorded after each epoch (1-based) in
             ``snapshot_epochs``.
         path: ``auto`` (:func:`choose_path`), ``sequential`` or ``vmap``.
+        snapshot_states: also keep each model's state dict after each epoch in ``snapshot_epochs``
+            (``TrainedModels.states``; for the influence probes at fit-level crossings).
 
     Returns:
         :class:`TrainedModels` (the models are also changed in place and left in eval mode).
@@ -107,32 +114,39 @@ def train_models(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, 
                     schedule=schedule)
     wanted = set(snapshot_epochs) if snapshot_x is not None else set()
     snapshots: list[list[torch.Tensor]] = [[] for _ in models]  # per model: E tensors (M, C)
+    states: list[list[dict[str, torch.Tensor]]] = [[] for _ in models]  # per model: E state dicts
+    keep_states = bool(snapshot_states and wanted)
     bar = tqdm(total=len(models), desc=f"train {len(models)} models ({path})", disable=not progress, leave=False)
     if path == "sequential":
         for k, model in enumerate(models):
-            _fit_one(model, x, y, keep[k], seeds[k], settings, snapshot_x, wanted, snapshots[k])
+            _fit_one(model, x, y, keep[k], seeds[k], settings, snapshot_x, wanted, snapshots[k],
+                     states[k] if keep_states else None)
             bar.update()
     else:
         # models whose subsets give the same number of steps share a learning-rate schedule
         steps = [int(keep[k].sum()) // batch_size for k in range(len(models))]
         for group_steps in sorted(set(steps)):
             group = [k for k in range(len(models)) if steps[k] == group_steps]
-            group_snapshots = _fit_stacked([models[k] for k in group], x, y, keep[group], [seeds[k] for k in group],
-                                           settings, snapshot_x, wanted)
-            for k, taken in zip(group, group_snapshots, strict=True):
-                snapshots[k] = taken
+            group_snapshots, group_states = _fit_stacked(
+                [models[k] for k in group], x, y, keep[group], [seeds[k] for k in group], settings, snapshot_x,
+                wanted, keep_states)
+            for k, taken, kept in zip(group, group_snapshots, group_states, strict=True):
+                snapshots[k], states[k] = taken, kept
             bar.update(len(group))
     bar.close()
     stacked = (torch.stack([torch.stack(s) for s in snapshots], dim=1) if wanted
                else torch.empty(0, len(models), 0, 0, dtype=torch.float16))
-    return TrainedModels(models=list(models), snapshots=stacked, path=path)
+    return TrainedModels(models=list(models), snapshots=stacked, path=path, states=states)
 
 
 def _fit_one(model: nn.Module, x: torch.Tensor, y: torch.Tensor, member: torch.Tensor, seed: int, settings: dict,
-             snapshot_x: torch.Tensor | None, wanted: set[int], snapshots: list[torch.Tensor]) -> None:
+             snapshot_x: torch.Tensor | None, wanted: set[int], snapshots: list[torch.Tensor],
+             states: list[dict[str, torch.Tensor]] | None = None) -> None:
     def on_eval(trained: nn.Module, record: dict) -> None:
         if round(record["epoch"]) in wanted:
             snapshots.append(train.predict_logits(trained, snapshot_x).half())
+            if states is not None:
+                states.append({name: v.detach().cpu().clone() for name, v in trained.state_dict().items()})
 
     index = member.nonzero().squeeze(1).to(x.device)
     train.fit(model, x[index], y[index], seed=seed, on_eval=on_eval if wanted else None, progress=False, **settings)
@@ -157,8 +171,10 @@ def _stacked_logits(template: nn.Module, params: dict, buffers: dict, x: torch.T
 
 
 def _fit_stacked(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, seeds: list[int],
-                 settings: dict, snapshot_x: torch.Tensor | None, wanted: set[int]) -> list[list[torch.Tensor]]:
-    """Train ``models`` (same number of steps per epoch) concurrently; returns per-model snapshot lists."""
+                 settings: dict, snapshot_x: torch.Tensor | None, wanted: set[int], keep_states: bool = False
+                 ) -> tuple[list[list[torch.Tensor]], list[list[dict[str, torch.Tensor]]]]:
+    """Train ``models`` (same number of steps per epoch) concurrently; returns per-model snapshot lists and
+    per-model state-dict lists (empty unless ``keep_states``)."""
     device, count, batch_size = x.device, len(models), settings["batch_size"]
     members = [keep[k].nonzero().squeeze(1).to(device) for k in range(count)]  # pool indices of each subset
     steps_per_epoch = len(members[0]) // batch_size
@@ -172,6 +188,8 @@ def _fit_stacked(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, keep
     run = torch.vmap(_stacked_forward(template), in_dims=(0, 0, 0))
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     snapshots: list[list[torch.Tensor]] = [[] for _ in models]
+    states: list[list[dict[str, torch.Tensor]]] = [[] for _ in models]
+    names = list(models[0].state_dict())
     step = 0
     for epoch in range(settings["epochs"]):
         used = steps_per_epoch * batch_size  # subsets may differ in size by less than a batch
@@ -193,8 +211,11 @@ def _fit_stacked(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, keep
             taken = _stacked_logits(template, params, buffers, snapshot_x).half()  # (K, M, C)
             for k in range(count):
                 snapshots[k].append(taken[k])
+                if keep_states:
+                    states[k].append({name: (params if name in params else buffers)[name][k].detach().cpu().clone()
+                                      for name in names})
     _unstack_into(models, params, buffers)
-    return snapshots
+    return snapshots, states
 
 
 @torch.no_grad()

@@ -1,21 +1,45 @@
-"""The influence chapter's experiment: fixed probe batches measured along a training run with the three
-definitions of :mod:`bnlib.persample` (:func:`track_influence`), outlier/inlier ratios, matched fit and the final
-comparison. The per-sample gradient engine lives in :mod:`bnlib.persample`; its public functions are re-exported
-here for the chapters and modules that call them through ``bnlib.influence``.
+"""Influence on the model zoo: the three definitions of :mod:`bnlib.persample` measured on every member of a
+population (``population.train_population``: the same members as memorization and membership inference), read
+where the comparisons read them, summarized per member and compared BN against no norm over model pairs.
+
+What is measured, for member t of a zoo (its own IN examples only, the weights of one checkpoint):
+
+``eval_mode``
+    the per-sample gradient norm with BN's running statistics, of every IN canary and every IN inlier.
+``in_batch``, ``counterfactual``
+    need a batch. Member t's probe batches are drawn from its own IN examples with a fixed seed per member
+    (:func:`member_layout`): ``probe_batches`` batches of ``batch_size`` examples, each holding
+    ``probe_canaries`` IN canaries placed among IN inliers (about the canary rate of a training batch); the
+    canaries and the first ``probe_inliers`` inliers of each batch are measured. The layout depends only on
+    the keep mask and the member index, so member t under BN and without norm (same keep mask) is probed on
+    the same batches, at every checkpoint.
+
+Per member and definition, the summary is the mean log influence of the canaries minus that of the inliers
+(:func:`log_ratio`; exp of it is the ratio of geometric means); the canaries' mean log influence alone is kept
+too (``canary_log``). Comparisons (:func:`paired_log_comparison`) are on the log scale over model pairs.
+
+Matched fit reads checkpoint weights (``zoo.Zoo.state_dict_at``): each member's summary is interpolated
+linearly, on the log scale, between the two checkpoints that bracket its fractional crossing position, like
+memorization (``memorization.at_positions``). Probes are cached per member and checkpoint.
+
+The public functions of the per-sample engine are re-exported here for the chapters and modules that call
+them through ``bnlib.influence``.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
+from scipy import stats as scipy_stats
 
-from . import config, models, results, stats, train
-from . import data as data_lib
+from . import config, results
+from . import zoo as zoo_lib
 from .persample import (
     DEFAULT_MAX_ELEMENTS,
     METHODS,
@@ -32,16 +56,17 @@ from .persample import (
 )
 
 __all__ = [
-    "DEFAULT_MAX_ELEMENTS", "DEFINITION_NAMES", "METHODS", "ChapterParams", "Method", "chain_modules",
-    "check_config", "comparison", "counterfactual_influence", "counterfactual_influence_reference",
-    "eval_mode_grad_norms", "eval_mode_grad_norms_reference", "ghost_virtual_batches", "in_batch_grad_norms",
-    "in_batch_grad_norms_reference", "matched_fit_level", "outlier_inlier_ratios", "probe_layout", "ratio_at_fit",
-    "track_influence", "tune_allocator",
+    "DEFAULT_MAX_ELEMENTS", "DEFINITION_NAMES", "LOG_FLOOR", "METHODS", "ChapterParams", "Method", "chain_modules",
+    "check_config", "counterfactual_influence", "counterfactual_influence_reference", "eval_mode_grad_norms",
+    "eval_mode_grad_norms_reference", "ghost_virtual_batches", "in_batch_grad_norms", "in_batch_grad_norms_reference",
+    "log_ratio", "member_layout", "member_probes", "paired_log_comparison", "population_summaries", "probe_entry",
+    "probe_name",
+    "summarize_probes", "tune_allocator", "zoo_probes",
 ]
 
 DEFINITION_NAMES = ("eval_mode", "in_batch", "counterfactual")
-_DEFINITIONS = dict(zip(DEFINITION_NAMES, (eval_mode_grad_norms, in_batch_grad_norms, counterfactual_influence),
-                        strict=True))
+_BATCHED = {"in_batch": in_batch_grad_norms, "counterfactual": counterfactual_influence}
+LOG_FLOOR = 1e-30  # influence values are floored here before the log (an exact zero would give -inf)
 
 
 @dataclass(frozen=True)
@@ -49,185 +74,234 @@ class ChapterParams:
     """Parameters of the influence chapter (validated by ``config.load(..., extras=ChapterParams)``)."""
 
     probe_batches: int = field(default=2, metadata={
-        "positive": True, "doc": "fixed probe batches (of batch_size training examples) measured at each checkpoint"})
+        "positive": True, "doc": "probe batches per member for the in-batch and counterfactual definitions"})
     probe_canaries: int = field(default=4, metadata={
-        "positive": True, "doc": "canaries in each probe batch, the rest are inliers (a training batch holds ~5)"})
+        "positive": True, "doc": "IN canaries in each probe batch, the rest IN inliers (a training batch holds ~5)"})
     probe_inliers: int = field(default=8, metadata={
         "positive": True, "doc": "inliers of each probe batch whose influence is measured (all its canaries are)"})
-    fit_level: float = field(default=0.0, metadata={
-        "minimum": 0.0, "doc": "inlier train accuracy of the matched-fit comparison (0: highest all runs reach)"})
+    eval_inliers: int = field(default=256, metadata={
+        "minimum": 0, "doc": "IN inliers per member measured in eval mode (a fixed random subset; 0: all)"})
 
     PROFILES: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": dict(probe_batches=1, probe_canaries=2, probe_inliers=4),
+        "smoke": dict(probe_batches=1, probe_canaries=2, probe_inliers=4, eval_inliers=64),
         "quick": dict(),
-        "paper": dict(probe_batches=4, probe_inliers=16),
+        "paper": dict(probe_batches=4, probe_inliers=16, eval_inliers=1024),
     }
-
-    def __post_init__(self) -> None:
-        if self.fit_level > 1:
-            raise ValueError(f"Parameter 'fit_level' (an inlier train accuracy) got {self.fit_level!r}; "
-                             "allowed: 0 (automatic) or a value in (0, 1].")
 
 
 def check_config(cfg, params: ChapterParams) -> None:
-    """Cross-checks of the chapter's parameters against the experiment's, before any work."""
+    """Cross-checks of the chapter's parameters against the experiment's, before any work: the probe batches
+    must fit in the IN examples every member has (half of the pool's canaries and of its inliers)."""
     if params.probe_canaries + params.probe_inliers > cfg.batch_size:
         raise ValueError(f"Parameters 'probe_canaries' ({params.probe_canaries}) + 'probe_inliers' "
                          f"({params.probe_inliers}) exceed 'batch_size' ({cfg.batch_size}): a probe batch is one "
                          "training batch; allowed: a sum <= batch_size.")
-    if params.probe_batches * params.probe_canaries > cfg.n_canaries:
+    if params.probe_batches * params.probe_canaries > cfg.n_canaries // 2:
         raise ValueError(f"Parameters 'probe_batches' x 'probe_canaries' ({params.probe_batches} x "
-                         f"{params.probe_canaries}) exceed 'n_canaries' ({cfg.n_canaries}); allowed: at most "
-                         "n_canaries distinct probe canaries.")
-    if params.probe_batches * (cfg.batch_size - params.probe_canaries) > cfg.n_train:
-        raise ValueError(f"Parameter 'probe_batches' ({params.probe_batches}) needs more distinct inliers than "
-                         f"'n_train' ({cfg.n_train}) holds; allowed: probe_batches * batch_size <= n_train.")
+                         f"{params.probe_canaries}) exceed the IN canaries of a member (n_canaries // 2 = "
+                         f"{cfg.n_canaries // 2}); allowed: at most that many.")
+    if params.probe_batches * (cfg.batch_size - params.probe_canaries) > cfg.n_train // 2:
+        raise ValueError(f"Parameter 'probe_batches' ({params.probe_batches}) needs more IN inliers than a member "
+                         f"has (n_train // 2 = {cfg.n_train // 2}); allowed: probe_batches * batch_size <= that.")
     config.check_compared_norms(cfg)
 
 
-def probe_layout(is_canary: torch.Tensor, batch_size: int, params: ChapterParams, seed: int) -> tuple[
-        torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fixed probe batches drawn from the training set like training batches, with ``probe_canaries`` canaries.
+def member_layout(keep: torch.Tensor, is_outlier: torch.Tensor, batch_size: int, params: ChapterParams,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Member probe batches from its IN examples (``keep`` (N,) bool), drawn with ``seed``.
 
     Returns:
-        members (P, batch_size) training indices of each probe batch (inliers first, canaries last);
-        measured (P, k) positions in the batch whose influence is measured (k = probe_inliers + probe_canaries);
-        measured_is_canary (P, k) bool.
+        batches (P, batch_size) pool indices (inliers first, ``probe_canaries`` canaries last);
+        measured (k,) positions in every batch whose influence is measured (the first ``probe_inliers`` and the
+        canaries); measured_is_canary (k,) bool; eval_inliers (L,) pool indices of the IN inliers measured in
+        eval mode (``params.eval_inliers`` of them drawn with the same seed, sorted; all when 0).
     """
-    generator = torch.Generator().manual_seed(30_000 + seed)
-    inliers = torch.nonzero(~is_canary).flatten()[torch.randperm(int((~is_canary).sum()), generator=generator)]
-    canaries = torch.nonzero(is_canary).flatten()[torch.randperm(int(is_canary.sum()), generator=generator)]
-    per_batch_inliers = batch_size - params.probe_canaries
-    members = torch.stack([torch.cat([inliers[p * per_batch_inliers:(p + 1) * per_batch_inliers],
+    generator = torch.Generator().manual_seed(40_000 + seed)
+    inliers = torch.nonzero(keep & ~is_outlier).flatten()
+    canaries = torch.nonzero(keep & is_outlier).flatten()
+    inliers = inliers[torch.randperm(len(inliers), generator=generator)]
+    canaries = canaries[torch.randperm(len(canaries), generator=generator)]
+    per_batch = batch_size - params.probe_canaries
+    if params.probe_batches * params.probe_canaries > len(canaries) or params.probe_batches * per_batch > len(
+            inliers):
+        raise ValueError(f"Member has {len(canaries)} IN canaries and {len(inliers)} IN inliers, fewer than "
+                         f"{params.probe_batches} probe batches of {batch_size} with {params.probe_canaries} "
+                         "canaries need; allowed: smaller 'probe_batches' or 'probe_canaries'.")
+    batches = torch.stack([torch.cat([inliers[p * per_batch:(p + 1) * per_batch],
                                       canaries[p * params.probe_canaries:(p + 1) * params.probe_canaries]])
                            for p in range(params.probe_batches)])
-    positions = torch.cat([torch.arange(params.probe_inliers), torch.arange(per_batch_inliers, batch_size)])
-    measured = positions.expand(params.probe_batches, -1)
-    return members, measured, is_canary[members.gather(1, measured)]
+    measured = torch.cat([torch.arange(params.probe_inliers), torch.arange(per_batch, batch_size)])
+    count = len(inliers) if params.eval_inliers == 0 else min(params.eval_inliers, len(inliers))
+    eval_inliers = inliers[torch.randperm(len(inliers), generator=generator)[:count]].sort().values
+    return batches, measured, measured >= per_batch, eval_inliers
 
 
-def track_influence(cfg, params: ChapterParams, norm: str, seed: int, progress: bool = True) -> dict[str, Any]:
-    """Train as ``runs.train_run`` does (same data draw, initialization and batches) and measure the three
-    definitions on the fixed probe batches at initialization and after every epoch. Cached.
+def member_probes(model: torch.nn.Module, pool_x: torch.Tensor, pool_y: torch.Tensor, keep: torch.Tensor,
+                  is_outlier: torch.Tensor, layout: tuple[torch.Tensor, ...]) -> dict[str, dict[str, np.ndarray]]:
+    """The three definitions for one member at one set of weights.
 
     Returns:
-        ``records``: per checkpoint epoch and (eval-mode) ``inliers_acc``/``canaries_acc`` and loss;
-        ``measured_is_canary`` (P, k); for each name in ``DEFINITION_NAMES`` a (E, P, k) float tensor.
+        definition -> ``{"canaries": (K,), "inliers": (L,)}`` float64: eval mode on every IN canary and on the
+        layout's ``eval_inliers`` (in pool order); in batch and counterfactual on the measured positions of the
+        probe batches (``layout`` from :func:`member_layout`), canaries and inliers of all batches concatenated.
     """
-    entry = results.Entry("influence_track", {**cfg.result_key("n_models"), "norm": norm, "seed": seed,
-                                              **{f"probe_{k}": v for k, v in params.__dict__.items()
-                                                 if k != "fit_level"}}, code=results.code_of("influence"))
-    if entry.has("track"):
-        return entry.load("track")
-    experiment = data_lib.make_experiment_data(cfg, seed=seed)
-    train_x = experiment.standardize(experiment.train_x)
-    members, measured, measured_is_canary = probe_layout(experiment.is_canary, cfg.batch_size, params, seed)
-    device = train.resolve_device(cfg.device)
-    probe_x, probe_y = train_x[members].to(device), experiment.train_y[members].to(device)
-    sets = {"inliers": (train_x[~experiment.is_canary], experiment.train_y[~experiment.is_canary]),
-            "canaries": (train_x[experiment.is_canary], experiment.train_y[experiment.is_canary])}
-    values: dict[str, list[torch.Tensor]] = {name: [] for name in DEFINITION_NAMES}
-
-    def measure(model: nn.Module, record: dict[str, float]) -> None:
-        for name, function in _DEFINITIONS.items():
-            values[name].append(torch.stack([function(model, probe_x[p], probe_y[p], indices=measured[p].tolist())
-                                             .float().cpu() for p in range(len(members))]))
-
-    torch.manual_seed(seed)
-    model = models.build_for(cfg, norm, experiment).to(device)
-    start = {"epoch": 0.0, "step": 0}
-    for name, (ex, ey) in sets.items():
-        start.update({f"{name}_{k}": v for k, v in train.metrics_from_logits(
-            train.predict_logits(model, ex.to(device)), ey).items()})
-    measure(model, start)
-    history = train.fit(model, train_x, experiment.train_y, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                        momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule, seed=seed,
-                        eval_sets=sets, on_eval=measure, progress=progress, desc=f"{norm} seed {seed}")
-    track = {"records": [start, *history.records], "measured_is_canary": measured_is_canary,
-             **{name: torch.stack(v) for name, v in values.items()}}
-    entry.save("track", track)
-    return track
+    device = next(model.parameters()).device
+    out: dict[str, dict[str, np.ndarray]] = {}
+    batches, measured, measured_is_canary, eval_inliers = layout
+    values = {}
+    for group, index in (("canaries", torch.nonzero(keep & is_outlier).flatten()), ("inliers", eval_inliers)):
+        values[group] = eval_mode_grad_norms(model, pool_x[index].to(device), pool_y[index].to(device)
+                                             ).double().cpu().numpy()
+    out["eval_mode"] = values
+    for name, function in _BATCHED.items():
+        taken = torch.stack([function(model, pool_x[b].to(device), pool_y[b].to(device),
+                                      indices=measured.tolist()).double().cpu() for b in batches]).numpy()
+        out[name] = {"canaries": taken[:, measured_is_canary.numpy()].ravel(),
+                     "inliers": taken[:, ~measured_is_canary.numpy()].ravel()}
+    return out
 
 
-def outlier_inlier_ratios(track: dict[str, Any], name: str) -> np.ndarray:
-    """Per checkpoint (E,): median influence of the probe canaries over that of the probe inliers."""
-    values, canary = track[name].flatten(1).numpy(), track["measured_is_canary"].flatten().numpy()
-    return np.median(values[:, canary], axis=1) / np.median(values[:, ~canary], axis=1)
+def log_ratio(canaries: np.ndarray, inliers: np.ndarray) -> float:
+    """Mean log influence of the canaries minus that of the inliers (values floored at ``LOG_FLOOR``); exp of
+    it is the ratio of their geometric means."""
+    return float(np.mean(np.log(np.maximum(canaries, LOG_FLOOR))) - np.mean(np.log(np.maximum(inliers, LOG_FLOOR))))
 
 
-def matched_fit_level(tracks: Sequence[dict[str, Any]], params: ChapterParams) -> float:
-    """The chapter's matched-fit level: ``params.fit_level``, or (0) the highest inlier train accuracy that every
-    run reaches, rounded down to 0.01."""
-    if params.fit_level > 0:
-        return params.fit_level
-    return stats.common_top_level([[r["inliers_acc"] for r in track["records"]] for track in tracks], resolution=0.01)
+def summarize_probes(probes: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """definition -> ``log_ratio``, ``canary_log`` and ``inlier_log`` (mean logs) of one member's probes."""
+    return {name: {"log_ratio": log_ratio(v["canaries"], v["inliers"]),
+                   "canary_log": float(np.mean(np.log(np.maximum(v["canaries"], LOG_FLOOR)))),
+                   "inlier_log": float(np.mean(np.log(np.maximum(v["inliers"], LOG_FLOOR))))}
+            for name, v in probes.items()}
 
 
-def ratio_at_fit(track: dict[str, Any], name: str, level: float) -> float:
-    """Outlier/inlier ratio read where the run's inlier train accuracy first reaches ``level`` (linear
-    interpolation between the two checkpoints around it; NaN if the run never reaches it)."""
-    fits = [r["inliers_acc"] for r in track["records"]]
-    return stats.value_at_level(fits, outlier_inlier_ratios(track, name), level)
+@functools.lru_cache(maxsize=64)
+def probe_entry(cfg, norm: str, params: ChapterParams) -> results.Entry:
+    """The probes of one zoo (``probe_name`` per member and checkpoint); memoized: its key hashes the source."""
+    return results.Entry("influence_probe", {**zoo_lib.zoo_config(cfg, norm), **params.__dict__},
+                         code=results.code_of("influence"))
 
 
-def comparison(tracks: dict[str, list[dict[str, Any]]], level: float) -> list[dict[str, Any]]:
-    """The chapter's final comparison, one row per definition and comparison.
+def probe_name(t: int, epoch: int) -> str:
+    return f"{zoo_lib.member_name(t)}_epoch_{int(epoch)}"
 
-    Args:
-        tracks: norm -> tracks of the seeds (same seed order for every norm: the pairs of the test).
-        level: the matched-fit level (inlier train accuracy).
+
+def zoo_probes(cfg, zoo: zoo_lib.Zoo, params: ChapterParams, epoch: int | None = None,
+               members: Sequence[int] | None = None, inputs=None) -> list[dict[str, dict[str, float]]]:
+    """:func:`summarize_probes` of every member (or of ``members``) of ``zoo`` (trained with ``cfg``, one pool)
+    at checkpoint ``epoch`` (None: the final weights). Cached per member and checkpoint (the raw probe values
+    are stored too). ``inputs``: ``zoo.zoo_inputs(cfg)``, or a dict that memoizes it across calls (drawn only
+    when a probe is missing from the cache), or None."""
+    final = int(zoo.checkpoint_epochs[-1])
+    epoch = final if epoch is None else int(epoch)
+    entry = probe_entry(cfg, zoo.norm, params)
+    out = []
+    for t in (range(zoo.n_models) if members is None else members):
+        name = probe_name(t, epoch)
+        if not entry.has(name):
+            memo = {} if inputs is None else inputs
+            if isinstance(memo, dict):  # a memo shared by the caller's calls: the data are drawn at most once
+                if "value" not in memo:
+                    memo["value"] = zoo_lib.zoo_inputs(cfg)
+                memo = memo["value"]
+            experiment, pool_x, _ = memo
+            layout = member_layout(zoo.keep[t], zoo.is_outlier, cfg.batch_size, params, zoo_lib.member_seed(t))
+            with zoo_lib.one_thread():
+                probes = member_probes(zoo.model(t, None if epoch == final else epoch), pool_x, experiment.pool_y,
+                                       zoo.keep[t], zoo.is_outlier, layout)
+            entry.save(name, {"probes": {d: {g: torch.from_numpy(v) for g, v in groups.items()}
+                                         for d, groups in probes.items()}, "summary": summarize_probes(probes)})
+        out.append(entry.load(name)["summary"])
+    return out
+
+
+def population_summaries(cfg, population, params: ChapterParams,
+                         positions: Sequence[np.ndarray] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Per member of every pool of ``population`` (``population.Population``), the summaries of
+    :func:`summarize_probes`, read at the end of its schedule or, per member, at the fractional checkpoint index
+    ``positions[pool][t]`` (linear between the two checkpoints that bracket it; NaN where it is NaN).
+
     Returns:
-        rows with ``definition``, ``comparison`` (``same_schedule``: the last checkpoint; ``matched_fit``: at
-        ``level``), ``ratios`` (norm -> per-seed outlier/inlier ratios), ``summary`` (norm -> ``stats.mean_ci``),
-        ``p_value`` (paired t-test of BN vs no norm on the seeds' log ratios) and ``outliers_higher_p``
-        (norm -> one-sided Mann-Whitney p that canaries have larger influence than inliers, probe samples of
-        all seeds pooled, at the last checkpoint), ``outliers_pooled_ratio`` (norm -> median canary over median
-        inlier influence of those pooled probe samples), ``pooled_counts`` (norm -> (canaries, inliers) pooled).
+        definition -> {``log_ratio``, ``canary_log``, ``inlier_log``: (sum T,)}; ``pools``: {``label``: (sum T,)}.
     """
-    from scipy.stats import mannwhitneyu
+    from . import population as population_lib
 
-    rows = []
-    for name in DEFINITION_NAMES:
-        higher, pooled, counts = {}, {}, {}
-        for norm, runs in tracks.items():
-            values = np.concatenate([t[name][-1].flatten().numpy() for t in runs])
-            canary = np.concatenate([t["measured_is_canary"].flatten().numpy() for t in runs])
-            higher[norm] = float(mannwhitneyu(values[canary], values[~canary], alternative="greater").pvalue)
-            pooled[norm] = float(np.median(values[canary]) / np.median(values[~canary]))
-            counts[norm] = (int(canary.sum()), int((~canary).sum()))
-        for comparison in ("same_schedule", "matched_fit"):
-            ratios = {norm: [float(outlier_inlier_ratios(t, name)[-1]) if comparison == "same_schedule" else
-                             ratio_at_fit(t, name, level) for t in runs] for norm, runs in tracks.items()}
-            test = stats.paired_test(np.log(ratios["batch"]), np.log(ratios["none"]))
-            rows.append({"definition": name, "comparison": comparison, "ratios": ratios,
-                         "summary": {norm: stats.mean_ci(v) for norm, v in ratios.items()},
-                         "p_value": test["t_p_value"], "outliers_higher_p": higher,
-                         "outliers_pooled_ratio": pooled, "pooled_counts": counts})
-    return rows
-
-
-def canaries_versus_inliers(rows: Sequence[dict[str, Any]], definition_labels: dict[str, str],
-                            norm_labels: dict[str, str]) -> str:
-    """One sentence per network on whether its canaries have larger influence than its inliers at the end of
-    training, read from :func:`comparison`'s rows: the direction word from the pooled median ratio, and
-    "not significant" where the one-sided Mann-Whitney p is 0.05 or more.
-
-    Args:
-        definition_labels: definition name -> how the text names it; norm_labels: norm -> how it names the network.
-    """
-    sentences = []
-    norms = rows[0]["outliers_higher_p"].keys() if rows else ()
-    for norm in norms:
-        parts = []
-        for row in rows:
-            if row["comparison"] != "same_schedule":  # both comparisons share the end-of-training test
+    keys = ("log_ratio", "canary_log", "inlier_log")
+    out = {name: {key: [] for key in keys} for name in DEFINITION_NAMES}
+    labels = []
+    for p, (pool, zoo) in enumerate(zip(population.pools, population.zoos, strict=True)):
+        pool_cfg = replace(population_lib.pool_config(cfg, pool), epochs=population.epochs)
+        epochs = [int(e) for e in zoo.checkpoint_epochs]
+        inputs: dict = {}  # the pool's data, drawn only if a probe is missing from the cache
+        for t in range(zoo.n_models):
+            labels.append(p)
+            position = float(len(epochs) - 1) if positions is None else float(positions[p][t])
+            if not math.isfinite(position):
+                for name in DEFINITION_NAMES:
+                    for key in keys:
+                        out[name][key].append(float("nan"))
                 continue
-            ratio, p = row["outliers_pooled_ratio"][norm], row["outliers_higher_p"][norm]
-            direction = "larger" if ratio > 1 else ("smaller" if ratio < 1 else "the same")
-            verdict = "significant" if p < 0.05 else "not significant"
-            parts.append(f"{definition_labels[row['definition']]}: {direction} (median ratio {ratio:.2f}, "
-                         f"one-sided p = {p:.2g}, {verdict} at the 5% level)")
-        canaries, inliers = rows[0]["pooled_counts"][norm]
-        sentences.append(f"With {norm_labels[norm]}, {canaries} canaries against {inliers} inliers (probe samples "
-                         "of all seeds pooled): " + "; ".join(parts) + ".")
-    return " ".join(sentences)
+            low = int(math.floor(position))
+            high, weight = min(low + 1, len(epochs) - 1), position - low
+            below = zoo_probes(pool_cfg, zoo, params, epochs[low], [t], inputs)[0]
+            above = zoo_probes(pool_cfg, zoo, params, epochs[high], [t], inputs)[0] if weight > 0 else below
+            for name in DEFINITION_NAMES:
+                for key in keys:
+                    out[name][key].append(below[name][key] + weight * (above[name][key] - below[name][key]))
+    summaries: dict[str, dict[str, np.ndarray]] = {
+        name: {key: np.asarray(v, dtype=float) for key, v in values.items()} for name, values in out.items()}
+    summaries["pools"] = {"label": np.asarray(labels, dtype=int)}
+    return summaries
+
+
+def paired_log_comparison(batch: np.ndarray, none: np.ndarray, pools: np.ndarray | None = None,
+                          alpha: float = 0.05) -> dict[str, Any]:
+    """BN against no norm on per-pair log summaries (member t of each norm is pair t): a stratified paired t.
+
+    The pair differences d = batch - none are modelled as a per-pool mean plus independent noise (pools are
+    strata: the target is conditional on the data draws); the estimate is the mean of d (pool means weighted by
+    their pair counts), its standard error the pooled within-pool SD over sqrt(n), with n - S degrees of
+    freedom. Pairs with a NaN on either side are dropped. Swap for the calibrated per-pair procedure of
+    ``bnlib.verdict`` when it exists: the inputs are the same.
+
+    Returns:
+        ``log_mean``, ``se`` (log scale), ``df``, ``p_value`` (two-sided), ``ratio`` = exp(log_mean), ``ci95``
+        (the ratio's interval, exp of the t interval), ``n`` (pairs used); per norm ``batch``/``none``: the
+        geometric-mean summary ``{"mean", "ci95", "n"}`` (exp of the stratified mean of the log summaries).
+    """
+    batch, none = np.asarray(batch, dtype=float), np.asarray(none, dtype=float)
+    pools = np.zeros(len(batch), dtype=int) if pools is None else np.asarray(pools)
+    if batch.shape != none.shape or batch.shape != pools.shape or batch.ndim != 1:
+        raise ValueError(f"Parameters 'batch' {batch.shape}, 'none' {none.shape} and 'pools' {pools.shape} must be "
+                         "one-dimensional and of one length (one entry per model pair).")
+    keep = np.isfinite(batch) & np.isfinite(none)
+    test = _stratified_mean(batch[keep] - none[keep], pools[keep], alpha)
+    out = {"log_mean": test["mean"], "se": test["se"], "df": test["df"], "p_value": test["p_value"],
+           "ratio": math.exp(test["mean"]) if math.isfinite(test["mean"]) else float("nan"),
+           "ci95": [math.exp(v) if math.isfinite(v) else float("nan") for v in test["ci"]], "n": test["n"]}
+    for name, values in (("batch", batch), ("none", none)):
+        own = _stratified_mean(values[keep], pools[keep], alpha)
+        out[name] = {"mean": math.exp(own["mean"]) if math.isfinite(own["mean"]) else float("nan"),
+                     "ci95": [math.exp(v) if math.isfinite(v) else float("nan") for v in own["ci"]], "n": own["n"]}
+    return out
+
+
+def _stratified_mean(values: np.ndarray, pools: np.ndarray, alpha: float) -> dict[str, Any]:
+    """Mean of ``values`` with a t interval whose SD is pooled within strata (``pools``), df = n - strata."""
+    n, strata = len(values), len(np.unique(pools))
+    nan = float("nan")
+    if n == 0:
+        return {"mean": nan, "se": nan, "df": 0, "p_value": None, "ci": [nan, nan], "n": 0}
+    mean = float(values.mean())
+    df = n - strata
+    if df < 1:
+        return {"mean": mean, "se": nan, "df": df, "p_value": None, "ci": [nan, nan], "n": n}
+    residual = values - np.array([values[pools == p].mean() for p in pools])
+    se = float(np.sqrt((residual**2).sum() / df / n))
+    critical = float(scipy_stats.t.ppf(1 - alpha / 2, df))
+    if se == 0:
+        p_value = 1.0 if mean == 0 else 0.0
+    else:
+        p_value = float(2 * scipy_stats.t.sf(abs(mean) / se, df))
+    return {"mean": mean, "se": se, "df": df, "p_value": p_value, "ci": [mean - critical * se, mean + critical * se],
+            "n": n}

@@ -1,5 +1,6 @@
-"""The influence chapter's figures: the three definitions over training, the outlier/inlier ratio over epochs and
-against fit, and one BatchNorm run's probe samples under two definitions at a time. Each returns its figure."""
+"""The influence chapter's figures: every model's canary/inlier ratio per comparison and definition, and the
+amplification figure (the canaries' influence alone, BN over no norm, beside the toy theory's rho). Each returns
+its figure."""
 
 from __future__ import annotations
 
@@ -7,77 +8,74 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 from . import influence, plots
-from .influence_chapter import DEFINITION_LABELS
-
-Tracks = Mapping[str, Sequence[dict[str, Any]]]  # norm -> the tracks of its seeds
+from .influence_chapter import DEFINITION_LABELS, comparison_label
 
 
-def epochs_of(tracks: Tracks) -> list[float]:
-    """The checkpoints' epochs (every track has the same)."""
-    return [record["epoch"] for record in next(iter(tracks.values()))[0]["records"]]
+def tick_label(comparison: str) -> str:
+    """A comparison's name on two short lines (``same`` / ``schedule``, ``fit`` / ``0.95``, ``annealed``)."""
+    label = comparison_label(comparison).replace("matched fit (annealed)", "annealed")
+    return label.replace(" ", "\n", 1)
 
 
-def definitions_over_training(tracks: Tracks):
-    """Per definition, the median influence over training (line) with its interquartile band, for the probe
-    inliers (solid) and canaries (dashed) of every norm, all seeds pooled."""
-    epochs = epochs_of(tracks)
-    fig, axes = plots.subplots(1, 3, height=3.9, sharey=True)
+def _plain_log_ticks(axes) -> None:
+    for ax in np.ravel(axes):
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def population_figure(summaries: Mapping[str, Mapping[str, Any]], compared: Mapping[str, Mapping[str, Any]]):
+    """Per definition (columns) and comparison (x), every model's canary/inlier ratio (exp of its log ratio;
+    dots, BN left, no norm right) and each norm's geometric mean with its 95% interval over models (bars)."""
+    comparisons = list(summaries)
+    fig, axes = plots.subplots(1, 3, height=3.8, sharey=True)
+    rng = np.random.default_rng(0)  # horizontal jitter of the dots only
     for ax, name in zip(axes, influence.DEFINITION_NAMES, strict=True):
-        for norm, runs in tracks.items():
-            values = np.concatenate([t[name].flatten(1).numpy() for t in runs], axis=1)  # (E, samples)
-            canary = np.concatenate([t["measured_is_canary"].flatten().numpy() for t in runs])
-            for group, style in ((~canary, "-"), (canary, "--")):
-                plots.band(ax, epochs, values[:, group].T, norm, quantiles=(0.25, 0.75),
-                           label=f"{plots.NORM_LABELS[norm]}, {'canaries' if style == '--' else 'inliers'}")
-                ax.lines[-1].set_linestyle(style)
-        ax.set(yscale="log", title=DEFINITION_LABELS[name], xlabel="epoch")
-    axes[0].set_ylabel("influence (gradient norm)")
+        for c, comparison in enumerate(comparisons):
+            result = compared[name][comparison]["outlier_inlier"]
+            for offset, norm in ((-0.17, "batch"), (0.17, "none")):
+                values = np.exp(summaries[comparison][norm][name]["log_ratio"])
+                values = values[np.isfinite(values)]
+                ax.scatter(c + offset + rng.uniform(-0.06, 0.06, len(values)), values, s=6, alpha=0.45,
+                           color=plots.NORM_COLORS[norm], label=plots.NORM_LABELS[norm] if c == 0 else None)
+                mean, (low, high) = result[norm]["mean"], result[norm]["ci95"]
+                if np.isfinite([mean, low, high]).all():
+                    ax.errorbar([c + offset], [mean], yerr=[[mean - low], [high - mean]], color="k", capsize=3,
+                                marker="_", markersize=10, linewidth=1.2)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set(yscale="log", title=DEFINITION_LABELS[name], xticks=range(len(comparisons)))
+        ax.set_xticklabels([tick_label(c) for c in comparisons], fontsize=plots.MIN_FONT)
+    _plain_log_ticks(axes)
+    axes[0].set_ylabel("canary / inlier influence")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=plots.MIN_FONT)
-    fig.tight_layout(rect=(0, 0.17, 1, 1))
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
-def ratios_figure(tracks: Tracks, level: float):
-    """Per definition (columns), the outlier/inlier ratio (``influence.outlier_inlier_ratios``) over epochs (top:
-    mean over seeds with their range) and against each run's inlier fit (bottom, one line per run; the dotted
-    line is the matched-fit ``level``)."""
-    epochs = epochs_of(tracks)
-    fig, axes = plots.subplots(2, 3, height=5.6, sharey="row")
-    for column, name in enumerate(influence.DEFINITION_NAMES):
-        for norm, runs in tracks.items():
-            ratios = [influence.outlier_inlier_ratios(t, name) for t in runs]
-            plots.band(axes[0, column], epochs, ratios, norm)
-            for t, ratio in zip(runs, ratios, strict=True):
-                fits = [r["inliers_acc"] for r in t["records"]]
-                axes[1, column].plot(fits, ratio, color=plots.NORM_COLORS[norm], alpha=0.7, marker=".")
-        axes[0, column].set(title=DEFINITION_LABELS[name], xlabel="epoch")
-        axes[1, column].axvline(level, color="k", linestyle=":", linewidth=1)
-        axes[1, column].set_xlabel("inlier train acc.")
-        for row in range(2):
-            axes[row, column].axhline(1.0, color="grey", linewidth=0.8)
-            axes[row, column].set_yscale("log")
-    for row in range(2):
-        axes[row, 0].set_ylabel("canary / inlier")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=len(tracks), fontsize=plots.MIN_FONT)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return fig
-
-
-def definitions_scatter(final: Mapping[str, np.ndarray], canary: np.ndarray):
-    """One run's probe samples at the end of training (``influence_chapter.final_values``): definition 2 against
-    1 (left) and 3 against 2 (right), inliers and canaries; on the diagonal two definitions agree."""
-    fig, axes = plots.subplots(1, 2, height=3.6)
-    for ax, (a, b) in zip(axes, (("eval_mode", "in_batch"), ("in_batch", "counterfactual")), strict=True):
-        for group, color, label in ((~canary, plots.NORM_COLORS["none"], "inliers"),
-                                    (canary, plots.NORM_COLORS["batch"], "canaries")):
-            ax.scatter(final[a][group], final[b][group], s=14, color=color, label=label)
-        low, high = min(final[a].min(), final[b].min()), max(final[a].max(), final[b].max())
-        ax.plot([low, high], [low, high], color="grey", linewidth=0.8)
-        ax.set(xscale="log", yscale="log", xlabel=DEFINITION_LABELS[a], ylabel=DEFINITION_LABELS[b])
-        ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow log range labels its minor ticks, on top of each other
-    axes[0].legend(fontsize=plots.MIN_FONT)
+def amplification_figure(measured: Mapping[str, Mapping[str, Any]], toy: Mapping[float, np.ndarray],
+                         distances: Sequence[float], batch_size: int):
+    """Left: the canaries' influence alone, BN over no norm, per definition (geometric mean over model pairs with
+    its 95% interval, ``influence_chapter.amplification``). Right: the toy theory's rho at the same batch size
+    against the outlier's distance a, one line per residual r. One log y-axis for both."""
+    fig, axes = plots.subplots(1, 2, height=3.4, sharey=True)
+    names = list(measured)
+    for i, name in enumerate(names):
+        ratio, (low, high) = measured[name]["ratio"], measured[name]["ci95"]
+        if np.isfinite([ratio, low, high]).all():
+            axes[0].errorbar([i], [ratio], yerr=[[ratio - low], [high - ratio]], color=plots.NORM_COLORS["batch"],
+                             marker="o", capsize=4)
+    axes[0].set_xticks(range(len(names)))
+    axes[0].set_xticklabels([DEFINITION_LABELS[n].replace(" · ", "\n") for n in names], fontsize=plots.MIN_FONT)
+    axes[0].set(ylabel="canary influence, BN / no norm", title="measured (matched fit)", xlim=(-0.5, len(names) - 0.5))
+    for r, rho in toy.items():
+        axes[1].plot(distances, rho, label=f"r = {r:g}")
+    axes[1].set(xlabel="outlier distance a", title=f"toy theory, m = {batch_size}", xscale="log")
+    axes[1].legend(fontsize=plots.MIN_FONT)
+    for ax in axes:
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_yscale("log")
+    _plain_log_ticks(axes)
     fig.tight_layout()
     return fig

@@ -406,9 +406,11 @@ def _difference_of(name: str, entry: Mapping[str, Any]) -> tuple[float, float, f
     else from the two norms' 95% t intervals (log scale for a ratio), se = sqrt(se_BN^2 + se_none^2): unpaired,
     so for positively correlated paired norms the SE is overstated and the detectable difference conservative."""
     stored = entry.get("difference") or {}
-    if stored.get("se") is not None and stored.get("mean") is not None:
+    # a ratio's stored difference may hold BN / no-BN as ``mean`` and the log difference as ``log_mean``
+    mean = stored.get("log_mean") if is_ratio(name) and stored.get("log_mean") is not None else stored.get("mean")
+    if stored.get("se") is not None and mean is not None:
         df = stored.get("df")
-        return float(stored["mean"]), float(stored["se"]), None if df is None else float(df), int(stored.get("n", 0))
+        return float(mean), float(stored["se"]), None if df is None else float(df), int(stored.get("n", 0))
     norms = [entry.get(norm) or {} for norm in config.COMPARED_NORMS]
     if not all(norm.get("mean") is not None and norm.get("ci95") for norm in norms):
         return float("nan"), float("nan"), None, 0

@@ -83,10 +83,25 @@ class Zoo:
     def state_dict(self, t: int) -> dict[str, torch.Tensor]:
         return self.members.load(member_name(t))["state_dict"]
 
-    def model(self, t: int) -> nn.Module:
-        """Model t, rebuilt and loaded (``weights_only=True``), in eval mode on the CPU."""
+    # --- minimal checkpoint weights (issue 22's helper; the training-throughput issue stores them only around
+    # --- fit-level crossings; until that lands, every checkpoint epoch is stored: see ``run_task``)
+    def state_dict_at(self, t: int, epoch: int) -> dict[str, torch.Tensor]:
+        """Member t's state dict after checkpoint ``epoch`` (1-based, one of ``checkpoint_epochs``); the last
+        checkpoint is the final model. An error names the stored epochs when ``epoch`` is not one of them."""
+        stored = self.members.load(member_name(t))
+        epochs = [int(e) for e in stored["checkpoint_epochs"]]
+        if int(epoch) == epochs[-1]:
+            return stored["state_dict"]
+        if "checkpoint_state_dicts" not in stored or int(epoch) not in epochs:
+            raise ValueError(f"Parameter 'epoch' got {epoch!r}; member {t} stores weights at epochs "
+                             f"{epochs if 'checkpoint_state_dicts' in stored else epochs[-1:]}.")
+        return stored["checkpoint_state_dicts"][epochs.index(int(epoch))]
+
+    def model(self, t: int, epoch: int | None = None) -> nn.Module:
+        """Model t (after checkpoint ``epoch``; None: the final model), rebuilt and loaded
+        (``weights_only=True``), in eval mode on the CPU."""
         model = models.build(*self.arch_spec)
-        model.load_state_dict(self.state_dict(t))
+        model.load_state_dict(self.state_dict(t) if epoch is None else self.state_dict_at(t, epoch))
         return model.eval()
 
     def train_accuracy(self, epoch_index: int = -1) -> torch.Tensor:
@@ -213,7 +228,7 @@ def run_task(cfg, norm: str, members: Sequence[int], cache: str | None = None, i
                 networks, pool_on_device, pool_y, keep, [member_seed(t) for t in todo], epochs=cfg.epochs,
                 batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                 schedule=cfg.schedule, snapshot_x=pool_on_device, snapshot_epochs=wanted, path=path,
-                progress=False)
+                progress=False, snapshot_states=True)
             pool_logits = ensemble.predict_all(trained.models, pool_on_device, path=path)  # (K, N, C)
             test_logits = ensemble.predict_all(trained.models, test_x, path=path)  # (K, n_test, C)
         for k, t in enumerate(todo):
@@ -224,6 +239,9 @@ def run_task(cfg, norm: str, members: Sequence[int], cache: str | None = None, i
                 "test_logits": test_logits[k],  # (n_test, C) float32
                 "checkpoint_epochs": torch.tensor(wanted),  # (E,)
                 "checkpoint_logits": trained.snapshots[:, k],  # (E, N, C) float16
+                # minimal version (issue 22): the weights at every checkpoint epoch, for the influence probes at
+                # fit-level crossings (quick: ~40 kB a checkpoint for the width-16 CNN)
+                "checkpoint_state_dicts": trained.states[k],  # E state dicts
             })
     return {"trained": todo, "seconds": time.perf_counter() - started, "host": os.uname().nodename,
             "pid": os.getpid()}

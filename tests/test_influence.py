@@ -4,6 +4,7 @@ sizes down to 2, float64; plus the no-BN identities, state restoration and input
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -365,26 +366,146 @@ def test_the_experiment_module_re_exports_the_engine():
         assert getattr(influence, name) is getattr(persample, name)
 
 
-def _synthetic_track(canary_scale: float, seed: int) -> dict:
-    """Two checkpoints, one probe batch of 4 inliers and 4 canaries; canaries ``canary_scale`` times the inliers."""
-    generator = torch.Generator().manual_seed(seed)
-    is_canary = torch.tensor([[False] * 4 + [True] * 4])
-    values = torch.rand(2, 1, 8, generator=generator) + 1.0
-    values[..., 4:] *= canary_scale
-    return {"records": [{"inliers_acc": 0.5}, {"inliers_acc": 0.9}], "measured_is_canary": is_canary,
-            **{name: values.clone() for name in influence.DEFINITION_NAMES}}
+# ----------------------------------------------------------------------------- influence on the model zoo
+
+def _planted_norms(effect: float, pairs: int, seed: int, pools: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per model pair, log summaries of synthetic gradient norms: every model has lognormal inlier norms and
+    canary norms 2x the inliers' (with its own model-level spread); under BN the canaries are ``effect`` times
+    more. Returns the BN and no-BN per-model log ratios and the pool labels."""
+    rng = np.random.default_rng(seed)
+    summaries = {}
+    for norm, factor in (("batch", effect), ("none", 1.0)):
+        rows = []
+        for _ in range(pairs):
+            model_scale = np.exp(rng.normal(0, 0.3))
+            inliers = np.exp(rng.normal(0, 1.0, 64)) * model_scale
+            canaries = np.exp(rng.normal(0, 1.0, 8)) * model_scale * 2.0 * factor
+            rows.append(influence.log_ratio(canaries, inliers))
+        summaries[norm] = np.array(rows)
+    return summaries["batch"], summaries["none"], np.arange(pairs) % pools
 
 
-def test_the_canary_sentence_follows_the_direction_and_the_p_value():
-    """Canaries 10x the inliers under BN: larger, significant (12 vs 12 pooled samples); canaries 0.5x under no
-    norm: smaller, not significant (the test is one-sided, for larger)."""
-    tracks = {"batch": [_synthetic_track(10.0, s) for s in range(3)],
-              "none": [_synthetic_track(0.5, s + 10) for s in range(3)]}
-    rows = influence.comparison(tracks, 0.7)
-    assert rows[0]["outliers_pooled_ratio"]["batch"] > 5 and rows[0]["outliers_pooled_ratio"]["none"] < 1
-    labels = {name: name for name in influence.DEFINITION_NAMES}
-    text = influence.canaries_versus_inliers(rows, labels, {"batch": "BN", "none": "no norm"})
-    with_bn, without = text.split("With no norm")
-    assert "12 canaries against 12 inliers" in with_bn
-    assert with_bn.count(": larger") == 3 and with_bn.count(", significant") == 3
-    assert without.count(": smaller") == 3 and without.count("not significant") == 3
+def test_a_planted_threefold_effect_is_found_and_a_null_is_not():
+    """Known answers on synthetic gradient norms: canaries x3 under BN gives a BN / no-BN ratio whose interval
+    holds 3 and excludes 1; no planted effect gives an interval holding 1 and p >= 0.05 (fixed seeds)."""
+    batch, none, pools = _planted_norms(3.0, 32, seed=0)
+    found = influence.paired_log_comparison(batch, none, pools)
+    assert found["ci95"][0] < 3.0 < found["ci95"][1] and found["ci95"][0] > 1.5 and found["p_value"] < 1e-6
+    assert found["n"] == 32 and found["batch"]["mean"] == pytest.approx(6.0, rel=0.3)
+    assert found["none"]["mean"] == pytest.approx(2.0, rel=0.3)
+    batch, none, pools = _planted_norms(1.0, 32, seed=2)
+    null = influence.paired_log_comparison(batch, none, pools)
+    assert null["ci95"][0] < 1.0 < null["ci95"][1] and null["p_value"] >= 0.05
+
+
+def test_the_stratified_paired_t_is_calibrated_with_a_pool_effect():
+    """1,000 null populations (16 pairs in each of 2 pools, pool means of the difference +-0.5 apart): type-I
+    error within [0.03, 0.07] (the pools are strata: their difference does not inflate the error); a pair with
+    a NaN is dropped; bad shapes are named."""
+    rng = np.random.default_rng(3)
+    rejected = 0
+    for _ in range(1000):
+        pools = np.repeat([0, 1], 16)
+        shift = np.where(pools == 0, 0.5, -0.5)
+        common = rng.normal(0, 1, 32)
+        # the difference is +1 in pool 0 and -1 in pool 1: the mean difference over the pools is 0
+        batch, none = common + shift + rng.normal(0, 0.4, 32), common - shift + rng.normal(0, 0.4, 32)
+        rejected += influence.paired_log_comparison(batch, none, pools)["p_value"] < 0.05
+    assert 0.03 <= rejected / 1000 <= 0.07
+    batch = np.array([0.0, 1.0, np.nan, 2.0])
+    assert influence.paired_log_comparison(batch, np.zeros(4), np.zeros(4, dtype=int))["n"] == 3
+    with pytest.raises(ValueError, match="'pools'"):
+        influence.paired_log_comparison(np.zeros(3), np.zeros(3), np.zeros(2))
+
+
+def test_log_ratio_is_the_log_of_the_ratio_of_geometric_means():
+    canaries, inliers = np.array([2.0, 8.0]), np.array([1.0, 1.0, 4.0])
+    expected = np.log(np.sqrt(2.0 * 8.0) / 4.0 ** (1 / 3))  # geometric means 4 and 4^(1/3)
+    assert influence.log_ratio(canaries, inliers) == pytest.approx(expected)
+    assert np.isfinite(influence.log_ratio(np.array([0.0]), np.array([1.0])))  # floored, not -inf
+
+
+@pytest.fixture(scope="module")
+def smoke_zoo():
+    from bnlib import config, zoo
+
+    cfg = config.load("smoke", device="cpu", n_models=2)
+    return cfg, {norm: zoo.train_zoo(cfg, norm, progress=False) for norm in ("batch", "none")}
+
+
+def test_checkpoint_weights_are_the_ones_the_checkpoint_logits_came_from(smoke_zoo):
+    from bnlib import train, zoo
+
+    cfg, zoos = smoke_zoo
+    population = zoos["batch"]
+    _, pool_x, _ = zoo.zoo_inputs(cfg)
+    for index, epoch in enumerate(population.checkpoint_epochs.tolist()):
+        logits = train.predict_logits(population.model(1, int(epoch)), pool_x).half()
+        assert torch.equal(logits, population.checkpoint_logits[index, 1])
+    last = int(population.checkpoint_epochs[-1])
+    assert all(torch.equal(v, population.state_dict(0)[k]) for k, v in population.state_dict_at(0, last).items())
+    with pytest.raises(ValueError, match="'epoch'"):
+        population.state_dict_at(0, 99)
+
+
+def test_zoo_probes_equal_the_per_sample_functions_on_the_same_weights(smoke_zoo):
+    """The probes stored for a member at a checkpoint are the per-sample functions (exact against their
+    references, tests above) evaluated in float64 on that member's checkpoint weights, its IN examples and its
+    probe batches; the counterfactual values of the BN member also equal two full batch gradients per measured
+    sample (the obviously right definition); the same layout pairs BN with no norm."""
+    from bnlib import config, zoo
+    from bnlib.persample import reference
+
+    cfg, zoos = smoke_zoo
+    _, params = config.load("smoke", extras=influence.ChapterParams)
+    experiment, pool_x, _ = zoo.zoo_inputs(cfg)
+    x, y = pool_x.double(), experiment.pool_y
+    for norm, population in zoos.items():
+        summary = influence.zoo_probes(cfg, population, params, epoch=1, members=[1])[0]
+        stored = influence.probe_entry(cfg, norm, params).load(influence.probe_name(1, 1))["probes"]
+        model = population.model(1, 1).double()
+        batches, measured, is_canary, eval_inliers = influence.member_layout(
+            population.keep[1], population.is_outlier, cfg.batch_size, params, zoo.member_seed(1))
+        canaries = torch.nonzero(population.keep[1] & population.is_outlier).flatten()
+        expected = {"eval_mode": {"canaries": influence.eval_mode_grad_norms(model, x[canaries], y[canaries]),
+                                  "inliers": influence.eval_mode_grad_norms(model, x[eval_inliers], y[eval_inliers])}}
+        for name, function in (("in_batch", influence.in_batch_grad_norms),
+                               ("counterfactual", influence.counterfactual_influence)):
+            values = torch.stack([function(model, x[b], y[b], indices=measured.tolist()) for b in batches])
+            expected[name] = {"canaries": values[:, is_canary].flatten(), "inliers": values[:, ~is_canary].flatten()}
+        for name in influence.DEFINITION_NAMES:
+            for group in ("canaries", "inliers"):
+                assert torch.allclose(stored[name][group], expected[name][group], rtol=2e-4), (norm, name, group)
+            assert summary[name]["log_ratio"] == pytest.approx(influence.log_ratio(
+                expected[name]["canaries"].numpy(), expected[name]["inliers"].numpy()), rel=1e-3, abs=1e-4)
+        assert bool(population.keep[1][batches].all())
+        assert bool(population.is_outlier[batches[:, measured[is_canary]]].all())
+        if norm == "batch":
+            batch = batches[0]
+            with reference.model_state_preserved(model):
+                model.train()
+                whole = reference.batch_gradient(model, x[batch], y[batch])
+                by_hand = torch.stack([(whole - reference.batch_gradient(
+                    model, x[batch[torch.arange(len(batch)) != i]], y[batch[torch.arange(len(batch)) != i]])).norm()
+                    for i in measured.tolist()])
+            assert torch.allclose(stored["counterfactual"]["canaries"][:int(is_canary.sum())], by_hand[is_canary],
+                                  rtol=2e-4)
+    assert torch.equal(zoos["batch"].keep, zoos["none"].keep)  # same keep mask: same probe batches for the pair
+
+
+def test_population_summaries_interpolate_between_the_bracketing_checkpoints(smoke_zoo):
+    from bnlib import config, population
+
+    cfg, zoos = smoke_zoo
+    _, params = config.load("smoke", extras=influence.ChapterParams)
+    one_pool = population.Population(norm="batch", epochs=cfg.epochs, pools=(cfg.seeds[0],), zoos=[zoos["batch"]],
+                                     curves=[])
+    cfg = config.load("smoke", device="cpu", n_models=2, pools=(cfg.seeds[0],))
+    final = influence.population_summaries(cfg, one_pool, params)
+    first = influence.population_summaries(cfg, one_pool, params, positions=[np.array([0.0, 0.0])])
+    half = influence.population_summaries(cfg, one_pool, params, positions=[np.array([0.5, np.nan])])
+    for name in influence.DEFINITION_NAMES:
+        expected = (first[name]["log_ratio"][0] + final[name]["log_ratio"][0]) / 2
+        assert half[name]["log_ratio"][0] == pytest.approx(expected)
+        assert np.isnan(half[name]["log_ratio"][1])
+    assert final["pools"]["label"].tolist() == [0, 0]

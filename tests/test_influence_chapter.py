@@ -1,95 +1,99 @@
-"""The influence chapter's reading of its tracks (bnlib.influence_chapter) and its figures (bnlib.influence_plots),
-on synthetic tracks with known answers, and one tiny real run of every seed and norm."""
+"""The influence chapter's reading of the population (bnlib.influence_chapter) and its figures, on synthetic
+per-model summaries with known answers (no training)."""
+
+import json
+import math
 
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-import torch
 
 from bnlib import config, influence, influence_chapter, influence_plots, plots
 
 matplotlib.use("Agg")
 
-
-def track(canary_scale: float, seed: int, lift: tuple[float, float] = (4.0, 1.0)) -> dict:
-    """Three checkpoints, one probe batch of 4 inliers then 4 canaries; canaries ``canary_scale`` times the
-    inliers; in-batch = 2 x eval mode; counterfactual = in-batch times ``lift`` (inliers, canaries)."""
-    generator = torch.Generator().manual_seed(seed)
-    is_canary = torch.tensor([[False] * 4 + [True] * 4])
-    values = torch.rand(3, 1, 8, generator=generator) + 1.0
-    values[..., 4:] *= canary_scale
-    factor = torch.tensor([lift[0]] * 4 + [lift[1]] * 4)
-    return {"records": [{"epoch": float(e), "inliers_acc": acc} for e, acc in enumerate((0.2, 0.5, 0.9))],
-            "measured_is_canary": is_canary, "eval_mode": values, "in_batch": 2 * values,
-            "counterfactual": 2 * values * factor}
+COMPARISONS = ("same_schedule", "matched_fit", "matched_fit_annealed")
 
 
-def tracks(seeds: int = 3) -> dict:
-    return {"batch": [track(10.0, s) for s in range(seeds)], "none": [track(0.5, s + 10) for s in range(seeds)]}
+def summaries(effect: float = 3.0, pairs: int = 16, seed: int = 0) -> dict:
+    """comparison -> norm -> population_summaries-shaped arrays: BN canaries ``effect`` times the no-BN ones
+    (log ratio and canary log), inliers alike, two pools."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for comparison in COMPARISONS:
+        base = rng.normal(1.0, 0.3, pairs)
+        out[comparison] = {}
+        for norm, shift in (("batch", math.log(effect)), ("none", 0.0)):
+            inlier = rng.normal(-2.0, 0.2, pairs)
+            canary = inlier + base + shift + rng.normal(0, 0.1, pairs)
+            out[comparison][norm] = {name: {"log_ratio": canary - inlier, "canary_log": canary, "inlier_log": inlier}
+                                     for name in influence.DEFINITION_NAMES}
+            out[comparison][norm]["pools"] = {"label": np.arange(pairs) % 2}
+    return out
 
 
-def test_probe_totals_count_every_seed():
-    assert influence_chapter.probe_totals(tracks(3)) == {"probe_canaries_total": 12, "probe_inliers_total": 12}
+def read() -> dict:
+    return {"same_schedule": {"fit_level": None}, "matched_fit": {"fit_level": 0.95},
+            "matched_fit_annealed": {"fit_level": 0.9}}
 
 
-def test_comparison_table_rows_name_the_comparisons_and_hide_intervals_of_two_seeds():
-    rows = influence.comparison(tracks(3), 0.7)
-    table = influence_chapter.comparison_table_rows(rows, 0.7)
-    assert [row[:2] for row in table[:2]] == [("1 · eval mode", "same schedule"),
-                                              ("1 · eval mode", "matched fit (0.70)")]
-    assert len(table) == 6 and all(len(row) == len(influence_chapter.COMPARISON_HEADER) for row in table)
-    summary = rows[0]["summary"]["batch"]
-    assert table[0][2] == f"{summary['mean']:.2f} [{summary['ci95'][0]:.2f}, {summary['ci95'][1]:.2f}]"
-    two = influence_chapter.comparison_table_rows(influence.comparison(tracks(2), 0.7), 0.7)
-    assert two[0][2].endswith("(2 seeds)")
-
-
-def test_comparison_sentences_say_the_means_and_the_significance():
-    rows = [{"definition": "in_batch", "comparison": "matched_fit", "p_value": 0.0123,
-             "summary": {"batch": {"mean": 2.345}, "none": {"mean": 0.96}}},
-            {"definition": "eval_mode", "comparison": "same_schedule", "p_value": 0.2,
-             "summary": {"batch": {"mean": 1.0}, "none": {"mean": 1.04}}}]
-    assert influence_chapter.comparison_sentences(rows) == {
-        "in_batch_matched_fit": "2.3 with BatchNorm against 1.0 without (p = 0.012, significant at the 5% level)",
-        "eval_mode_same_schedule": "1.0 with BatchNorm against 1.0 without (p = 0.2, not significant at the 5% level)"}
-
-
-def test_canary_sentence_uses_the_chapters_names():
-    text = influence_chapter.canary_sentence(influence.comparison(tracks(3), 0.7))
-    assert text.startswith("With BatchNorm, 12 canaries against 12 inliers") and "With no norm, " in text
-    assert "eval mode: larger" in text and "counterfactual: " in text and "1 · " not in text
-
-
-def test_final_values_and_lifts():
-    final, canary = influence_chapter.final_values(track(10.0, 0, lift=(4.0, 1.5)))
-    assert canary.tolist() == [False] * 4 + [True] * 4 and final["eval_mode"].shape == (8,)
-    values = influence_chapter.lifts(final, canary)
-    assert values == {"eval_in_batch_gap": pytest.approx(1.0), "inlier_lift": pytest.approx(4.0),
-                      "canary_lift": pytest.approx(1.5)}
-
-
-def test_chapter_metrics_are_the_headline_family_in_seeds():
-    rows = influence.comparison(tracks(3), 0.7)
+def metrics_for(effect: float):
     _, params = config.load("smoke", extras=influence.ChapterParams)
-    metrics = influence_chapter.chapter_metrics(rows, 0.7, params)
-    assert list(metrics) == [f"influence_{d}_outlier_inlier_ratio_{c}" for d in influence.DEFINITION_NAMES
-                             for c in ("same_schedule", "matched_fit")]
-    entry = metrics["influence_counterfactual_outlier_inlier_ratio_matched_fit"]
-    assert entry["unit"] == "seeds" and entry["comparison"] == "matched_fit"
-    assert "first reaches 0.70" in entry["description"] and "counterfactual influence" in entry["description"]
-    assert f"with {params.probe_canaries} canaries" in entry["description"]
-    assert entry["p_value"] == rows[5]["p_value"]
+    compared = influence_chapter.compare(summaries(effect))
+    return compared, influence_chapter.chapter_metrics(compared, read(), params, None)
 
 
-def test_track_all_runs_every_norm_and_seed_in_order():
-    cfg, params = config.load("smoke", extras=influence.ChapterParams, device="cpu", seeds="3,4", epochs=1,
-                              n_train=256, n_test=64)
-    found = influence_chapter.track_all(cfg, params, progress=False)
-    assert {norm: len(runs) for norm, runs in found.items()} == {"batch": 2, "none": 2}
-    assert torch.equal(found["batch"][1]["eval_mode"], influence.track_influence(cfg, params, "batch", 4)["eval_mode"])
-    measured = params.probe_canaries + params.probe_inliers
-    assert found["none"][0]["eval_mode"].shape == (2, params.probe_batches, measured)  # (checkpoints, P, k)
+def test_a_planted_effect_gives_bn_higher_and_a_null_does_not():
+    compared, metrics = metrics_for(3.0)
+    entry = metrics["influence_eval_mode_outlier_inlier_ratio_matched_fit"]
+    assert entry["difference"]["mean"] == pytest.approx(3.0, rel=0.1)
+    assert 2.5 < entry["difference"]["ci95"][0] < entry["difference"]["ci95"][1] < 3.5
+    assert entry["verdict"].startswith("BN higher") and entry["unit"] == "models" and entry["family"] == "primary"
+    assert entry["difference"]["n"] == 16 and entry["fit_level"] == 0.95 and entry["scale"] == "log"
+    assert metrics["influence_counterfactual_canary_ratio_same_schedule"]["family"] == "secondary"
+    assert metrics["influence_eval_mode_outlier_inlier_ratio_same_schedule"]["fit_level"] is None
+    assert len(metrics) == 3 * 3 * 2
+    assert all(name.startswith("influence_") and "_ratio_" in name for name in metrics)
+    json.dumps(metrics)  # the summary is JSON
+    _, null = metrics_for(1.0)
+    words = [influence_chapter.verdict.leading_words(e["verdict"]) for e in null.values()]
+    assert words.count("BN higher") + words.count("no-BN higher") <= 2  # 18 rows at the 5% level, fixed seed
+    primary = [e for e in null.values() if e["family"] == "primary"]
+    assert all(e["p_value_holm"] >= e["p_value"] for e in primary)
+
+
+def test_ratio_verdict_words():
+    result = {"n": 16, "log_mean": math.log(2.0), "se": 0.1}
+    assert influence_chapter.ratio_verdict(result, 0.001).startswith("BN higher (ratio ×2")
+    assert influence_chapter.ratio_verdict({**result, "log_mean": -0.7}, 0.001).startswith("no-BN higher")
+    text = influence_chapter.ratio_verdict(result, 0.2)
+    assert text.startswith("no difference detected (could detect ≥ ×1.32")  # exp(2.80 x 0.1)
+    assert influence_chapter.ratio_verdict({**result, "n": 2}, 0.001).startswith("inconclusive")
+    assert influence_chapter.ratio_verdict({**result, "se": float("nan")}, None).startswith("inconclusive")
+
+
+def test_table_rows_and_sentences_quote_the_verdicts():
+    _, metrics = metrics_for(3.0)
+    rows = influence_chapter.table_rows(metrics)
+    assert len(rows) == 9 and len(rows[0]) == len(influence_chapter.TABLE_HEADER)
+    assert rows[0][0] == "1 · eval mode" and rows[0][1] == "same schedule" and "(Holm)" in rows[0][5]
+    assert "16 pairs" in rows[0][4] and rows[0][6] == "BN higher"
+    assert "(Holm)" not in rows[3][5]  # in batch: secondary, raw p
+    text = influence_chapter.sentences(metrics)["eval_mode_outlier_inlier_matched_fit"]
+    assert "16 model pairs" in text and '"BN higher' in text
+    assert influence_chapter.comparison_label("matched_fit_0p95") == "matched fit 0.95"
+    assert influence_chapter.comparison_label("matched_fit_annealed") == "matched fit (annealed)"
+
+
+def test_amplification_reads_the_canaries_alone_and_the_toy_rho():
+    compared, _ = metrics_for(3.0)
+    amp = influence_chapter.amplification(compared)
+    assert set(amp) == set(influence.DEFINITION_NAMES) and amp["eval_mode"]["ratio"] == pytest.approx(3.0, rel=0.1)
+    toy = influence_chapter.toy_amplification(128, [0.5, 20.0], residuals=(1.0,))
+    from bnlib import theory
+
+    assert np.allclose(toy[1.0], theory.amplification(128, np.array([0.5, 20.0]), 0.0, 1.0, 1.0))
 
 
 def small_fonts(fig) -> list[str]:
@@ -98,16 +102,14 @@ def small_fonts(fig) -> list[str]:
 
 
 def test_figures_are_column_wide_and_readable():
-    found = tracks(3)
-    over = influence_plots.definitions_over_training(found)
-    assert [ax.get_title() for ax in over.axes] == list(influence_chapter.DEFINITION_LABELS.values())
-    assert len(over.axes[0].lines) == 4  # two norms x (inliers, canaries)
-    ratios = influence_plots.ratios_figure(found, 0.7)
-    assert np.allclose(ratios.axes[0].lines[0].get_ydata(),
-                       np.mean([influence.outlier_inlier_ratios(t, "eval_mode") for t in found["batch"]], 0))
-    final, canary = influence_chapter.final_values(found["batch"][0])
-    scatter = influence_plots.definitions_scatter(final, canary)
-    for fig in (over, ratios, scatter):
+    found = summaries(3.0)
+    compared = influence_chapter.compare(found)
+    population = influence_plots.population_figure(found, compared)
+    assert [ax.get_title() for ax in population.axes] == list(influence_chapter.DEFINITION_LABELS.values())
+    distances = np.geomspace(0.3, 30, 20)
+    amplification = influence_plots.amplification_figure(influence_chapter.amplification(compared),
+                                                         influence_chapter.toy_amplification(32, distances),
+                                                         distances, 32)
+    for fig in (population, amplification):
         assert fig.get_figwidth() == pytest.approx(plots.COLUMN_INCHES) and not small_fonts(fig)
         plt.close(fig)
-    assert influence_plots.epochs_of(found) == [0.0, 1.0, 2.0]

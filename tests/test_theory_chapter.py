@@ -185,6 +185,69 @@ def test_distances_and_influence_of_tiny_networks():
     assert np.all(measured["none"]["outlier"] > 0)
 
 
+# ----------------------------------------------------------------------------- the far-outlier check (can fail)
+
+def test_first_bn_a2_is_the_first_layer_of_the_standardized_distances():
+    cnns = tiny_cnns()
+    network, reference = cnns.networks["batch"], cnns.inlier_x
+    expected = theory_checks.squared_standardized_distances(network, reference, cnns.canary_x)[0].max(1)
+    assert np.allclose(theory_cnn.first_bn_a2(network, reference)(cnns.canary_x), expected, rtol=1e-5)
+
+
+def test_synthetic_outliers_sit_at_the_asked_a2():
+    cnns = tiny_cnns()
+    network = cnns.networks["batch"]
+    x, a2 = theory_cnn.synthetic_outliers(network, cnns.inlier_x, cnns.canary_x, 500.0)
+    assert np.allclose(a2, 500.0, rtol=1e-3) and x.shape == cnns.canary_x.shape
+    assert np.allclose(theory_cnn.first_bn_a2(network, cnns.inlier_x)(x), 500.0, rtol=1e-3)
+    with pytest.raises(ValueError, match="'target_a2'"):
+        theory_cnn.synthetic_outliers(network, cnns.inlier_x, cnns.canary_x * 0, 500.0)
+
+
+def test_the_toy_predicts_a_square_root_for_far_outliers_and_nothing_near_the_mean():
+    """Known answers of the toy: far outliers (a² >> m) have influence ~ sqrt(m) (slope -> 1/2); samples near the
+    inlier mean have none (slope ~ 0); the prediction is the least-squares slope of the closed form."""
+    sizes = (8, 16, 32, 64, 128)
+    slopes = theory_cnn.predicted_slopes(sizes, np.array([1e6, 1e4, 0.25]))
+    assert slopes[0] == pytest.approx(0.5, abs=0.01) and 0.45 < slopes[1] < 0.5 and abs(slopes[2]) < 0.02
+    values = theory.numeric_influence("batch", np.array(sizes, dtype=float), 100.0)
+    assert slopes[1] == pytest.approx(np.polyfit(np.log(sizes), np.log(values), 1)[0])
+
+
+def test_without_norm_the_slope_is_zero_by_definition():
+    """The no-norm comparison is a one-sample test: a sample's counterfactual influence without BN is its own
+    gradient, whatever its batch-mates, so the slope against m is 0 (up to rounding) for any outlier."""
+    cnns = tiny_cnns()
+    x, _ = theory_cnn.synthetic_outliers(cnns.networks["batch"], cnns.inlier_x, cnns.canary_x, 500.0)
+    measured = theory_checks.cnn_influence_by_batch_size(cnns.networks["none"], cnns.inlier_x, cnns.inlier_y, x,
+                                                         cnns.canary_y, (3, 6, 12), 4, seed=0)
+    assert np.allclose(theory_checks.log_log_slopes((3, 6, 12), measured["outlier"]), 0.0, atol=1e-5)
+
+
+def test_far_outlier_check_on_tiny_networks_and_its_reading():
+    cnns = tiny_cnns()
+    _, params = config.load("smoke", extras=theory.ChapterParams, cnn_batch_sizes="3,6,12", cnn_batches=3)
+    check = theory_cnn.far_outlier_check(cnns, params, seed=0, targets=(200.0, 2000.0))
+    assert check["measured"].shape == (6,) and np.allclose(check["a2"], np.repeat([200.0, 2000.0], 3), rtol=1e-3)
+    assert np.allclose(check["predicted"], theory_cnn.predicted_slopes((3, 6, 12), check["a2"]))
+    values = theory_cnn.far_outlier_values(check)
+    assert values["far_n"] == 6 and values["far_slope"] == pytest.approx(check["measured"].mean())
+    with pytest.raises(ValueError, match="'batch'"):
+        theory_cnn.far_outlier_check(tiny_cnns(("none",)), params, seed=0)
+
+    def reading(mean, low, high, predicted, p_zero):
+        return theory_cnn.far_outlier_values({
+            "measured_summary": {"mean": mean, "ci95": [low, high], "n": 6}, "difference": {"mean": mean - predicted},
+            "predicted_mean": predicted, "a2": np.array([1e3]), "against_zero_p": p_zero,
+            "against_prediction_p": 0.5, "seconds": 1.0})["far_verdict"]
+
+    assert reading(0.45, 0.4, 0.5, 0.47, 1e-4).startswith("the measured slope agrees")
+    assert reading(0.62, 0.57, 0.66, 0.47, 1e-4).endswith("the theory fails this check")
+    assert reading(0.02, -0.05, 0.09, 0.47, 0.5).endswith("the theory fails")
+    assert reading(-0.3, -0.4, -0.2, 0.47, 1e-3).startswith("the slope is negative")
+    assert reading(0.2, -0.1, 0.6, 0.47, 0.2).startswith("inconclusive")
+
+
 # ----------------------------------------------------------------------------- figures
 
 @pytest.fixture
