@@ -200,7 +200,7 @@ def test_book_family_spans_chapters_and_ratios_use_the_log_scale():
     ratio = {"batch": {"mean": 2.0, "ci95": [1.8, 2.2], "n": 5}, "none": {"mean": 1.6, "ci95": [1.4, 1.8], "n": 5},
              "p_value": 0.01, "comparison": "same_schedule", "chapter": "influence"}
     table = {"canary_memorization_same_schedule": {**_entry(0.01), "chapter": "memorization"},
-             "influence_counterfactual_outlier_inlier_ratio_same_schedule": ratio,
+             "influence_eval_mode_outlier_inlier_ratio_same_schedule": ratio,
              "mia_lira_pooled_tpr_at_1pct_fpr_outliers_matched_fit": {**_entry(0.02), "chapter": "mia"},
              "mia_lira_auc_outliers_same_schedule": {**_entry(0.001), "chapter": "mia"},
              "theory_value": {"value": 1.0, "chapter": "theory"}}
@@ -211,11 +211,11 @@ def test_book_family_spans_chapters_and_ratios_use_the_log_scale():
     assert out["mia_lira_auc_outliers_same_schedule"]["p_value_holm"] is None
     assert out["mia_lira_auc_outliers_same_schedule"]["equivalence_margin"] == 0.05
     assert out["theory_value"]["family"] == "secondary" and "verdict" not in out["theory_value"]
-    assert out["influence_counterfactual_outlier_inlier_ratio_same_schedule"]["equivalence_margin"] == pytest.approx(
+    assert out["influence_eval_mode_outlier_inlier_ratio_same_schedule"]["equivalence_margin"] == pytest.approx(
         math.log(1.25))
     # on the log scale: SEs of log 2 and log 1.6 from their t intervals
     ses = [0.2 / scipy_stats.t.ppf(0.975, 4) / m for m in (2.0, 1.6)]
-    assert out["influence_counterfactual_outlier_inlier_ratio_same_schedule"]["detectable_difference"] == pytest.approx(
+    assert out["influence_eval_mode_outlier_inlier_ratio_same_schedule"]["detectable_difference"] == pytest.approx(
         verdict.detectable_difference(math.hypot(*ses), 0.05 / 3, df=4))
     assert all(name.startswith(config.PRIMARY_ENDPOINTS) for name in primary)
     # a level of the fit grid is read by the curve band, not counted again in the family
