@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import chapter, mia, results, verdict
-from .mia_chapter import UNIT, annealed_lengths
+from .mia_chapter import UNIT
 from .plots import NORM_LABELS
 
 PAIRED_TEST = "paired two-way bootstrap over targets and examples (BN vs none)"
@@ -27,7 +27,8 @@ class Findings:
             ``rmia_online`` and the headline attack's reference counterpart; pooled: :func:`pooled_comparisons`;
             all_pools: :func:`all_pools_comparisons`; matched: :func:`matched_comparisons`; annealed:
             :func:`annealed_comparisons`.
-        level: the matched inlier train accuracy; annealed_epochs: norm -> length of its annealed schedule.
+        level: the matched inlier train accuracy; annealed_epochs: :func:`bnlib.mia_chapter.annealed_lengths` of the
+            equal-exposure design (both arms' schedule and peak learning rates, in words).
         negatives: outlier non-members per target (mean, rounded); pooled_negatives: outlier non-members of
             the ROC pooled over targets; all_pools_targets, all_pools_negatives: the same over every pool.
     """
@@ -39,7 +40,7 @@ class Findings:
     matched: dict[str, dict[str, Any]]
     annealed: dict[str, dict[str, Any]]
     level: float
-    annealed_epochs: dict[str, int]
+    annealed_epochs: str
     negatives: int
     pooled_negatives: int
     all_pools_targets: int
@@ -53,13 +54,13 @@ def family(attack: str) -> str:
 
 def headline_family(attack: str) -> list[str]:
     """The metrics Holm-adjusted together: outlier AUC (per target) and TPR at 1% FPR (pooled over targets;
-    same schedule: over every pool's targets), same schedule, matched fit and annealed."""
+    same schedule: over every pool's targets), same schedule, matched fit and equal exposure."""
     name = family(attack)
     return [f"mia_{name}_auc_outliers_same_schedule", f"mia_{name}_auc_outliers_matched_fit",
             f"mia_{name}_pooled_all_pools_tpr_at_1pct_fpr_outliers_same_schedule",
             f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit",
-            f"mia_{name}_auc_outliers_matched_fit_annealed",
-            f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit_annealed"]
+            f"mia_{name}_auc_outliers_equal_exposure",
+            f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_equal_exposure"]
 
 
 def _entry(norms: Sequence[str], values: Mapping[str, Any], description: str, comparison: str,
@@ -73,10 +74,10 @@ def _entry(norms: Sequence[str], values: Mapping[str, Any], description: str, co
 
 def headline_metrics(cfg, params: mia.ChapterParams, findings: Findings) -> dict[str, dict[str, Any]]:
     """The chapter's summary: name -> ``results.metric_entry`` with ``verdict`` (``bnlib.verdict.annotate``), for
-    the headline attack (same schedule per target and pooled, matched fit, annealed, every pool), the loss and
+    the headline attack (same schedule per target and pooled, matched fit, equal exposure, every pool), the loss and
     RMIA attacks and the reference code's LiRA.
 
-    :func:`headline_family` is Holm-adjusted together; a matched-fit or annealed comparison whose detectable
+    :func:`headline_family` is Holm-adjusted together; a matched-fit or equal-exposure comparison whose detectable
     difference exceeds the same-schedule effect of the same metric is "inconclusive".
     """
     name, norms, f = family(params.attack), cfg.norms, findings
@@ -88,7 +89,8 @@ def headline_metrics(cfg, params: mia.ChapterParams, findings: Findings) -> dict
     pooled_where = f"pooled over {cfg.n_models} targets, {f.pooled_negatives} outlier non-members"
     longer = f"; non-BN zoos trained {params.long_schedule_factor}x longer" if params.long_schedule_factor else ""
     matched_how = f"at inlier train accuracy {f.level:.2f}, interpolated between zoo checkpoints of each target{longer}"
-    annealed_how = f"at the end of schedules that end at the same inlier fit ({annealed_lengths(f.annealed_epochs)})"
+    annealed_how = ("with equal exposure (the same steps on the same data, BN's peak learning rate lowered so that it "
+                    f"ends at no-BN's final fit: {f.annealed_epochs})")
     all_pools_where = (f"the ROC pooled over the {f.all_pools_targets} targets of all {len(cfg.pools)} data pools "
                        f"({f.all_pools_negatives} outlier non-members)")
 
@@ -124,12 +126,12 @@ def headline_metrics(cfg, params: mia.ChapterParams, findings: Findings) -> dict
         f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_same_schedule": entry(
             f.pooled[params.attack, "tpr_at_1pct_fpr"], f"TPR at 1% FPR of {where} on the outlier canaries, from "
             f"the ROC {pooled_where}, after the common schedule.", "same_schedule", POOLED_TEST),
-        f"mia_{name}_auc_outliers_matched_fit_annealed": entry(
+        f"mia_{name}_auc_outliers_equal_exposure": entry(
             f.annealed["auc"], f"AUC of {where} on the outlier canaries of the first pool, {annealed_how}.",
-            "matched_fit_annealed"),
-        f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit_annealed": entry(
+            "equal_exposure"),
+        f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_equal_exposure": entry(
             f.annealed["pooled_tpr_at_1pct_fpr"], f"TPR at 1% FPR of {where} on the outlier canaries of the first "
-            f"pool, from the ROC pooled over targets, {annealed_how}.", "matched_fit_annealed", POOLED_TEST),
+            f"pool, from the ROC pooled over targets, {annealed_how}.", "equal_exposure", POOLED_TEST),
         **{f"mia_{name}_pooled_all_pools_{metric}_outliers_same_schedule": entry(
             f.all_pools[metric], f"TPR at {level} FPR of {where} on the outlier canaries, from {all_pools_where}, "
             "after the common schedule.", "same_schedule", POOLED_TEST + ", stratified by data pool")
@@ -151,14 +153,14 @@ def headline_metrics(cfg, params: mia.ChapterParams, findings: Findings) -> dict
     scales = {f"mia_{name}_auc_outliers_matched_fit": same_auc,
               f"mia_{name}_tpr_at_1pct_fpr_outliers_matched_fit": same_tpr1,
               f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit": same_pooled_tpr1,
-              f"mia_{name}_auc_outliers_matched_fit_annealed": same_auc,
-              f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_matched_fit_annealed": same_pooled_tpr1}
+              f"mia_{name}_auc_outliers_equal_exposure": same_auc,
+              f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_equal_exposure": same_pooled_tpr1}
     return verdict.annotate(metrics, headline_family(params.attack), scales=scales)
 
 
 def verdict_glue(metrics: Mapping[str, dict[str, Any]], attack: str) -> dict[str, str]:
     """The verdicts the prose quotes: sentences (``bnlib.verdict.sentence``) for every pool's pooled TPRs and the
-    annealed comparisons, and the verdict words of the same-schedule and matched-fit headline comparisons."""
+    equal-exposure comparisons, and the verdict words of the same-schedule and matched-fit headline comparisons."""
     name, headline = family(attack), headline_family(attack)
     return {"all_pools_tpr01_sentence": verdict.sentence(
                 metrics[f"mia_{name}_pooled_all_pools_tpr_at_0.1pct_fpr_outliers_same_schedule"]),

@@ -311,3 +311,33 @@ def agreement(first: Mapping[str, Any], second: Mapping[str, Any], names: tuple[
         return f"The two matched-fit designs agree: {a} in {names[0]} and in {names[1]}."
     return (f"The two matched-fit designs disagree: {a} in {names[0]}, {b} in {names[1]}; where a model is read "
             "in its learning-rate schedule changes the answer, and neither design alone settles the question.")
+
+
+def curve_band(batch: np.ndarray, none: np.ndarray, pools: np.ndarray, levels: Sequence[float],
+               confidence: float = 0.95) -> dict[str, Any]:
+    """STAND-IN (issue 21, design half; the statistics half replaces it with its calibrated band, same signature):
+    BN - no-BN along a fit grid with a simultaneous band.
+
+    Args:
+        batch, none: (T, L) per-model values at each of the L ``levels`` (model t of both arrays is one pair;
+            NaN where a model does not reach a level); pools: (T,) pool label of each model (unused here).
+    Returns:
+        ``levels`` (L,), ``mean`` (L,) mean over pairs with both values of BN - no-BN, ``low``/``high`` (L,) a
+        simultaneous band (paired t interval at each level, Bonferroni over the L levels), ``n`` (L,) pairs.
+    """
+    batch, none = np.asarray(batch, dtype=float), np.asarray(none, dtype=float)
+    if batch.shape != none.shape or batch.ndim != 2 or batch.shape[1] != len(levels):
+        raise ValueError(f"Parameters 'batch' {batch.shape} and 'none' {none.shape} must both be (T, len(levels)) = "
+                         f"(T, {len(levels)}).")
+    difference = batch - none
+    n = np.isfinite(difference).sum(0)
+    mean, low, high = (np.full(len(levels), np.nan) for _ in range(3))
+    alpha = (1 - confidence) / len(levels)
+    for k in range(len(levels)):
+        values = difference[np.isfinite(difference[:, k]), k]
+        if values.size:
+            mean[k] = values.mean()
+        if values.size >= 2:
+            half = scipy_stats.t.ppf(1 - alpha / 2, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
+            low[k], high[k] = mean[k] - half, mean[k] + half
+    return {"levels": np.asarray(levels, dtype=float), "mean": mean, "low": low, "high": high, "n": n}
