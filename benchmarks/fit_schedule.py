@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--norm", default="none")
     parser.add_argument("--lengths", default="24,36")
     parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--first-member", type=int, default=0)
     parser.add_argument("--pool", type=int, default=0)
     parser.add_argument("--levels", default="0.8,0.85,0.9,0.95")
     parser.add_argument("--evals-per-epoch", type=int, default=1)
@@ -67,9 +68,9 @@ def main() -> None:
     cfg = config.load(args.profile, pools=(args.pool,), seeds=(args.pool,))
     levels = [float(v) for v in args.levels.split(",")]
     lr = args.lr or cfg.lr
-    errors = []
+    errors, density_errors = [], {}
     for epochs in [int(v) for v in args.lengths.split(",")]:
-        for t in range(args.members):
+        for t in range(args.first_member, args.first_member + args.members):
             started = time.perf_counter()
             curve = member_curve(cfg, args.norm, t, epochs, args.evals_per_epoch, lr)
             per_epoch = np.isclose(curve["epoch"], np.round(curve["epoch"]))
@@ -81,12 +82,23 @@ def main() -> None:
                     + f" ({time.perf_counter() - started:.0f} s)")
             print(line, flush=True)
             if args.evals_per_epoch > 1:
+                steps = np.round(curve["epoch"] * args.evals_per_epoch).astype(int)  # evaluation index, 1-based
                 for level in levels:
-                    sparse = stats.value_at_level(curve["fit"][per_epoch], curve["memorization"][per_epoch], level)
                     dense = stats.value_at_level(curve["fit"], curve["memorization"], level)
-                    errors.append(sparse - dense)
-                    print(f"    level {level:.2f}: memorization per-epoch {sparse:+.3f}, dense {dense:+.3f}, "
-                          f"error {sparse - dense:+.3f}", flush=True)
+                    line = f"    level {level:.2f}: memorization dense {dense:+.3f}"
+                    for per_epoch in [d for d in range(1, args.evals_per_epoch) if args.evals_per_epoch % d == 0]:
+                        kept = steps % (args.evals_per_epoch // per_epoch) == 0
+                        sparse = stats.value_at_level(curve["fit"][kept], curve["memorization"][kept], level)
+                        line += f"; {per_epoch}/epoch {sparse:+.3f} (error {sparse - dense:+.3f})"
+                        if per_epoch == 1:
+                            errors.append(sparse - dense)
+                        density_errors.setdefault(per_epoch, []).append(sparse - dense)
+                    print(line, flush=True)
+    for per_epoch, found in sorted(density_errors.items()):
+        found = np.array(found)[np.isfinite(found)]
+        if found.size:
+            print(f"checkpoints {per_epoch}/epoch: mean error {found.mean():+.4f}, mean |error| "
+                  f"{np.abs(found).mean():.4f}, max |error| {np.abs(found).max():.4f}, n = {found.size}")
     if errors:
         errors = np.array(errors)
         errors = errors[np.isfinite(errors)]

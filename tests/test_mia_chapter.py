@@ -120,7 +120,8 @@ def test_matched_comparisons_read_each_target_at_the_level(measured):
 def test_annealed_comparisons_query_modes_and_all_pools(measured):
     annealed = mia_chapter.annealed_comparisons(measured, ATTACK, RESAMPLES["outliers"])
     assert set(annealed) == {"auc", "tpr_at_1pct_fpr", "pooled_auc", "pooled_tpr_at_1pct_fpr"}
-    assert mia_chapter.annealed_lengths({"batch": 3, "none": 5}) == "batch 3 epochs, none 5 epochs"
+    assert (mia_chapter.annealed_lengths({"batch": 0.0078125, "none": 0.05}, 30)
+            == "both 30 epochs; peak learning rate batch 0.00781, none 0.05")
     modes = mia_chapter.query_modes(measured["batch"], ATTACK)
     assert list(modes) == ["eval", "train_shuffled", "train_pool_order"]
     parts = {norm: [(m["scores"], KEEP, OUTLIER)] * 2 for norm, m in measured.items()}
@@ -194,7 +195,7 @@ def test_matched_fit_level_and_query_mode_glue(measured):
     assert level["checkpoint_epochs"] == "1, 2, 3" and level["n_checkpoints"] == 3
     assert level["matched_fit_note"].startswith("This level is well below BatchNorm's final fit (0.800)")
     assert mia_chapter.fit_level_glue(cfg, PARAMS, fits, 0.78)["matched_fit_note"].startswith("This level is close")
-    assert level["matched_level_how"].startswith("the highest level")
+    assert level["matched_level_how"].startswith("the headline fit level declared in the configuration")
     longer = mia_chapter.fit_level_glue(cfg, dataclasses.replace(PARAMS, long_schedule_factor=3,
                                                                  matched_fit_level=0.5), fits, 0.5)
     assert longer["matched_level_how"] == "as set by the parameter matched_fit_level"
@@ -218,7 +219,8 @@ def _findings(matched_n: int = T) -> mia_summary.Findings:
         matched={m: _comparison(0.6, 0.5, n=matched_n, p_value=0.4) for m in (
             "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "pooled_tpr_at_1pct_fpr", "pooled_tpr_at_0.1pct_fpr")},
         annealed={m: none for m in ("auc", "tpr_at_1pct_fpr", "pooled_auc", "pooled_tpr_at_1pct_fpr")},
-        level=0.5, annealed_epochs={"batch": 3, "none": 5}, negatives=20, pooled_negatives=160, all_pools_targets=16,
+        level=0.5, annealed_epochs="both 5 epochs; peak learning rate batch 0.01, none 0.05", negatives=20,
+        pooled_negatives=160, all_pools_targets=16,
         all_pools_negatives=320)
 
 
@@ -232,7 +234,7 @@ def test_headline_metrics_names_verdicts_and_units():
     for name, entry in metrics.items():
         assert entry["unit"] == "models" and entry["higher_means"] == "more membership leakage"
         assert (entry["p_value_holm"] is not None) == (name in headline), name
-        assert entry["comparison"] in ("same_schedule", "matched_fit", "matched_fit_annealed")
+        assert entry["comparison"] in config.COMPARISONS
     assert metrics["mia_lira_auc_outliers_same_schedule"]["verdict"].startswith("BN higher")
     assert metrics["mia_lira_auc_inliers_same_schedule"]["verdict"].startswith("no difference detected")
     # matched fit: detectable 2.8 x SE = 0.14 < the same-schedule effect 0.4, so "no difference detected" ...
@@ -241,7 +243,8 @@ def test_headline_metrics_names_verdicts_and_units():
     assert "about 20 non-members per target" in description
     assert "pooled over 8 targets, 160 outlier non-members" in metrics[
         "mia_lira_pooled_tpr_at_1pct_fpr_outliers_same_schedule"]["description"]
-    assert "(batch 3 epochs, none 5 epochs)" in metrics["mia_lira_auc_outliers_matched_fit_annealed"]["description"]
+    assert "both 5 epochs; peak learning rate batch 0.01, none 0.05" in metrics[
+        "mia_lira_auc_outliers_equal_exposure"]["description"]
     assert "16 targets of all 2 data pools (320 outlier non-members)" in metrics[headline[2]]["description"]
     assert metrics[headline[2]]["test"].endswith(", stratified by data pool")
     # ... and with no target at the level it is inconclusive
@@ -254,7 +257,7 @@ def test_verdict_glue_and_the_summary_table():
     metrics = mia_summary.headline_metrics(cfg, PARAMS, _findings(matched_n=2))
     words = mia_summary.verdict_glue(metrics, ATTACK)
     assert words["verdict_auc_same"] == metrics["mia_lira_auc_outliers_same_schedule"]["verdict"]
-    assert words["annealed_auc_sentence"].startswith(metrics["mia_lira_auc_outliers_matched_fit_annealed"]["verdict"])
+    assert words["annealed_auc_sentence"].startswith(metrics["mia_lira_auc_outliers_equal_exposure"]["verdict"])
     assert len(words) == 8
     rows = _rows(mia_summary.metrics_table(metrics, cfg.norms))
     assert [row[0] for row in rows] == [f"`{name}`" for name in metrics]
