@@ -27,9 +27,14 @@ DATASETS = ("fashion_mnist", "mnist", "cifar10", "svhn")
 OUTLIER_KINDS = ("ood_digits", "ood_photos", "random_label", "noise")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCHEDULES = ("onecycle", "cosine", "constant")
-# The two arms of every headline comparison, and the three ways they are compared (bnlib.population).
+# The two arms of every headline comparison, and the three ways they are compared (bnlib.population):
+# at the end of the common schedule; where each model's own fit crosses the declared levels ``fit_levels``
+# (``matched_fit`` at ``headline_fit``, ``matched_fit_0p80`` etc. at each level); and with equal exposure (the
+# same steps on the same data, BN's peak learning rate lowered so that it ends at no-BN's final fit).
 COMPARED_NORMS = ("batch", "none")
-COMPARISONS = ("same_schedule", "matched_fit", "matched_fit_annealed")
+COMPARISONS = ("same_schedule", "matched_fit", "equal_exposure")
+# Data draws from CALIBRATION_DRAWS up are reserved for the models that calibrate a design (never evaluated).
+CALIBRATION_DRAWS = 1_000_000
 # The book's one family of primary endpoints (bnlib.verdict.book_family_holm): metric-name prefixes; every row,
 # in each comparison, whose name starts with one is Holm-adjusted with all the others across chapters (the fit
 # grid's per-level rows, ``..._matched_fit_0p95``, excepted: the curve band reads them); every other metric is
@@ -82,12 +87,19 @@ class ExperimentConfig:
     n_canaries: int = field(
         default=100, metadata={"positive": True, "doc": "canaries inserted (as many again held out)"}
     )
-    epochs: int = field(default=12, metadata={"positive": True, "doc": "passes over the training set"})
+    # quick: 30 epochs, so that every no-BN zoo model passes fit 0.95 before the schedule ends (measured with
+    # benchmarks/fit_schedule.py: at 24 epochs no-BN ends at 0.951-0.952, at 30 at 0.978-0.989, crossing 0.95 at
+    # epochs 19-23; at 12 it ends at 0.83-0.87)
+    epochs: int = field(default=30, metadata={"positive": True, "doc": "passes over the training set"})
     batch_size: int = field(default=128, metadata={"positive": True, "doc": "examples per SGD step"})
     lr: float = field(default=0.05, metadata={"positive": True, "doc": "peak learning rate"})
     momentum: float = field(default=0.9, metadata={"minimum": 0.0, "doc": "SGD momentum"})
     weight_decay: float = field(default=5e-4, metadata={"minimum": 0.0, "doc": "L2 penalty"})
     schedule: str = field(default="onecycle", metadata={"choices": SCHEDULES, "doc": "learning-rate schedule"})
+    fit_levels: tuple[float, ...] = field(default=(0.80, 0.85, 0.90, 0.95), metadata={
+        "positive": True, "doc": "inlier fit levels at which the norms are compared (declared before any run)"})
+    headline_fit: float = field(default=0.95, metadata={
+        "positive": True, "doc": "the fit level of the headline matched-fit comparison (one of fit_levels)"})
     n_models: int = field(default=16, metadata={"positive": True, "doc": "models per norm in each pool (T)"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"minimum": 0, "doc": "independent runs"})
     pools: tuple[int, ...] = field(default=(0, 1), metadata={
@@ -102,8 +114,10 @@ class ExperimentConfig:
 
     # Values per profile; fields not named keep the defaults above. `quick` is the default profile.
     PROFILES: typing.ClassVar[dict[str, dict[str, Any]]] = {
+        # smoke models fit little in 2 epochs (no-BN ends at 0.16-0.26, BN at 0.45-0.80): a level nobody
+        # crosses is a "not reached" row
         "smoke": dict(n_train=256, n_test=256, n_canaries=16, epochs=2, batch_size=32, width=8,
-                      n_models=4, seeds=(0, 1), workers=1),
+                      n_models=4, seeds=(0, 1), workers=1, fit_levels=(0.2, 0.5), headline_fit=0.5),
         "quick": dict(),
         "paper": dict(n_train=60000, n_test=10000, n_canaries=500, epochs=30, batch_size=128,
                       arch="resnet", width=64, n_models=64, seeds=(0, 1, 2, 3, 4), pools=(0, 1, 2),
@@ -112,7 +126,7 @@ class ExperimentConfig:
 
     # Fields that never change a trained model (which norms/seeds a chapter loops over, where it runs).
     NOT_IN_RESULTS: typing.ClassVar[tuple[str, ...]] = ("profile", "norms", "seeds", "pools", "device",
-                                                        "allow_download", "workers")
+                                                        "allow_download", "workers", "fit_levels", "headline_fit")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -225,6 +239,15 @@ def _check_consistency(cfg: ExperimentConfig) -> None:
         from . import data  # torch is imported only when a data_root is to be checked
 
         data.check_data_root(cfg.dataset, cfg.data_root, cfg.allow_download)
+    if any(level > 1 for level in cfg.fit_levels) or list(cfg.fit_levels) != sorted(set(cfg.fit_levels)):
+        raise ValueError(f"Parameter 'fit_levels' got {cfg.fit_levels!r}; allowed: distinct inlier train accuracies "
+                         "in (0, 1], ascending.")
+    if cfg.headline_fit not in cfg.fit_levels:
+        raise ValueError(f"Parameter 'headline_fit' got {cfg.headline_fit!r}; allowed: one of fit_levels "
+                         f"{cfg.fit_levels!r} (the headline is a level of the declared grid).")
+    if any(pool >= CALIBRATION_DRAWS for pool in cfg.pools):
+        raise ValueError(f"Parameter 'pools' got {cfg.pools!r}; allowed: data draws below {CALIBRATION_DRAWS:,} "
+                         "(the draws above are reserved for calibration models, which are never evaluated).")
     if cfg.n_models < 2:
         raise ValueError(
             f"Parameter 'n_models' must be >= 2 (each example is IN for half of the models); got {cfg.n_models}."

@@ -28,8 +28,8 @@ from . import config, stats
 class ChapterParams:
     """Parameters of the memorization chapter (validated by ``config.load(..., extras=ChapterParams)``).
 
-    The population (pools, models, schedule, canary rate) comes from :class:`bnlib.config.ExperimentConfig`;
-    the fit level of the matched-fit comparison is derived by a stated rule (``population.top_level``).
+    The population (pools, models, schedule, canary rate) and the fit grid of the matched-fit comparisons
+    (``fit_levels``, ``headline_fit``, declared before any run) come from :class:`bnlib.config.ExperimentConfig`.
     """
 
     n_bootstrap: int = field(default=2000, metadata={

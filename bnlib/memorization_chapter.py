@@ -1,6 +1,7 @@
 """The memorization chapter's reading of its population study (``population.study``): the comparisons it makes,
-the design's numbers, the tables of the same-schedule and annealed designs, where the models cross the matched
-fit, the Feldman-Zhang score figure, the most memorized examples, and the metrics with their sentences.
+the design's numbers, the tables of the same-schedule, fit-grid and equal-exposure designs, where the models
+cross the headline fit, the band along the grid, the Feldman-Zhang score figure, the most memorized examples,
+and the metrics with their sentences.
 
 Kept apart from :mod:`bnlib.population` and :mod:`bnlib.memorization`, whose source is part of the cache keys
 of other chapters' results: how this chapter reads its study must not invalidate them.
@@ -28,7 +29,10 @@ MEASURES = {
 HEADLINE = tuple(name for name, _ in MEASURES.values() if verdict.is_primary(name))  # primary endpoints here
 SAME_SCHEDULE_HEADER = ("norm", "inlier fit (own half)", "test accuracy", "IN canaries", "OUT canaries",
                         "memorization [95% CI]")
-ANNEALED_HEADER = ("norm", "schedule", "final inlier fit", "memorization [95% CI]")
+GRID_HEADER = ("fit level", "BN: models crossing, mean epoch", "no-BN: models crossing, mean epoch",
+               "BN memorization", "no-BN memorization", "BN − no-BN [95% CI]")
+EQUAL_EXPOSURE_HEADER = ("norm", "peak learning rate", "steps", "exposures per canary", "learning-rate integral",
+                         "end fit", "memorization [95% CI]")
 
 Comparisons = Mapping[tuple[str, str], Mapping[str, Any]]  # (group, score) -> population.comparisons
 
@@ -41,7 +45,7 @@ def all_comparisons(found: Mapping[str, Any], n_bootstrap: int) -> dict[tuple[st
 def design_values(cfg, found: Mapping[str, Any], n_bootstrap: int) -> dict[str, Any]:
     """The numbers the text gives about the design, read off the BN population's first pool and first model:
     pools, inliers and canaries per pool, models per pool and per norm, each model's training examples, the
-    canary rate, the schedule's epochs and the bootstrap's resamples."""
+    canary rate, the schedule's epochs, the declared fit grid and headline level, and the bootstrap's resamples."""
     first = found["populations"]["batch"].zoos[0]
     member_in = first.keep[0]
     return {"n_pools": len(cfg.pools), "pool_inliers": int((~first.is_outlier).sum()),
@@ -50,6 +54,7 @@ def design_values(cfg, found: Mapping[str, Any], n_bootstrap: int) -> dict[str, 
             "member_inliers": int((member_in & ~first.is_outlier).sum()),
             "member_canaries": int((member_in & first.is_outlier).sum()),
             "canary_rate": float(first.is_outlier.float().mean()), "common_epochs": cfg.epochs,
+            "fit_grid": ", ".join(f"{level:.2f}" for level in found["levels"]), "headline_fit": found["headline"],
             "n_bootstrap": n_bootstrap}
 
 
@@ -72,40 +77,83 @@ def same_schedule_rows(found: Mapping[str, Any], canary: Mapping[str, Any]) -> l
 
 
 def same_schedule_fits(found: Mapping[str, Any]) -> dict[str, float]:
-    """``same_fit_{norm}``: the mean over models of the inlier fit at the end of the common schedule."""
-    return {f"same_fit_{norm}": float(_last(found["populations"][norm], "fit").mean()) for norm in NORMS}
-
-
-def crossing_values(found: Mapping[str, Any]) -> dict[str, Any]:
-    """Where the models cross the matched-fit level: per norm the mean epoch and learning rate there and how many
-    of the models cross it (``cross_epoch_{norm}``, ``cross_lr_{norm}``, ``crossed_{norm}``); ``matched_level``."""
-    values: dict[str, Any] = {}
-    for norm in NORMS:
-        crossing = found["crossings"][norm]
-        values.update({f"cross_epoch_{norm}": crossing["mean_epoch"],
-                       f"cross_lr_{norm}": crossing["mean_learning_rate"],
-                       f"crossed_{norm}": f"{crossing['crossed']} of {crossing['members']}"})
-    values["matched_level"] = found["level"]
+    """``same_fit_{norm}``: the mean over models of the inlier fit at the end of the common schedule, and
+    ``min_fit_{norm}``: the lowest final fit of any model (every model passes the headline level if above it)."""
+    values = {f"same_fit_{norm}": float(_last(found["populations"][norm], "fit").mean()) for norm in NORMS}
+    values.update({f"min_fit_{norm}": float(_last(found["populations"][norm], "fit").min()) for norm in NORMS})
     return values
 
 
-def annealed_rows(found: Mapping[str, Any], canary: Mapping[str, Any]) -> list[tuple[str, ...]]:
-    """Rows (``ANNEALED_HEADER``) of design (b): each norm's schedule length, final fit and memorization."""
+def _difference_text(difference: Mapping[str, Any]) -> str:
+    low, high = difference["ci95"]
+    if not np.isfinite(difference["mean"]):
+        return "not reached"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{difference['mean']:+.3f}"
+    return f"{difference['mean']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def grid_rows(found: Mapping[str, Any], canary: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """Rows (``GRID_HEADER``) per declared fit level: how many models of each norm cross it and at which mean
+    epoch, each norm's mean memorization there, and BN - no-BN with its interval ("not reached" where no pair has
+    both values)."""
     rows = []
-    for norm in NORMS:
-        pop = found["annealed"]["populations"][norm]
-        rows.append((plots.NORM_LABELS[norm], f"{pop.epochs} epoch(s)", f"{pop.final_fit():.3f}",
-                     chapter.interval(canary["matched_fit_annealed"][norm], ".3f", "models")))
+    for level in found["levels"]:
+        result = canary[population.matched_name(level)]
+        crossing = [found["crossings"][norm][level] for norm in NORMS]
+        mark = " (headline)" if level == found["headline"] else ""
+        rows.append((f"{level:.2f}{mark}",
+                     *(f"{c['crossed']} of {c['members']}, epoch {c['mean_epoch']:.1f}" if c["crossed"]
+                       else f"0 of {c['members']}" for c in crossing),
+                     *(f"{result[norm]['mean']:.3f}" if np.isfinite(result[norm]["mean"]) else "not reached"
+                       for norm in NORMS),
+                     _difference_text(result["difference"])))
     return rows
 
 
-def annealed_values(found: Mapping[str, Any]) -> dict[str, Any]:
-    """``annealed_target`` (the fit both annealed schedules end at) and ``calibration_tried`` (each calibration
-    run: epochs -> mean final fit, or "none needed")."""
-    annealed = found["annealed"]
-    calibration = next(iter(annealed["calibration"].values()), {"tried": {}})
-    tried = ", ".join(f"{e} epochs → {f:.3f}" for e, f in calibration["tried"].items()) or "none needed"
-    return {"annealed_target": annealed["target_fit"], "calibration_tried": tried}
+def crossing_values(found: Mapping[str, Any]) -> dict[str, Any]:
+    """Where the models cross the headline level: per norm the mean epoch, learning rate, steps and exposures per
+    canary there and how many of the models cross it (``cross_epoch_{norm}``, ``cross_lr_{norm}``,
+    ``cross_steps_{norm}``, ``cross_exposures_{norm}``, ``crossed_{norm}``); ``matched_level`` (the headline)."""
+    values: dict[str, Any] = {}
+    for norm in NORMS:
+        crossing = found["crossings"][norm][found["headline"]]
+        values.update({f"cross_epoch_{norm}": crossing["mean_epoch"],
+                       f"cross_lr_{norm}": crossing["mean_learning_rate"],
+                       f"cross_steps_{norm}": crossing["mean_steps"],
+                       f"cross_exposures_{norm}": crossing["mean_exposures"],
+                       f"crossed_{norm}": f"{crossing['crossed']} of {crossing['members']}"})
+    values["matched_level"] = found["headline"]
+    return values
+
+
+def grid_band(found: Mapping[str, Any]) -> dict[str, Any]:
+    """BN - no-BN canary memorization along the declared grid, per model pair (member t of each pool under both
+    norms), with the simultaneous band of ``verdict.curve_band``."""
+    levels = list(found["levels"])
+    values = {norm: population.on_fit_grid(found["populations"][norm], levels) for norm in NORMS}  # (sum T, L)
+    pools = np.concatenate([np.full(zoo_.n_models, p) for p, zoo_ in enumerate(found["populations"]["batch"].zoos)])
+    band = verdict.curve_band(values["batch"], values["none"], pools, levels)
+    low, high = np.asarray(band["simultaneous"], dtype=float).reshape(len(levels), 2).T
+    return {**band, "low": low, "high": high}  # the simultaneous band's edges, as the figure draws them
+
+
+def equal_exposure_rows(found: Mapping[str, Any], canary: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """Rows (``EQUAL_EXPOSURE_HEADER``) of design (b): each arm's peak learning rate, steps, exposures per canary,
+    learning-rate integral, end fit and memorization."""
+    arms = found["equal_exposure"]["arms"]
+    return [(plots.NORM_LABELS[norm], f"{arms[norm]['lr']:.3g}", f"{arms[norm]['steps']}",
+             f"{arms[norm]['exposures']:.1f}", f"{arms[norm]['lr_integral']:.3g}", f"{arms[norm]['end_fit']:.3f}",
+             chapter.interval(canary["equal_exposure"][norm], ".3f", "models")) for norm in NORMS]
+
+
+def equal_exposure_values(found: Mapping[str, Any]) -> dict[str, Any]:
+    """``equal_target`` (no-BN's final fit, which BN's lowered rate aims at), ``equal_lr`` (BN's rate),
+    ``equal_end_fit_batch`` and ``calibration_tried`` (each calibration rate -> mean final fit)."""
+    equal = found["equal_exposure"]
+    tried = ", ".join(f"{lr:.3g} → {fit:.3f}" for lr, fit in equal["calibration"]["tried"].items()) or "none needed"
+    return {"equal_target": equal["target_fit"], "equal_lr": equal["arms"]["batch"]["lr"],
+            "equal_end_fit_batch": equal["arms"]["batch"]["end_fit"], "calibration_tried": tried}
 
 
 def first_pool_scores(found: Mapping[str, Any], norm: str) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -150,9 +198,11 @@ def most_memorized_examples(cfg, found: Mapping[str, Any], count: int) -> tuple[
 
 
 def chapter_metrics(cfg, found: Mapping[str, Any], compared: Comparisons) -> dict[str, Any]:
-    """Every metric of ``MEASURES`` for the three comparisons (``population.metric_entries``), annotated with
-    verdicts: canary memorization (``config.PRIMARY_ENDPOINTS``) in every comparison is Holm-adjusted together,
-    every other row is secondary (``verdict.annotate``)."""
+    """Every metric of ``MEASURES`` for every comparison (``population.metric_entries``: same schedule, matched
+    fit at the headline level and at each grid level, equal exposure), annotated with verdicts: canary
+    memorization (``config.PRIMARY_ENDPOINTS``) in each headline comparison is primary (Holm-adjusted together
+    here, and across the book by ``verdict.book_family_holm``); the grid-level rows and every other row are
+    secondary (``verdict.annotate``)."""
     metrics: dict[str, Any] = {}
     for (group, score), (name, what) in MEASURES.items():
         metrics.update(population.metric_entries(cfg, found, compared[(group, score)], name, what=what,
@@ -161,9 +211,10 @@ def chapter_metrics(cfg, found: Mapping[str, Any], compared: Comparisons) -> dic
 
 
 def sentences(metrics: Mapping[str, Any]) -> dict[str, str]:
-    """The text's verdicts on canary memorization: ``{comparison}_sentence`` for every comparison, and
-    ``designs_agree``, whether the two matched-fit designs agree."""
+    """The text's verdicts on canary memorization: ``{comparison}_sentence`` for every comparison of
+    ``config.COMPARISONS``, and ``designs_agree``, whether the two matched-fit designs agree."""
     values = {f"{c}_sentence": verdict.sentence(metrics[f"canary_memorization_{c}"]) for c in config.COMPARISONS}
     values["designs_agree"] = verdict.agreement(metrics["canary_memorization_matched_fit"],
-                                                metrics["canary_memorization_matched_fit_annealed"])
+                                                metrics["canary_memorization_equal_exposure"],
+                                                ("the fit-grid design (a)", "the equal-exposure design (b)"))
     return values

@@ -99,7 +99,7 @@ class ChapterParams:
     query_augment: str = field(default="none", metadata={
         "choices": AUGMENTS, "doc": "queries averaged per example: only what training used (none)"})
     matched_fit_level: float = field(default=0.0, metadata={
-        "minimum": 0.0, "doc": "inlier train accuracy at which norms are compared; 0: the highest every model reaches"})
+        "minimum": 0.0, "doc": "inlier train accuracy at which norms are compared; 0: the config's headline_fit"})
     long_schedule_factor: int = field(default=0, metadata={
         "minimum": 0, "doc": "if > 0, non-BN zoos also trained epochs x this to extend their fit curves"})
     n_bootstrap: int = field(default=1000, metadata={

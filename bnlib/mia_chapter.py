@@ -191,9 +191,9 @@ def matched_comparisons(fits: Mapping[str, dict[str, Any]], level: float, keep: 
 
 def annealed_comparisons(annealed_measured: Mapping[str, dict[str, Any]], attack: str, resamples: mia.Resamples
                          ) -> dict[str, dict[str, Any]]:
-    """Comparisons on the outliers of the annealed zoos (``measure`` of each norm's first-pool zoo at the end of
-    its annealed schedule): ``auc``, ``tpr_at_1pct_fpr``, ``tpr_at_0fp`` per target, and ``pooled_`` + each over
-    targets."""
+    """Comparisons on the outliers of the equal-exposure zoos (``measure`` of each norm's first-pool zoo of
+    ``population.study(cfg)["equal_exposure"]``): ``auc``, ``tpr_at_1pct_fpr``, ``tpr_at_0fp`` per target, and
+    ``pooled_`` + each over targets."""
     out = {}
     for metric in ("auc", "tpr_at_1pct_fpr", mia.ZERO_FP):
         out[metric] = compare({norm: mia.pair(m["attacks"][attack]["outliers"], metric)
@@ -203,9 +203,10 @@ def annealed_comparisons(annealed_measured: Mapping[str, dict[str, Any]], attack
     return out
 
 
-def annealed_lengths(epochs: Mapping[str, int]) -> str:
-    """The annealed schedules in words: ``"batch 3 epochs, none 5 epochs"`` from norm -> epochs."""
-    return ", ".join(f"{norm} {n} epochs" for norm, n in epochs.items())
+def annealed_lengths(rates: Mapping[str, float], epochs: int) -> str:
+    """The equal-exposure arms in words: ``"both 30 epochs; peak learning rate batch 0.0078, none 0.05"`` from
+    norm -> peak learning rate."""
+    return f"both {epochs} epochs; peak learning rate " + ", ".join(f"{norm} {lr:.3g}" for norm, lr in rates.items())
 
 
 def query_modes(measured_batch: dict[str, Any], attack: str) -> dict[str, dict[str, Any]]:
@@ -374,7 +375,7 @@ def fit_level_glue(cfg, params: mia.ChapterParams, fits: Mapping[str, dict[str, 
                  "Here every norm runs on the common schedule (parameter long_schedule_factor adds longer-trained zoos "
                  "for the slower norms).")
     return {"matched_level": level,
-            "matched_level_how": "the highest level that every target of every norm reaches"
+            "matched_level_how": "the headline fit level declared in the configuration before any run (headline_fit)"
             if not params.matched_fit_level else "as set by the parameter matched_fit_level",
             **{f"epochs_to_level_{norm}": mia.epochs_to_fit_level(fits[norm], level) for norm in ("batch", "none")},
             "final_fit_none": float(fits["none"]["train_accuracy"][-1].mean()), "matched_fit_note": note,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import chapter, config, mia, results, verdict
-from .mia_chapter import UNIT, annealed_lengths
+from .mia_chapter import UNIT
 from .plots import NORM_LABELS
 
 PAIRED_TEST = "paired t over target pairs (BN vs none; conditional on the examples)"
@@ -28,7 +28,8 @@ class Findings:
             ``rmia_online`` and the headline attack's reference counterpart; pooled: :func:`pooled_comparisons`;
             all_pools: :func:`all_pools_comparisons`; matched: :func:`matched_comparisons`; annealed:
             :func:`annealed_comparisons`.
-        level: the matched inlier train accuracy; annealed_epochs: norm -> length of its annealed schedule.
+        level: the matched inlier train accuracy; annealed_epochs: :func:`bnlib.mia_chapter.annealed_lengths` of the
+            equal-exposure design (both arms' schedule and peak learning rates, in words).
         negatives: outlier non-members per target (mean, rounded); pooled_negatives: outlier non-members of
             the ROC pooled over targets; all_pools_targets, all_pools_negatives: the same over every pool.
     """
@@ -40,7 +41,7 @@ class Findings:
     matched: dict[str, dict[str, Any]]
     annealed: dict[str, dict[str, Any]]
     level: float
-    annealed_epochs: dict[str, int]
+    annealed_epochs: str
     negatives: int
     pooled_negatives: int
     all_pools_targets: int
@@ -55,7 +56,7 @@ def family(attack: str) -> str:
 def headline_family(attack: str) -> list[str]:
     """The chapter's primary endpoints (``config.PRIMARY_ENDPOINTS``), Holm-adjusted with the other chapters' in
     the report: TPR at 1% FPR on the outliers from the ROC pooled over targets, same schedule, matched fit and
-    annealed. (Only LiRA's are primary; another attack's list is empty.)"""
+    equal exposure. (Only LiRA's are primary; another attack's list is empty.)"""
     name = family(attack)
     names = [f"mia_{name}_pooled_tpr_at_1pct_fpr_outliers_{comparison}" for comparison in config.COMPARISONS]
     return [metric for metric in names if verdict.is_primary(metric)]
@@ -78,7 +79,7 @@ def tpr_words(metric: str) -> str:
 
 def headline_metrics(cfg, params: mia.ChapterParams, findings: Findings) -> dict[str, dict[str, Any]]:
     """The chapter's summary: name -> ``results.metric_entry`` with ``verdict`` (``bnlib.verdict.annotate``), for
-    the headline attack (same schedule per target and pooled, matched fit, annealed, every pool), the loss and
+    the headline attack (same schedule per target and pooled, matched fit, equal exposure, every pool), the loss and
     RMIA attacks and the reference code's LiRA.
 
     A TPR at FPR x is named and reported so only where its non-members (per target, or pooled) allow at least
@@ -96,7 +97,8 @@ def headline_metrics(cfg, params: mia.ChapterParams, findings: Findings) -> dict
     pooled_where = f"pooled over {cfg.n_models} targets, {f.pooled_negatives} outlier non-members"
     longer = f"; non-BN zoos trained {params.long_schedule_factor}x longer" if params.long_schedule_factor else ""
     matched_how = f"at inlier train accuracy {f.level:.2f}, interpolated between zoo checkpoints of each target{longer}"
-    annealed_how = f"at the end of schedules that end at the same inlier fit ({annealed_lengths(f.annealed_epochs)})"
+    annealed_how = ("with equal exposure (the same steps on the same data, BN's peak learning rate lowered so that it "
+                    f"ends at no-BN's final fit: {f.annealed_epochs})")
     all_pools_where = (f"the ROC pooled over the {f.all_pools_targets} targets of all {len(cfg.pools)} data pools "
                        f"({f.all_pools_negatives} outlier non-members)")
     inlier_negatives = cfg.n_train // 2  # per target: the keep mask holds out half of the inliers
@@ -136,13 +138,13 @@ def headline_metrics(cfg, params: mia.ChapterParams, findings: Findings) -> dict
             f.pooled[params.attack, metric], f"{tpr_words(metric)} of {where} on the outlier canaries, from the ROC "
             f"{pooled_where}, after the common schedule.", "same_schedule", POOLED_TEST)
            for metric in dict.fromkeys(pooled.values())},
-        f"mia_{name}_auc_outliers_matched_fit_annealed": entry(
+        f"mia_{name}_auc_outliers_equal_exposure": entry(
             f.annealed["auc"], f"AUC of {where} on the outlier canaries of the first pool, {annealed_how}.",
-            "matched_fit_annealed"),
-        f"mia_{name}_pooled_{pooled['tpr_at_1pct_fpr']}_outliers_matched_fit_annealed": entry(
+            "equal_exposure"),
+        f"mia_{name}_pooled_{pooled['tpr_at_1pct_fpr']}_outliers_equal_exposure": entry(
             f.annealed["pooled_" + pooled["tpr_at_1pct_fpr"]], f"{tpr_words(pooled['tpr_at_1pct_fpr'])} of {where} "
             f"on the outlier canaries of the first pool, from the ROC pooled over targets, {annealed_how}.",
-            "matched_fit_annealed", POOLED_TEST),
+            "equal_exposure", POOLED_TEST),
         **{f"mia_{name}_pooled_all_pools_{metric}_outliers_same_schedule": entry(
             f.all_pools[metric], f"{tpr_words(metric)} of {where} on the outlier canaries, from {all_pools_where}, "
             "after the common schedule.", "same_schedule", POOLED_TEST + ", stratified by data pool")

@@ -236,32 +236,45 @@ def figure_png(fig, dpi: int = DPI) -> bytes:
     return buffer.getvalue()
 
 
-def memorization_against_fit(found: dict, level: float, norms: Sequence[str] = config.COMPARED_NORMS):
-    """The main figure of the memorization chapter, from ``population.study``, at the column's width: per
-    norm, canary memorization against inlier fit (top, the full width: mean over models with a min-max band;
-    the dotted line is the matched-fit level), fit along training (bottom left) and where each model crosses
-    that level (bottom right: epoch and learning rate)."""
+def memorization_against_fit(found: dict, grid_band: dict, norms: Sequence[str] = config.COMPARED_NORMS):
+    """The main figure of the memorization chapter, from ``population.study``, at the column's width: per norm,
+    canary memorization against inlier fit over the whole range its models reach (top, the full width: mean over
+    models with a min-max band; dotted lines: the declared fit grid, dashed: the headline level), BN - no-BN at
+    each grid level with its simultaneous 95% band (bottom left, ``grid_band`` from ``verdict.curve_band``) and
+    the fit along the common schedule (bottom right; dashed: BN at the equal-exposure learning rate)."""
     from . import population as population_lib
 
     populations = [found["populations"][n] for n in norms]
-    grid = population_lib.fit_grid(populations)
     fig = plt.figure(figsize=(COLUMN_INCHES, 5.8))
     layout = fig.add_gridspec(2, 2, height_ratios=(1.15, 1.0))
     against = fig.add_subplot(layout[0, :])
-    along, crosses = fig.add_subplot(layout[1, 0]), fig.add_subplot(layout[1, 1])
+    difference, along = fig.add_subplot(layout[1, 0]), fig.add_subplot(layout[1, 1])
     for norm, pop in zip(norms, populations, strict=True):
         fits = np.concatenate([fit.T for fit in pop.fits])  # (sum T, E)
         band(along, pop.curves[0]["epoch"], fits, norm)
+        grid = population_lib.fit_grid(pop)
         band(against, grid, population_lib.on_fit_grid(pop, grid), norm,
              label=f"{NORM_LABELS.get(norm, norm)} ({fits.shape[0]} models)")
-        crossing = found["crossings"][norm]
-        crosses.scatter(crossing["epoch"], crossing["learning_rate"], color=NORM_COLORS.get(norm, "k"), s=14,
-                        label=NORM_LABELS.get(norm, norm), alpha=0.7)
-    against.axvline(level, color="grey", linestyle=":", linewidth=1)
+    equal = found.get("equal_exposure", {}).get("populations", {}).get("batch")
+    if equal is not None and equal is not found["populations"].get("batch"):
+        fits = np.concatenate([fit.T for fit in equal.fits])
+        along.plot(equal.curves[0]["epoch"], fits.mean(0), "--", color=NORM_COLORS.get("batch", "k"),
+                   label=f"BN, peak lr {equal.lr:.2g}")
+    for level in found["levels"]:
+        headline = level == found["headline"]
+        against.axvline(level, color="grey", linestyle="--" if headline else ":", linewidth=1)
+    levels = np.asarray(grid_band["levels"], dtype=float)
+    difference.axhline(0, color="grey", linewidth=0.8)
+    difference.fill_between(levels, grid_band["low"], grid_band["high"], color="0.6", alpha=0.35, linewidth=0,
+                            label="simultaneous 95% band")
+    difference.plot(levels, grid_band["mean"], "o-", color="k", markersize=4, label="mean over model pairs")
     against.set(title="canary memorization against fit", xlabel="inlier train accuracy",
                 ylabel="canary acc:\nIN − OUT (per model)")
-    along.set(title="fit along training", xlabel="epoch", ylabel="inlier train acc.\n(own half)")
-    crosses.set(title=f"models crossing fit {level:.3f}", xlabel="epoch", ylabel="learning rate there")
+    difference.set(title="BN − no-BN on the fit grid", xlabel="inlier train accuracy",
+                   ylabel="memorization\ndifference")
+    along.set(title="fit along the schedule", xlabel="epoch", ylabel="inlier train acc.\n(own half)")
     against.legend(loc="best")
+    difference.legend(loc="best", fontsize=MIN_FONT)
+    along.legend(loc="lower right", fontsize=MIN_FONT)
     fig.tight_layout(h_pad=1.2)
     return fig

@@ -229,6 +229,8 @@ def forest_rows(table: dict[str, dict[str, Any]], chapters: tuple[str, ...] = FO
     for position, (metric, entry) in enumerate(table.items()):
         if entry.get("chapter") not in order:
             continue
+        if entry.get("comparison") and not metric.endswith(f"_{entry['comparison']}"):
+            continue  # a reading beyond the comparison's headline (a level of the fit grid: ``_matched_fit_0p80``)
         shown = difference(metric, entry)
         if shown is None:
             continue
@@ -253,8 +255,9 @@ def _difference_text(shown: Difference) -> str:
 
 COMPARISON_LEADS = {
     "same_schedule": "After the same training schedule",
-    "matched_fit": "At matched fit on one schedule (each model read where it crosses the common fit level)",
-    "matched_fit_annealed": "At matched fit at the end of annealed schedules (both end at the same fit)",
+    "matched_fit": "At matched fit on one schedule (each model read where it crosses the declared headline fit level)",
+    "equal_exposure": "With equal exposure (the same steps on the same data; BN's learning rate lowered to end at the "
+                      "same fit)",
 }
 
 

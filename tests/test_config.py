@@ -65,11 +65,28 @@ def test_extras_dataclass_is_validated():
 
     @dataclass(frozen=True)
     class Extra:
-        fit_levels: tuple[float, ...] = field(default=(0.9,), metadata={"positive": True})
-        PROFILES: ClassVar[dict] = {"smoke": {"fit_levels": (0.5,)}}
+        probe_levels: tuple[float, ...] = field(default=(0.9,), metadata={"positive": True})
+        PROFILES: ClassVar[dict] = {"smoke": {"probe_levels": (0.5,)}}
 
-    cfg, extra = config.load("smoke", extras=Extra, fit_levels="0.7,0.8", epochs=3)
-    assert extra.fit_levels == (0.7, 0.8) and cfg.epochs == 3
-    assert config.load("smoke", extras=Extra)[1].fit_levels == (0.5,)
+    cfg, extra = config.load("smoke", extras=Extra, probe_levels="0.7,0.8", epochs=3)
+    assert extra.probe_levels == (0.7, 0.8) and cfg.epochs == 3
+    assert config.load("smoke", extras=Extra)[1].probe_levels == (0.5,)
+    with pytest.raises(ValueError, match="'probe_levels'"):
+        config.load("smoke", extras=Extra, probe_levels="-1")
+
+
+def test_fit_grid_is_declared_and_checked():
+    quick = config.load("quick")
+    assert quick.headline_fit == 0.95 and quick.fit_levels == (0.80, 0.85, 0.90, 0.95)
+    smoke = config.load("smoke")
+    assert smoke.headline_fit in smoke.fit_levels
+    with pytest.raises(ValueError, match="'headline_fit'"):
+        config.load("smoke", headline_fit=0.7)
     with pytest.raises(ValueError, match="'fit_levels'"):
-        config.load("smoke", extras=Extra, fit_levels="-1")
+        config.load("smoke", fit_levels="0.5,0.2", headline_fit=0.5)
+    with pytest.raises(ValueError, match="'fit_levels'"):
+        config.load("smoke", fit_levels="0.5,1.2", headline_fit=0.5)
+    with pytest.raises(ValueError, match="'pools'.*calibration"):
+        config.load("smoke", pools=f"0,{config.CALIBRATION_DRAWS}")
+    # the grid decides no trained model: zoos at other levels are the same cache entries
+    assert config.load("smoke", fit_levels="0.3", headline_fit=0.3).result_key() == smoke.result_key()

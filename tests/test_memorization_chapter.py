@@ -29,10 +29,11 @@ def test_design_values_follow_from_the_balanced_keep_mask(smoke_cfg, study):
     assert (values["n_pools"], values["common_epochs"]) == (len(smoke_cfg.pools), smoke_cfg.epochs)
 
 
-def test_every_measure_is_compared_three_ways(study):
-    _, compared = study
+def test_every_measure_is_compared_every_way(study):
+    found, compared = study
     assert set(compared) == set(memorization_chapter.MEASURES)
-    assert all(set(c) == set(config.COMPARISONS) for c in compared.values())
+    assert all(list(c) == population.comparison_names(found) for c in compared.values())
+    assert all(set(config.COMPARISONS) <= set(c) for c in compared.values())
 
 
 def test_tables_show_the_comparisons_intervals_and_the_fits(study):
@@ -45,26 +46,49 @@ def test_tables_show_the_comparisons_intervals_and_the_fits(study):
     fits = memorization_chapter.same_schedule_fits(found)
     assert rows[1][1] == f"{fits['same_fit_none']:.3f}"
     assert fits["same_fit_batch"] == pytest.approx(found["populations"]["batch"].final_fit())
-    annealed = memorization_chapter.annealed_rows(found, canary)
-    lengths = {norm: p.epochs for norm, p in found["annealed"]["populations"].items()}
-    assert [row[1] for row in annealed] == [f"{lengths['batch']} epoch(s)", f"{lengths['none']} epoch(s)"]
-    assert annealed[0][3] == chapter.interval(canary["matched_fit_annealed"]["batch"], ".3f", "models")
+    equal = memorization_chapter.equal_exposure_rows(found, canary)
+    arms = found["equal_exposure"]["arms"]
+    assert [row[2] for row in equal] == [str(arms["batch"]["steps"])] * 2  # the same steps in both arms
+    assert equal[0][1] == f"{found['equal_exposure']['calibration']['lr']:.3g}"
+    assert equal[1][1] == f"{arms['none']['lr']:.3g}"
+    assert equal[0][6] == chapter.interval(canary["equal_exposure"]["batch"], ".3f", "models")
+    grid = memorization_chapter.grid_rows(found, canary)
+    assert [row[0].split()[0] for row in grid] == [f"{level:.2f}" for level in found["levels"]]
+    assert sum("(headline)" in row[0] for row in grid) == 1
+    for row, level in zip(grid, found["levels"], strict=True):
+        result = canary[population.matched_name(level)]
+        expected = f"{result['batch']['mean']:.3f}" if np.isfinite(result["batch"]["mean"]) else "not reached"
+        assert row[3] == expected
+        if not np.isfinite(result["difference"]["mean"]):  # no pair crosses this level: a "not reached" row
+            assert row[5] == "not reached"
 
 
-def test_crossing_and_annealed_values(study):
+def test_crossing_and_equal_exposure_values(study):
     found, _ = study
     values = memorization_chapter.crossing_values(found)
-    crossing = found["crossings"]["none"]
+    crossing = found["crossings"]["none"][found["headline"]]
     assert values["crossed_none"] == f"{crossing['crossed']} of {crossing['members']}"
-    assert values["matched_level"] == found["level"]
-    np.testing.assert_equal(values["cross_epoch_batch"], found["crossings"]["batch"]["mean_epoch"])  # NaN: none crossed
-    np.testing.assert_equal(values["cross_lr_none"], found["crossings"]["none"]["mean_learning_rate"])
-    annealed = memorization_chapter.annealed_values(found)
-    slower = found["annealed"]["slower"]
-    assert annealed["annealed_target"] == pytest.approx(found["populations"][slower].final_fit())
-    tried = next(iter(found["annealed"]["calibration"].values()), {"tried": {}})["tried"]
-    assert annealed["calibration_tried"] == (", ".join(f"{e} epochs → {f:.3f}" for e, f in tried.items())
-                                             or "none needed")
+    assert values["matched_level"] == found["headline"]
+    np.testing.assert_equal(values["cross_epoch_batch"], found["crossings"]["batch"][found["headline"]]["mean_epoch"])
+    np.testing.assert_equal(values["cross_steps_none"], crossing["mean_steps"])
+    equal = memorization_chapter.equal_exposure_values(found)
+    assert equal["equal_target"] == pytest.approx(found["populations"]["none"].final_fit())
+    tried = found["equal_exposure"]["calibration"]["tried"]
+    assert equal["calibration_tried"] == ", ".join(f"{lr:.3g} → {fit:.3f}" for lr, fit in tried.items())
+    assert equal["equal_lr"] == found["equal_exposure"]["calibration"]["lr"]
+
+
+def test_grid_band_pairs_the_models_along_the_declared_levels(study):
+    found, _ = study
+    band = memorization_chapter.grid_band(found)
+    np.testing.assert_array_equal(band["levels"], found["levels"])
+    values = {norm: population.on_fit_grid(found["populations"][norm], list(found["levels"]))
+              for norm in ("batch", "none")}
+    difference = values["batch"] - values["none"]
+    np.testing.assert_array_equal(band["n"], np.isfinite(difference).sum(0))
+    fig = plots.memorization_against_fit(found, band)
+    assert fig.axes[0].get_title() == "canary memorization against fit"
+    plt.close(fig)
 
 
 def test_scores_figure_and_most_memorized_examples(smoke_cfg, study):
@@ -86,7 +110,7 @@ def test_metrics_families_and_sentences(smoke_cfg, study):
     found, compared = study
     metrics = memorization_chapter.chapter_metrics(smoke_cfg, found, compared)
     names = [name for name, _ in memorization_chapter.MEASURES.values()]
-    assert set(metrics) == {f"{name}_{c}" for name in names for c in config.COMPARISONS}
+    assert set(metrics) == {f"{name}_{c}" for name in names for c in population.comparison_names(found)}
     headline = {f"{name}_{c}" for name in memorization_chapter.HEADLINE for c in config.COMPARISONS}
     for name, entry in metrics.items():  # the headline family is Holm-adjusted (where it has a p-value), the rest not
         p_value = entry["difference"]["p_value"]

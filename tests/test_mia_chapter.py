@@ -121,7 +121,8 @@ def test_annealed_comparisons_query_modes_and_all_pools(measured):
     annealed = mia_chapter.annealed_comparisons(measured, ATTACK, RESAMPLES["outliers"])
     assert set(annealed) == {"auc", "tpr_at_1pct_fpr", "tpr_at_0fp", "pooled_auc", "pooled_tpr_at_1pct_fpr",
                              "pooled_tpr_at_0fp"}
-    assert mia_chapter.annealed_lengths({"batch": 3, "none": 5}) == "batch 3 epochs, none 5 epochs"
+    assert (mia_chapter.annealed_lengths({"batch": 0.0078125, "none": 0.05}, 30)
+            == "both 30 epochs; peak learning rate batch 0.00781, none 0.05")
     modes = mia_chapter.query_modes(measured["batch"], ATTACK)
     assert list(modes) == ["eval", "train_shuffled", "train_pool_order"]
     parts = {norm: [(m["scores"], KEEP, OUTLIER)] * 2 for norm, m in measured.items()}
@@ -196,7 +197,7 @@ def test_matched_fit_level_and_query_mode_glue(measured):
     assert level["checkpoint_epochs"] == "1, 2, 3" and level["n_checkpoints"] == 3
     assert level["matched_fit_note"].startswith("This level is well below BatchNorm's final fit (0.800)")
     assert mia_chapter.fit_level_glue(cfg, PARAMS, fits, 0.78)["matched_fit_note"].startswith("This level is close")
-    assert level["matched_level_how"].startswith("the highest level")
+    assert level["matched_level_how"].startswith("the headline fit level declared in the configuration")
     longer = mia_chapter.fit_level_glue(cfg, dataclasses.replace(PARAMS, long_schedule_factor=3,
                                                                  matched_fit_level=0.5), fits, 0.5)
     assert longer["matched_level_how"] == "as set by the parameter matched_fit_level"
@@ -223,7 +224,7 @@ def _findings(matched_n: int = T) -> mia_summary.Findings:
         annealed={m: none for m in ("auc", "tpr_at_1pct_fpr", mia.ZERO_FP, "pooled_auc", "pooled_tpr_at_1pct_fpr",
                                     "pooled_" + mia.ZERO_FP)},
         # 20 non-members per target allow no false positive at 1% FPR; 1,600 pooled allow 16 at 1% but 1 at 0.1%
-        level=0.5, annealed_epochs={"batch": 3, "none": 5}, negatives=20, pooled_negatives=1600, all_pools_targets=16,
+        level=0.5, annealed_epochs="both 5 epochs; peak learning rate batch 0.01, none 0.05", negatives=20, pooled_negatives=1600, all_pools_targets=16,
         all_pools_negatives=3200)
 
 
@@ -237,7 +238,7 @@ def test_headline_metrics_names_verdicts_and_units():
     for name, entry in metrics.items():
         assert entry["unit"] == "models" and entry["higher_means"] == "more membership leakage"
         assert (entry["p_value_holm"] is not None) == (name in headline), name
-        assert entry["comparison"] in ("same_schedule", "matched_fit", "matched_fit_annealed")
+        assert entry["comparison"] in config.COMPARISONS
     assert metrics["mia_lira_auc_outliers_same_schedule"]["verdict"].startswith("BN higher")
     # an SE of 0.05 detects only 2.8 x 0.05 = 0.14, more than the AUC's equivalence margin 0.05: inconclusive
     assert metrics["mia_lira_auc_inliers_same_schedule"]["verdict"].startswith(
@@ -252,7 +253,8 @@ def test_headline_metrics_names_verdicts_and_units():
     assert {"mia_lira_pooled_tpr_at_0fp_outliers_same_schedule",
             "mia_lira_pooled_all_pools_tpr_at_0fp_outliers_same_schedule"} <= set(metrics)
     assert "mia_lira_pooled_tpr_at_0.1pct_fpr_outliers_same_schedule" not in metrics
-    assert "(batch 3 epochs, none 5 epochs)" in metrics["mia_lira_auc_outliers_matched_fit_annealed"]["description"]
+    assert "both 5 epochs; peak learning rate batch 0.01, none 0.05" in metrics[
+        "mia_lira_auc_outliers_equal_exposure"]["description"]
     all_pools = metrics["mia_lira_pooled_all_pools_tpr_at_1pct_fpr_outliers_same_schedule"]
     assert "16 targets of all 2 data pools (3200 outlier non-members)" in all_pools["description"]
     assert all_pools["test"].endswith(", stratified by data pool")
@@ -266,7 +268,7 @@ def test_verdict_glue_and_the_summary_table():
     metrics = mia_summary.headline_metrics(cfg, PARAMS, _findings(matched_n=2))
     words = mia_summary.verdict_glue(metrics, ATTACK)
     assert words["verdict_auc_same"] == metrics["mia_lira_auc_outliers_same_schedule"]["verdict"]
-    assert words["annealed_auc_sentence"].startswith(metrics["mia_lira_auc_outliers_matched_fit_annealed"]["verdict"])
+    assert words["annealed_auc_sentence"].startswith(metrics["mia_lira_auc_outliers_equal_exposure"]["verdict"])
     assert len(words) == 8
     rows = _rows(mia_summary.metrics_table(metrics, cfg.norms))
     assert [row[0] for row in rows] == [f"`{name}`" for name in metrics]

@@ -216,13 +216,16 @@ def _population(norm: str, rng) -> population.Population:
 
 def test_memorization_against_fit_is_readable_at_the_column_width():
     rng = np.random.default_rng(0)
-    found = {"populations": {n: _population(n, rng) for n in ("batch", "none")},
-             "crossings": {n: {"epoch": rng.uniform(2, 8, 6), "learning_rate": rng.uniform(0, 0.05, 6)}
-                           for n in ("batch", "none")}}
-    fig = plots.memorization_against_fit(found, 0.8)
+    levels = (0.6, 0.7, 0.8)
+    found = {"populations": {n: _population(n, rng) for n in ("batch", "none")}, "levels": levels, "headline": 0.8}
+    band = {"levels": np.array(levels), "mean": np.array([0.0, 0.01, 0.05]), "low": np.array([-0.02, -0.01, 0.02]),
+            "high": np.array([0.02, 0.03, 0.08]), "n": np.array([6, 6, 5])}
+    fig = plots.memorization_against_fit(found, band)
     _readable(fig)
-    against = figures.figure_data(fig)["axes"][0]
+    axes = figures.figure_data(fig)["axes"]
+    against = axes[0]
     assert against["title"] == "canary memorization against fit" and len(against["bands"]) == 2
+    assert axes[1]["title"] == "BN − no-BN on the fit grid" and len(axes[1]["bands"]) == 1
 
 
 def test_image_grids_are_readable_and_keep_the_callers_rows():

@@ -410,7 +410,7 @@ def test_landing_page_says_what_we_found_with_a_forest_plot(visits, driver):
     found = driver.execute_script(FOUND_STATE)
     assert found is not None, "the landing page has no 'What we found' section"
     assert "After the same training schedule, the verdict is" in found["text"]
-    for comparison in ("matched_fit", "matched_fit_annealed"):  # the two matched-fit readings
+    for comparison in ("matched_fit", "equal_exposure"):  # the two matched-fit readings
         assert f"{report.COMPARISON_LEADS[comparison]}, the verdict is" in found["text"]
     assert "Δ = " in found["text"]  # the numbers behind the words
     assert found["images"], "no forest plot in 'What we found'"
