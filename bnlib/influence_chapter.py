@@ -8,8 +8,10 @@ results must not invalidate the results.
 
 Which comparisons (:func:`readings`): ``same_schedule`` (every member's final weights), ``matched_fit`` (each
 member read where its fit first crosses the study's matched-fit level, interpolated between the two bracketing
-checkpoints) and ``matched_fit_annealed`` (the final weights of the annealed populations). A study with a grid of
-fit levels or an equal-exposure design adds its readings to the same mapping; every row below follows.
+checkpoints; the study's headline level ``headline_fit``) and ``equal_exposure`` (the final weights of the
+equal-exposure populations: the same steps, BN's peak learning rate lowered to end at no-BN's final fit). The grid's
+other levels are not probed at quick (each level costs two more probed checkpoints per member); a reading per
+level can be added to the same mapping, and every row below follows.
 
 The counterfactual definition lifts BN inliers to a floor by construction (removing any sample shifts the batch
 statistics and so every canary's gradient in the batch). The chapter therefore (i) takes the eval-mode ratio as
@@ -32,7 +34,7 @@ from . import config, influence, population, results, verdict
 NORMS = config.COMPARED_NORMS  # the chapter compares BatchNorm with no normalization
 DEFINITION_LABELS = {"eval_mode": "1 · eval mode", "in_batch": "2 · in batch", "counterfactual": "3 · counterfactual"}
 COMPARISON_LABELS = {"same_schedule": "same schedule", "matched_fit": "matched fit",
-                     "matched_fit_annealed": "matched fit (annealed)"}
+                     "equal_exposure": "equal exposure"}
 PRIMARY_DEFINITION = "eval_mode"  # the primary endpoint's definition (no counterfactual floor; see the docstring)
 TABLE_HEADER = ("definition", "comparison", "BN: canary / inlier", "no norm: canary / inlier", "BN / no norm",
                 "p", "verdict")
@@ -45,7 +47,7 @@ def definition_word(name: str) -> str:
 
 
 def comparison_label(name: str) -> str:
-    """``matched fit (annealed)``, or ``matched fit 0.95`` for a grid level ``matched_fit_0p95``."""
+    """``equal exposure``, or ``matched fit 0.95`` for a grid level ``matched_fit_0p95``."""
     if name in COMPARISON_LABELS:
         return COMPARISON_LABELS[name]
     if name.startswith("matched_fit_") and "p" in name:
@@ -56,15 +58,16 @@ def comparison_label(name: str) -> str:
 def readings(found: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """comparison -> {``populations``: norm -> Population, ``positions``: norm -> per pool (T,) fractional
     checkpoint index or None (the end of the schedule), ``fit_level``: float or None}, from ``population.study``."""
-    pops, annealed = found["populations"], found["annealed"]["populations"]
+    pops, equal = found["populations"], found["equal_exposure"]["populations"]
+    headline = float(found["headline"])
     return {
         "same_schedule": {"populations": {n: pops[n] for n in NORMS}, "positions": dict.fromkeys(NORMS),
                           "fit_level": None},
         "matched_fit": {"populations": {n: pops[n] for n in NORMS},
-                        "positions": {n: found["crossings"][n]["position"] for n in NORMS},
-                        "fit_level": float(found["level"])},
-        "matched_fit_annealed": {"populations": {n: annealed[n] for n in NORMS}, "positions": dict.fromkeys(NORMS),
-                                 "fit_level": float(found["annealed"]["target_fit"])},
+                        "positions": {n: found["crossings"][n][headline]["position"] for n in NORMS},
+                        "fit_level": headline},
+        "equal_exposure": {"populations": {n: equal[n] for n in NORMS}, "positions": dict.fromkeys(NORMS),
+                           "fit_level": float(found["equal_exposure"]["target_fit"])},
     }
 
 
@@ -155,7 +158,8 @@ def chapter_metrics(compared: Mapping[str, Mapping[str, Mapping[str, Any]]], rea
             where = ("at the end of the common schedule" if comparison == "same_schedule" else
                      f"where each model's inlier fit first crosses {level:.3f}, interpolated on the log scale between "
                      "the two checkpoints around it" if comparison == "matched_fit" else
-                     f"at the end of the annealed schedules (both ending near fit {level:.3f})")
+                     f"with equal exposure (the same steps; BN's peak learning rate lowered so that both end near "
+                     f"fit {level:.3f})")
             for key, result in keys.items():
                 metric = metric_name(name, comparison, key)
                 what = ("canary over inlier influence (ratio of geometric means per model)" if key == "outlier_inlier"
@@ -232,7 +236,7 @@ def design_values(cfg, params: influence.ChapterParams, read: Mapping[str, Mappi
             "probe_canaries": params.probe_canaries, "probe_inliers": params.probe_inliers,
             "eval_inliers": params.eval_inliers if params.eval_inliers else "all",
             "matched_level": float(read["matched_fit"]["fit_level"]),
-            "annealed_level": float(read["matched_fit_annealed"]["fit_level"]),
+            "equal_exposure_level": float(read["equal_exposure"]["fit_level"]),
             "probe_seconds": f"{measured['seconds']:.0f}",
             "probe_seconds_batch": "cached" if not np.isfinite(cost["batch"]) else f"{cost['batch']:.1f}",
             "probe_seconds_none": "cached" if not np.isfinite(cost["none"]) else f"{cost['none']:.1f}"}

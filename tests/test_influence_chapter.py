@@ -13,7 +13,7 @@ from bnlib import config, influence, influence_chapter, influence_plots, plots
 
 matplotlib.use("Agg")
 
-COMPARISONS = ("same_schedule", "matched_fit", "matched_fit_annealed")
+COMPARISONS = ("same_schedule", "matched_fit", "equal_exposure")
 
 
 def summaries(effect: float = 3.0, pairs: int = 16, seed: int = 0) -> dict:
@@ -35,7 +35,7 @@ def summaries(effect: float = 3.0, pairs: int = 16, seed: int = 0) -> dict:
 
 def read() -> dict:
     return {"same_schedule": {"fit_level": None}, "matched_fit": {"fit_level": 0.95},
-            "matched_fit_annealed": {"fit_level": 0.9}}
+            "equal_exposure": {"fit_level": 0.9}}
 
 
 def metrics_for(effect: float):
@@ -83,7 +83,7 @@ def test_table_rows_and_sentences_quote_the_verdicts():
     text = influence_chapter.sentences(metrics)["eval_mode_outlier_inlier_matched_fit"]
     assert "16 model pairs" in text and '"BN higher' in text
     assert influence_chapter.comparison_label("matched_fit_0p95") == "matched fit 0.95"
-    assert influence_chapter.comparison_label("matched_fit_annealed") == "matched fit (annealed)"
+    assert influence_chapter.comparison_label("equal_exposure") == "equal exposure"
 
 
 def test_amplification_reads_the_canaries_alone_and_the_toy_rho():
