@@ -450,7 +450,7 @@ def tune_learning_rate(cfg, norm: str, noise_multiplier: float, params: ChapterP
                            f"model_{t}", cfg, norm, noise_multiplier, lr, params.max_grad_norm, keep_seed, t,
                            TUNING_INIT_SEED + t) for t in range(params.tuning_models)] for lr in grid}
     train_members(cfg, [m for group in members.values() for m in group],
-                  f"DP-SGD {norm}, noise {noise_multiplier:.3g}: learning-rate grid", progress)
+                  desc=f"DP-SGD {norm}, noise {noise_multiplier:.3g}: learning-rate grid", progress=progress)
     experiment = data_lib.make_experiment_data(cfg, seed=cfg.seeds[0])
     accuracy = []
     for lr in grid:
@@ -511,7 +511,7 @@ def train_dp_population(cfg, norm: str, noise_multiplier: float, lr: float, para
     entry = member_entry("dp_zoo", cfg, norm, noise_multiplier, lr, params)
     members = [Member(entry, zoo_lib.member_name(t), cfg, norm, noise_multiplier, lr, params.max_grad_norm,
                       cfg.seeds[0], t, zoo_lib.member_seed(t)) for t in range(cfg.n_models)]
-    train_members(cfg, members, f"DP-SGD {norm}, noise {noise_multiplier:.3g}", progress)
+    train_members(cfg, members, desc=f"DP-SGD {norm}, noise {noise_multiplier:.3g}", progress=progress)
     stored = [entry.load(m.name) for m in members]
     experiment = data_lib.make_experiment_data(cfg, seed=cfg.seeds[0])
     budgets = {(s["sample_rate"], s["steps"], model_delta(s["n_train"], params.delta)) for s in stored}

@@ -224,13 +224,12 @@ def population_summaries(cfg, population, params: ChapterParams,
     Returns:
         definition -> {``log_ratio``, ``canary_log``, ``inlier_log``: (sum T,)}; ``pools``: {``label``: (sum T,)}.
     """
-    from . import population as population_lib
 
     keys = ("log_ratio", "canary_log", "inlier_log")
     out = {name: {key: [] for key in keys} for name in DEFINITION_NAMES}
     labels = []
     for p, (pool, zoo) in enumerate(zip(population.pools, population.zoos, strict=True)):
-        pool_cfg = replace(population_lib.pool_config(cfg, pool), epochs=population.epochs)
+        pool_cfg = replace(zoo_lib.pool_config(cfg, pool), epochs=population.epochs)
         epochs = [int(e) for e in zoo.checkpoint_epochs]
         inputs: dict = {}  # the pool's data, drawn only if a probe is missing from the cache
         for t in range(zoo.n_models):

@@ -67,9 +67,7 @@ class Population:
         return float(np.mean(np.concatenate([fit[-1] for fit in self.fits])))
 
 
-def pool_config(cfg, pool: int):
-    """The configuration of the zoo on data draw ``pool`` (the zoo draws its data from ``cfg.seeds[0]``)."""
-    return replace(cfg, seeds=(pool,))
+pool_config = zoo_lib.pool_config  # the configuration of the zoo on one data draw (zoo.py, keyed by every zoo)
 
 
 def train_population(cfg, norm: str, epochs: int | None = None, progress: bool = True, lr: float | None = None

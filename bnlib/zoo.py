@@ -32,7 +32,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -120,6 +120,11 @@ def checkpoint_epochs(epochs: int) -> list[int]:
     memorization curves can be read where they cross a fit level (float16 logits; the pool costs
     N x classes x 2 bytes an epoch)."""
     return list(range(1, epochs + 1))
+
+
+def pool_config(cfg, pool: int):
+    """The configuration of the zoo on data draw ``pool`` (a zoo draws its data from ``cfg.seeds[0]``)."""
+    return replace(cfg, seeds=(pool,))
 
 
 def zoo_config(cfg, norm: str) -> dict:

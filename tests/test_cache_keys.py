@@ -93,11 +93,6 @@ def test_every_cache_entry_in_bnlib_names_the_code_that_decides_it():
 # Known offenders, each to be removed by its module's owner (a fixed one fails the test until it leaves this list):
 # (measuring module, what it imports or defines, why it is wrong).
 KNOWN_OFFENDERS = {
-    ("dp.py", "import plots.py", "dp.models_label reads plots.NORM_LABELS (a display label) for a population's "
-                                 "name: the normalizer registry belongs in config"),
-    ("influence.py", "prose in a keyed module: canaries_versus_inliers",
-     "sentences (and a Mann-Whitney verdict) of the influence chapter in a module every influence track and "
-     "ablation point is keyed on"),
     ("mia_eval.py", "prose in a keyed module: direction",
      "verdict words in a module every MIA measurement, ablation point and DP model is keyed on"),
 }

@@ -224,7 +224,8 @@ def _findings(matched_n: int = T) -> mia_summary.Findings:
         annealed={m: none for m in ("auc", "tpr_at_1pct_fpr", mia.ZERO_FP, "pooled_auc", "pooled_tpr_at_1pct_fpr",
                                     "pooled_" + mia.ZERO_FP)},
         # 20 non-members per target allow no false positive at 1% FPR; 1,600 pooled allow 16 at 1% but 1 at 0.1%
-        level=0.5, annealed_epochs="both 5 epochs; peak learning rate batch 0.01, none 0.05", negatives=20, pooled_negatives=1600, all_pools_targets=16,
+        level=0.5, annealed_epochs="both 5 epochs; peak learning rate batch 0.01, none 0.05", negatives=20,
+        pooled_negatives=1600, all_pools_targets=16,
         all_pools_negatives=3200)
 
 
