@@ -20,7 +20,8 @@ def _members_equal(first: zoo.Zoo, second: zoo.Zoo, members) -> None:
     for t in members:
         a, b = first.members.load(zoo.member_name(t)), second.members.load(zoo.member_name(t))
         assert a.keys() == b.keys()
-        for name in ("keep", "logits", "test_logits", "checkpoint_logits", "checkpoint_epochs"):
+        for name in ("keep", "logits", "test_logits", "checkpoint_epochs", "fit_correct", "tracked_index",
+                     "tracked_logits", "pool_checkpoints", "pool_logits"):
             assert torch.equal(a[name], b[name]), (t, name)
         for name, tensor in a["state_dict"].items():
             assert torch.equal(tensor, b["state_dict"][name]), (t, name)
