@@ -127,9 +127,9 @@ def main() -> None:
           f"{base.epochs} epochs, batch {base.batch_size}, pool {len(inputs[1])}, {args.members} member(s) per task, "
           f"fit levels {base.fit_levels}, one thread; best of {args.repeats} alternating rounds")
     for norm in args.norms.split(","):
+        member_seconds(ways["new"][0], norm, members[:1], inputs, False)  # warm-up (first-call overheads)
         if not args.no_profile_parts and args.device == "cpu":
             profile_parts(base, norm, inputs)
-        member_seconds(ways["new"][0], norm, members[:1], inputs, False)  # warm-up (first-call overheads)
         best = {way: float("inf") for way in chosen}
         for _ in range(args.repeats):
             for way in chosen:

@@ -11,7 +11,8 @@ example is IN for exactly T/2 models when T is even and every model trains on ha
 the canaries: the canary rate of a single run). A member's OUT canaries are its held-out canaries.
 
 Members are tasks. Member t of (configuration, norm) is one cache entry ``model_{t}`` (a plain dict:
-keep row, state dict, logits, checkpoint logits), written atomically; the zoo is complete when every
+keep row, final state dict and logits, what its checkpoints store: see :class:`Zoo`), written atomically
+after ``model_{t}_weights`` (its weights where the whole pool is stored); the zoo is complete when every
 entry exists, and :func:`run_task` trains any missing ones in whatever process calls it: this one
 (``workers=1``), local worker processes (``workers`` > 1; 0 = one per CPU core), or a Dask cluster
 (:mod:`bnlib.engine`). ``n_models`` is not part of the cache key and row t of the keep mask does not
