@@ -293,6 +293,10 @@ def train_members(cfg, norm: str, todo: Sequence[int], inputs, old_way: bool = F
     path = ensemble.choose_path(device)
     memory_format = "contiguous" if old_way else cfg.memory_format
     per_epoch = 1 if old_way else cfg.snapshots_per_epoch
+    steps = int(keep.sum(1).min()) // cfg.batch_size  # SGD steps in an epoch of the smallest member
+    if per_epoch > steps:
+        raise ValueError(f"Parameter 'snapshots_per_epoch' ({per_epoch}) exceeds the SGD steps in an epoch of a "
+                         f"member ({steps}); allowed: 1 to {steps}.")
     recorders = None if old_way else [
         ensemble.CheckpointRecorder(keep[k], experiment.pool_is_outlier, pool_y, experiment.pool_is_outlier,
                                     n_checkpoints=cfg.epochs * per_epoch, fit_levels=cfg.fit_levels,

@@ -110,3 +110,9 @@ def test_a_zoo_storing_the_pool_around_crossings_reads_what_the_dense_zoo_reads(
     new = dense.members.load(zoo.member_name(0))
     for name in ("logits", "test_logits", "fit_correct", "tracked_logits", "pool_logits", "checkpoint_epochs"):
         assert torch.equal(old[name], new[name]), name
+
+
+def test_more_checkpoints_than_steps_is_refused():
+    cfg = config.load("smoke", device="cpu", snapshots_per_epoch=1000)
+    with pytest.raises(ValueError, match="'snapshots_per_epoch'"):
+        zoo.train_members(cfg, "none", [0], zoo.zoo_inputs(cfg))
