@@ -100,6 +100,14 @@ class ExperimentConfig:
         "positive": True, "doc": "inlier fit levels at which the norms are compared (declared before any run)"})
     headline_fit: float = field(default=0.95, metadata={
         "positive": True, "doc": "the fit level of the headline matched-fit comparison (one of fit_levels)"})
+    snapshots_per_epoch: int = field(default=1, metadata={
+        "positive": True, "doc": "zoo checkpoints per epoch (fit and canary logits at each)"})
+    pool_checkpoints: str = field(default="every", metadata={
+        "choices": ("every", "crossings"),
+        "doc": "where zoo members store the whole pool's logits: every checkpoint, or around fit-level crossings"})
+    memory_format: str = field(default="channels_last", metadata={
+        "choices": ("channels_last", "contiguous"),
+        "doc": "activation layout of zoo training on the CPU (contiguous: the plain path; bits differ)"})
     n_models: int = field(default=16, metadata={"positive": True, "doc": "models per norm in each pool (T)"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"minimum": 0, "doc": "independent runs"})
     pools: tuple[int, ...] = field(default=(0, 1), metadata={

@@ -146,18 +146,23 @@ def zoo_canary_curves(population) -> dict[str, np.ndarray]:
         ``epoch`` (E,) the checkpoint epochs; ``fit`` (E, T) accuracy on the model's own training inliers;
         ``memorization``, ``in_acc``, ``out_acc`` (E, T).
     """
-    logits = population.checkpoint_logits.float()  # (E, T, N, C)
     labels, keep, outlier = population.labels, population.keep, population.is_outlier
-    correct = (logits.argmax(-1) == labels).float()  # (E, T, N)
 
     def mean_over(mask: torch.Tensor, values: torch.Tensor) -> np.ndarray:  # mask (T, N), values (E, T, N)
         mask = mask.float()
         return ((values * mask).sum(-1) / mask.sum(-1)).numpy()
 
+    if hasattr(population, "tracked_logits"):  # a zoo.Zoo: the fit and the canaries' logits at every checkpoint
+        columns = population.tracked_index
+        correct = (population.tracked_logits.float().argmax(-1) == labels[columns]).float()  # (E, T, M)
+        fit = (population.fit_correct.float() / population.fit_mask().float().sum(-1)).numpy()
+        keep, outlier = keep[:, columns], outlier[columns]
+    else:  # dense (E, T, N, C) checkpoint logits
+        correct = (population.checkpoint_logits.float().argmax(-1) == labels).float()  # (E, T, N)
+        fit = mean_over(keep & ~outlier, correct)
     in_acc, out_acc = mean_over(keep & outlier, correct), mean_over(~keep & outlier, correct)
     return {"epoch": population.checkpoint_epochs.numpy().astype(float),
-            "fit": mean_over(keep & ~outlier, correct), "memorization": in_acc - out_acc,
-            "in_acc": in_acc, "out_acc": out_acc}
+            "fit": fit, "memorization": in_acc - out_acc, "in_acc": in_acc, "out_acc": out_acc}
 
 
 def crossing_positions(fit: np.ndarray, level: float) -> np.ndarray:
@@ -191,14 +196,22 @@ def signed_scores(population, positions: np.ndarray | None = None, score: str = 
     models is both the mean Feldman-Zhang score of the group and the mean over models of acc(IN) - acc(OUT):
     one statistic, whose replicates are the models (and examples), ready for ``verdict.paired_difference``.
     """
-    logits = population.checkpoint_logits.float()  # (E, T, N, C)
     if score == "hard":
-        values = (logits.argmax(-1) == population.labels).float().numpy()
+        def transform(logits):
+            return (logits.argmax(-1) == population.labels).float()
     elif score == "soft":
-        values = true_label_probability(logits, population.labels).numpy()
+        def transform(logits):
+            return true_label_probability(logits, population.labels)
     else:
         raise ValueError(f"Parameter 'score' got {score!r}; allowed values: 'hard', 'soft'.")
-    read = values[-1] if positions is None else at_positions(values, positions)  # (T, N)
+    if hasattr(population, "pool_values_at"):  # a zoo.Zoo: the whole pool only where it is stored
+        last = len(population.checkpoint_epochs) - 1
+        read = (np.stack([transform(population.pool_logits(t, last).float()).numpy()
+                          for t in range(population.keep.shape[0])]) if positions is None else
+                np.stack([population.pool_values_at(t, p, transform) for t, p in enumerate(positions)]))
+    else:  # dense (E, T, N, C) checkpoint logits
+        values = transform(population.checkpoint_logits.float()).numpy()
+        read = values[-1] if positions is None else at_positions(values, positions)  # (T, N)
     return 2.0 * np.where(population.keep.numpy(), read, -read)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 BNMode = Literal["eval", "train"]
+MEMORY_FORMATS = ("contiguous", "channels_last")
 
 
 _ALLOCATOR = {"tuned": None}
@@ -76,6 +77,27 @@ def accelerate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     if x.device.type != "cuda" or x.dim() != 4:
         return x
+    model.to(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def to_layout(model: nn.Module, x: torch.Tensor, memory_format: str = "contiguous") -> torch.Tensor:
+    """``x`` (and ``model``) in the activation layout that training uses: :func:`accelerate` on CUDA;
+    on other devices ``channels_last`` converts a 4-d ``x`` and the model's 4-d weights, ``contiguous``
+    changes nothing (the plain path).
+
+    Why it is an option on the CPU: with one thread, a quick BN member's training step runs about 1.6-1.9x
+    faster channels-last (``benchmarks/zoo_member.py``; aten's NCHW max-pooling with indices and batch
+    norm dominate a step there), but the convolutions then sum in another order, so weights and logits
+    differ from the plain path by float32 rounding after one step (1e-7 relative on logits,
+    ``tests/test_train.py``), and SGD amplifies that over a run as it amplifies any rounding. Both paths
+    are deterministic for a given thread count.
+    """
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"Parameter 'memory_format' got {memory_format!r}; allowed values: "
+                         f"{', '.join(map(repr, MEMORY_FORMATS))}.")
+    if x.device.type == "cuda" or memory_format == "contiguous" or x.dim() != 4:
+        return accelerate(model, x)
     model.to(memory_format=torch.channels_last)
     return x.contiguous(memory_format=torch.channels_last)
 
@@ -151,7 +173,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batc
         momentum: float = 0.9, weight_decay: float = 5e-4, schedule: str = "onecycle", seed: int = 0,
         eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, evals_per_epoch: int = 1,
         on_eval: Callable[[nn.Module, dict[str, float]], None] | None = None,
-        progress: bool = True, desc: str = "train") -> History:
+        progress: bool = True, desc: str = "train", memory_format: str = "contiguous") -> History:
     """Train ``model`` in place with SGD + momentum on (x, y), already normalized and on any device.
 
     Batches are drawn without replacement from a seeded permutation each epoch; the last incomplete
@@ -161,6 +183,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batc
         eval_sets: name -> (x, y) evaluated ``evals_per_epoch`` times per epoch (eval-mode BN).
         on_eval: called as ``on_eval(model, record)`` after each evaluation (e.g. to save checkpoints
             or add measurements to ``record``).
+        memory_format: the activation layout on the CPU (:func:`to_layout`); ``contiguous`` is the plain
+            path. The model keeps that layout afterwards (its values do not depend on it).
     Returns:
         The :class:`History` of evaluations.
     """
@@ -168,7 +192,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batc
     if device.type == "cpu":
         tune_allocator()
     y = y.to(device)
-    x = accelerate(model, x.to(device))
+    x = to_layout(model, x.to(device), memory_format)
     steps_per_epoch = len(x) // batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"Parameter 'batch_size' ({batch_size}) exceeds the training set size ({len(x)}).")

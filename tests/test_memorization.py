@@ -120,8 +120,8 @@ def test_chapter_params_profiles_and_bad_values():
     assert config.load("smoke", extras=memorization.ChapterParams)[1].n_bootstrap < params.n_bootstrap
     with pytest.raises(ValueError, match="'n_bootstrap'"):
         config.load("quick", extras=memorization.ChapterParams, n_bootstrap=0)
-    with pytest.raises(ValueError, match="fit_levels"):  # retired: the level now follows a stated rule
-        config.load("quick", extras=memorization.ChapterParams, fit_levels="0.9")
+    with pytest.raises(ValueError, match="fit_levels"):  # the zoo's declared grid (ExperimentConfig), validated
+        config.load("quick", extras=memorization.ChapterParams, fit_levels="0.9,-1")
 
 
 def test_check_norms_and_describe_difference(smoke_cfg):

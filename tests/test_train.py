@@ -123,3 +123,20 @@ def test_tuned_allocator_serves_large_temporaries_from_the_heap_not_fresh_pages(
     assert int(default) >= 6 * 2 ** 20, "glibc's default should map a 6 MiB block with mmap"
     assert tuned == again == "True"
     assert int(tuned_mapped) == 0, "after tuning, the block must come from the heap"
+
+
+def test_channels_last_is_within_float_rounding_of_the_plain_path_for_one_step():
+    """The CPU layout option changes the summation order of the convolutions, not the arithmetic: one
+    training step's weights agree to float32 rounding (the two paths then drift apart as SGD amplifies
+    rounding over a run, which is why the plain path stays selectable)."""
+    x, y = _toy(32)
+    trained = {}
+    for memory_format in train.MEMORY_FORMATS:
+        torch.manual_seed(0)
+        model = models.build("small_cnn", "batch", 1, 8, 3, width=4)
+        train.fit(model, x, y, epochs=1, batch_size=32, lr=0.1, progress=False, memory_format=memory_format)
+        trained[memory_format] = model.state_dict()
+    for name, plain in trained["contiguous"].items():
+        assert torch.allclose(trained["channels_last"][name].float(), plain.float(), rtol=1e-4, atol=1e-5), name
+    with pytest.raises(ValueError, match="'memory_format'"):
+        train.fit(model, x, y, epochs=1, batch_size=32, lr=0.1, progress=False, memory_format="nhwc")
