@@ -441,7 +441,8 @@ def test_checkpoint_weights_are_the_ones_the_checkpoint_logits_came_from(smoke_z
     _, pool_x, _ = zoo.zoo_inputs(cfg)
     for index, epoch in enumerate(population.checkpoint_epochs.tolist()):
         logits = train.predict_logits(population.model(1, int(epoch)), pool_x).half()
-        assert torch.equal(logits, population.checkpoint_logits[index, 1])
+        # the zoo evaluated channels-last (cfg.memory_format), predict_logits runs NCHW: float rounding apart
+        torch.testing.assert_close(logits.float(), population.checkpoint_logits[index, 1].float(), atol=5e-3, rtol=0)
     last = int(population.checkpoint_epochs[-1])
     assert all(torch.equal(v, population.state_dict(0)[k]) for k, v in population.state_dict_at(0, last).items())
     with pytest.raises(ValueError, match="'epoch'"):

@@ -71,8 +71,8 @@ def test_a_zoo_storing_the_pool_around_crossings_reads_what_the_dense_zoo_reads(
     plain layout) equal the new way's in the plain layout bit for bit."""
     zoos, members = {}, {}
     for policy in ("every", "crossings"):
-        cfg = config.load("smoke", device="cpu", epochs=4, fit_levels=(0.7, 0.75), pool_checkpoints=policy,
-                          memory_format="contiguous", n_models=4)
+        cfg = config.load("smoke", device="cpu", epochs=4, fit_levels=(0.7, 0.75), headline_fit=0.75,
+                          pool_checkpoints=policy, memory_format="contiguous", n_models=4)
         zoos[policy] = zoo.train_zoo(cfg, "batch", progress=False)
         members[policy] = cfg
     dense, sparse = zoos["every"], zoos["crossings"]
