@@ -30,6 +30,14 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 # The two arms of every headline comparison, and the three ways they are compared (bnlib.population).
 COMPARED_NORMS = ("batch", "none")
 COMPARISONS = ("same_schedule", "matched_fit", "matched_fit_annealed")
+# The book's one family of primary endpoints (Holm across them, each in each comparison): measurement names, the
+# metric keys without their ``_<comparison>`` suffix. Every other metric is secondary (bnlib.metric_registry).
+PRIMARY_ENDPOINTS = ("canary_memorization", "influence_counterfactual_outlier_inlier_ratio",
+                     "mia_lira_pooled_tpr_at_1pct_fpr_outliers")
+# Declared equivalence margins, by measurement name: a difference BN - no-BN within +-m is "equivalent"; for a
+# ratio (BN / no-BN) the margin is a factor m: equivalent within x1/m to xm.
+EQUIVALENCE_MARGINS = {"canary_memorization": 0.08, "influence_counterfactual_outlier_inlier_ratio": 1.25,
+                       "mia_lira_pooled_tpr_at_1pct_fpr_outliers": 0.05}
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def torch_load(path: Path) -> Any:
 PACKAGE_ROOT = Path(__file__).resolve().parent
 # Modules that never decide a stored value: caching itself, validation messages, figures, the book.
 NOT_DECIDING = ("__init__.py", "__main__.py", "results.py", "config.py", "plots.py", "figures.py", "chapter.py",
-                "book.py", "report.py", "cli.py")
+                "book.py", "report.py", "metric_registry.py", "cli.py")
 
 
 def _imported_modules(path: Path, root: Path) -> set[str]:
