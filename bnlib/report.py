@@ -539,6 +539,31 @@ def measurements_markdown(table: dict[str, dict[str, Any]], links: dict[str, str
     return "\n".join(lines)
 
 
+def chapter_metrics_markdown(metrics: dict[str, dict[str, Any]]) -> str:
+    """A chapter's annotated metrics (``verdict.annotate`` entries) as a Markdown table, each by its name with
+    its key in monospace: comparison, BN, no-BN, difference [95% interval], detectable difference, raw p, Holm p,
+    n with its unit, family and verdict (``verdict.table`` with the reader's names)."""
+    lines = ["| measurement | comparison | BN | no norm | BN − no norm [95% CI] | detectable | p | p (Holm) | n | "
+             "family | verdict |", "|---" * 11 + "|"]
+    for metric, entry in metrics.items():
+        stored = entry.get("difference", {})
+        mean = stored.get("mean", entry["batch"]["mean"] - entry["none"]["mean"])
+        low, high = stored.get("ci95", [float("nan")] * 2)
+        interval = "no interval" if not (math.isfinite(low) and math.isfinite(high)) else f"[{low:+.3f}, {high:+.3f}]"
+        raw, holm = p_values(entry)
+        detectable = entry.get("detectable_difference")
+        _, comparison, level = metric_registry.split_key(metric)
+        cells = [f"{metric_registry.name(metric)} `{metric}`",
+                 metric_registry.comparison_title(comparison or entry.get("comparison"), level),
+                 *(f"{entry[n]['mean']:.3f}" if _valid(entry[n]) else "–" for n in config.COMPARED_NORMS),
+                 f"{mean:+.3f} {interval}" if math.isfinite(mean) else "–",
+                 "–" if detectable is None or not math.isfinite(detectable) else f"{detectable:.3f}",
+                 _p_text(raw), _p_text(holm), f"{stored.get('n', entry['batch']['n'])} {entry.get('unit', '')}",
+                 metric_registry.family(metric, entry), verdict(metric, entry)]
+        lines.append("| " + " | ".join(_escape(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def descriptions_markdown(table: dict[str, dict[str, Any]]) -> str:
     """"What each metric measures" (a MyST definition list in ``measurement_order``): each measurement's name with
     its key in monospace, then the registry's meaning, unit and direction, the chapter's description and test."""

@@ -203,6 +203,18 @@ def test_measurements_are_grouped_by_chapter_primary_first_named_in_words():
     assert markdown.index("Data and models") < markdown.index("Memorization") < markdown.index("Influence")
 
 
+def test_chapter_metrics_table_names_each_metric_and_keeps_raw_and_holm_p():
+    entry = {**TABLE["mia_lira_pooled_tpr_at_1pct_fpr_outliers_matched_fit"],
+             "difference": {"mean": 0.2, "ci95": [0.15, 0.25], "n": 5}, "detectable_difference": 0.07}
+    empty = {**TABLE["canary_memorization_matched_fit"], "batch": {"mean": float("nan"), "ci95": [0, 0], "n": 0}}
+    lines = report.chapter_metrics_markdown({"mia_lira_pooled_tpr_at_1pct_fpr_outliers_matched_fit": entry,
+                                             "canary_memorization_matched_fit": empty}).splitlines()
+    assert lines[2].startswith("| LiRA TPR at 1% FPR on canaries (pooled) `mia_lira_pooled_tpr_at_1pct_fpr_outliers_"
+                               "matched_fit` | matched fit | 0.332 | 0.128 | +0.200 [+0.150, +0.250] | 0.070 | 0.004 "
+                               "| 0.012 | 5 models | primary | BN higher")
+    assert "| canary memorization `canary_memorization_matched_fit` | matched fit | – | 0.112 | – |" in lines[3]
+
+
 def test_json_adds_the_reader_s_description_and_keeps_the_entry():
     import json
 
