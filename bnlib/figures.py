@@ -119,7 +119,11 @@ def _draw_texts(fig) -> tuple[list[tuple[str, float, str]], float]:
 def _drawn_tick_labels(ax) -> list:
     """The tick labels ``ax`` draws: visible, non-empty, at a tick inside the axis's view interval."""
     out = []
+    if not (ax.get_visible() and ax.axison):
+        return out
     for axis in (ax.xaxis, ax.yaxis):
+        if not axis.get_visible():
+            continue
         low, high = sorted(axis.get_view_interval())
         span = (high - low) * 1e-9
         for locs, ticks in ((axis.get_majorticklocs(), axis.get_major_ticks), (axis.get_minorticklocs(),
@@ -141,7 +145,7 @@ def label_overlaps(fig, tolerance_px: float = 0.5) -> list[tuple[str, str]]:
         FigureCanvasAgg(fig)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    ticks = [label for ax in fig.axes if ax.get_visible() for label in _drawn_tick_labels(ax)]
+    ticks = [label for ax in fig.axes for label in _drawn_tick_labels(ax)]
     every_tick_label = {id(label) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
                         for tick in (*axis.majorTicks, *axis.minorTicks) for label in (tick.label1, tick.label2)}
     others = [t for t in fig.findobj(Text) if id(t) not in every_tick_label and t.get_visible()
