@@ -256,7 +256,7 @@ def comparison_phrase(metric: str, entry: dict[str, Any], table: dict[str, dict[
         where = f" {level:.3g}" if level is not None else ""
         return f"at the end of annealed schedules that both end at the same fit{where}"
     if comparison == "same_schedule":
-        return f"after the same schedule ({schedule_text(table)[4:]})"
+        return schedule_text(table).replace("the common", "after the same")
     return metric_registry.COMPARISON_WORDS.get(comparison, str(comparison).replace("_", " "))
 
 

@@ -148,7 +148,7 @@ def test_claim_paragraphs_answer_each_claim_in_words_with_numbers():
     text = report.claim_paragraphs(TABLE)
     memorization, influence, membership, closing = text.split("\n\n")
     assert memorization.startswith("**Memorization of outliers.** The paper claims that BN networks memorize")
-    assert "After the same schedule (common 12-epoch schedule): **inconclusive**, Δ = +0.250, no interval " \
+    assert "After the same 12-epoch schedule: **inconclusive**, Δ = +0.250, no interval " \
            "(2 seeds per norm), p = 0.004." in memorization
     assert ("At matched fit (each model read where its inlier training accuracy crosses 0.95, on the common "
             "12-epoch schedule): **equivalent within ±0.08**, Δ = ") in memorization
