@@ -439,17 +439,22 @@ def _p_text(value: float | None) -> str:
 
 
 def measurement_order(table: dict[str, dict[str, Any]]) -> list[str]:
-    """Metric keys grouped by chapter (book order), primary endpoints first within a chapter,
-    otherwise as stored."""
+    """Metric keys grouped by chapter (book order), primary endpoints first within a chapter; within that, each
+    measurement where it first appears, its comparisons in reading order and its fit-grid levels rising."""
     chapter_rank = {c: i for i, c in enumerate(CHAPTER_ORDER)}
+    comparison_rank = {c: i for i, c in enumerate(metric_registry.COMPARISON_WORDS)}
+    first_seen: dict[str, int] = {}
+    for position, metric in enumerate(table):
+        first_seen.setdefault(metric_registry.split_key(metric)[0], position)
 
-    def key(item: tuple[int, str]) -> tuple:
-        position, metric = item
+    def key(metric: str) -> tuple:
         entry = table[metric]
+        base, comparison, level = metric_registry.split_key(metric)
         return (chapter_rank.get(entry.get("chapter"), len(chapter_rank)), str(entry.get("chapter")),
-                metric_registry.family(metric, entry) != "primary", position)
+                metric_registry.family(metric, entry) != "primary", first_seen[base],
+                comparison_rank.get(comparison, len(comparison_rank)), level or 0.0)
 
-    return [metric for _, metric in sorted(enumerate(table), key=key)]
+    return sorted(table, key=key)
 
 
 def measurement_rows(table: dict[str, dict[str, Any]]) -> list[list[str]]:
