@@ -4,9 +4,16 @@ result set (see ``results.read_summaries``), for the terminal, the landing page 
 JSON shape (stable; one entry per metric, metric names unique across chapters)::
 
     {"<metric>": {"chapter": str, "result_set": str, "profile": str, "description": str,
-                  "comparison": "same_schedule" | "matched_fit", "higher_means": str, "test": str,
-                  "p_value": float | null, "unit": str (what n counts; optional),
-                  "batch": {"mean": float, "ci95": [lo, hi], "n": int}, "none": {...}, ...}, ...}
+                  "comparison": str, "higher_means": str, "test": str,
+                  "p_value": float | null, "p_value_holm": float | null, "unit": str (what n counts; optional),
+                  "batch": {"mean": float, "ci95": [lo, hi], "n": int}, "none": {...},
+                  "name": str, "meaning": str, "measured_in": str, "direction": str,
+                  "family": "primary" | "secondary", ...}, ...}
+
+The reader's names, meanings, units, directions and families come from ``bnlib.metric_registry``; every page
+shows a metric by its name, with its key beside it only as a monospace identifier. The landing page answers the
+paper's three claims with their primary endpoints (``claim_paragraphs``, ``claims_table_markdown``,
+``forest_rows``); "All measurements" lists everything, grouped by chapter, primary first.
 
 How numbers are shown (the rules a referee would check):
 - A ratio (metric name containing ``ratio``) lives on a log scale: BN and no-BN are compared as BN / no-BN,
