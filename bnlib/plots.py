@@ -187,13 +187,18 @@ def forest_plot(rows: Sequence, width: float = COLUMN_INCHES):
                 if d.low is not None:
                     ax.plot([d.low, d.high], [y, y], color=color, linewidth=2.2, solid_capstyle="butt")
                     reach += [d.low, d.high]
+                labels.append((y, CLAIMS.get(row.claim, (row.effect,))[0], False))
+                if not np.isfinite(d.mean):  # no value for both norms: say so where the line of equality is
+                    ax.annotate(f"no value ({d.n_text})", (1.0 if scale == "log" else 0.0, y), xytext=(7, 0),
+                                textcoords="offset points", va="center", fontsize=9, color="0.35")
+                    y -= 1
+                    continue
                 reach.append(d.mean)
                 face = color if d.low is not None else "white"  # hollow: no interval
                 ax.plot(d.mean, y, "o", markersize=7, color=color, markerfacecolor=face)
                 if d.low is None:  # say beside the marker how many replicates there are
                     ax.annotate(d.n_text.split(" per")[0], (d.mean, y), xytext=(7, 0), textcoords="offset points",
                                 va="center", fontsize=9, color="0.35")
-                labels.append((y, CLAIMS.get(row.claim, (row.effect,))[0], False))
                 y -= 1
             y -= 0.5
         ax.axvline(1.0 if scale == "log" else 0.0, color="k", linewidth=0.9)

@@ -405,7 +405,8 @@ class ForestRow:
 
 def forest_rows(table: dict[str, dict[str, Any]]) -> list[ForestRow]:
     """The primary endpoints, one row per claim and comparison (``claim_metrics``), grouped by comparison in
-    reading order, claims in the paper's order; rows without a value for both norms are left out."""
+    reading order, claims in the paper's order. A claim's endpoint without a value for both norms keeps its row:
+    its difference is NaN, with no interval, and its ``n_text`` says how many replicates each norm has."""
     cells = claim_metrics(table)
     rows = []
     for comparison in comparisons_shown(cells):
@@ -416,7 +417,9 @@ def forest_rows(table: dict[str, dict[str, Any]]) -> list[ForestRow]:
             entry = table[metric]
             shown = difference(metric, entry)
             if shown is None:
-                continue
+                counts = [int((entry.get(n) or {}).get("n", 0)) for n in config.COMPARED_NORMS]
+                shown = Difference(math.nan, None, None, "log" if is_ratio(metric) else "linear",
+                                   " / ".join(count_text(n, entry, short=True) for n in counts), "no value")
             rows.append(ForestRow(metric, metric_registry.name(metric), comparison, str(entry.get("chapter", "")),
                                   verdict(metric, entry), shown, claim, fit_level(metric, entry),
                                   metric_registry.equivalence_margin(metric, entry)))
@@ -632,5 +635,7 @@ def as_json(table: dict[str, dict[str, Any]]) -> str:
 
 def forest_json(table: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The forest plot's data (one dict per row), for the landing page's download."""
-    return [{**{k: v for k, v in asdict(row).items() if k != "difference"}, **asdict(row.difference)}
+    return [{key: None if isinstance(value, float) and math.isnan(value) else value
+             for key, value in {**{k: v for k, v in asdict(row).items() if k != "difference"},
+                                **asdict(row.difference)}.items()}
             for row in forest_rows(table)]

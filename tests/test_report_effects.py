@@ -248,6 +248,21 @@ def test_forest_plot_ticks_read_as_factors_and_overlap_nothing_and_draws_the_mar
     matplotlib.pyplot.close(figure)
 
 
+def test_a_primary_endpoint_without_a_value_keeps_its_row_and_says_so():
+    table = {**TABLE, "canary_memorization_matched_fit_annealed": _entry(
+        "memorization", "matched_fit_annealed", [0.1, 0.2, 0.1], [0.1], unit="models")}
+    table["canary_memorization_matched_fit_annealed"]["batch"] = {"mean": float("nan"), "ci95": [0, 0], "n": 0}
+    rows = report.forest_rows(table)
+    empty = [r for r in rows if r.comparison == "matched_fit_annealed"]
+    assert len(empty) == 1 and math.isnan(empty[0].difference.mean)
+    assert empty[0].difference.n_text == "0 models / 1 model"
+    assert report.forest_json(table)[-1]["mean"] is None  # valid JSON
+    figure = plots.forest_plot(rows)
+    assert "no value (0 models / 1 model)" in [t.get_text() for t in figure.axes[0].texts]
+    assert figures.label_overlaps(figure) == []
+    matplotlib.pyplot.close(figure)
+
+
 def test_label_overlaps_finds_the_crowded_log_axis_it_replaced():
     """Known answer: the old ratio axis (ticks at 1, 2, 5 per decade as plain numbers) over four decades of a
     narrow panel runs its labels into each other; two texts drawn on one spot overlap."""
