@@ -188,9 +188,9 @@ def forest_plot(rows: Sequence, width: float = COLUMN_INCHES):
                     ax.plot([d.low, d.high], [y, y], color=color, linewidth=2.2, solid_capstyle="butt")
                     reach += [d.low, d.high]
                 labels.append((y, CLAIMS.get(row.claim, (row.effect,))[0], False))
-                if not np.isfinite(d.mean):  # no value for both norms: say so where the line of equality is
-                    ax.annotate(f"no value ({d.n_text})", (1.0 if scale == "log" else 0.0, y), xytext=(7, 0),
-                                textcoords="offset points", va="center", fontsize=9, color="0.35")
+                if not np.isfinite(d.mean):  # no value for both norms: say so across the row's middle
+                    ax.text(0.5, y, f"no value ({d.n_text})", transform=ax.get_yaxis_transform(), ha="center",
+                            va="center", fontsize=9, color="0.35", bbox={"facecolor": "white", "edgecolor": "none"})
                     y -= 1
                     continue
                 reach.append(d.mean)
