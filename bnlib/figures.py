@@ -116,6 +116,52 @@ def _draw_texts(fig) -> tuple[list[tuple[str, float, str]], float]:
     return texts, box.width + 2 * PAD_INCHES
 
 
+def _drawn_tick_labels(ax) -> list:
+    """The tick labels ``ax`` draws: visible, non-empty, at a tick inside the axis's view interval."""
+    out = []
+    if not (ax.get_visible() and ax.axison):
+        return out
+    for axis in (ax.xaxis, ax.yaxis):
+        if not axis.get_visible():
+            continue
+        low, high = sorted(axis.get_view_interval())
+        span = (high - low) * 1e-9
+        for locs, ticks in ((axis.get_majorticklocs(), axis.get_major_ticks), (axis.get_minorticklocs(),
+                                                                                axis.get_minor_ticks)):
+            for loc, tick in zip(locs, ticks(len(locs)), strict=True):
+                if low - span <= loc <= high + span:
+                    out += [label for label in (tick.label1, tick.label2) if label.get_visible() and label.get_text()]
+    return out
+
+
+def label_overlaps(fig, tolerance_px: float = 0.5) -> list[tuple[str, str]]:
+    """Pairs (tick label, other label) of ``fig`` whose drawn bounding boxes overlap by more than
+    ``tolerance_px`` each way: every tick label of every axes against every other visible text of the figure
+    (tick labels, axis labels, titles, legend entries, annotations). Drawn with the Agg renderer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ticks = [label for ax in fig.axes for label in _drawn_tick_labels(ax)]
+    every_tick_label = {id(label) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
+                        for tick in (*axis.majorTicks, *axis.minorTicks) for label in (tick.label1, tick.label2)}
+    others = [t for t in fig.findobj(Text) if id(t) not in every_tick_label and t.get_visible()
+              and t.get_text().strip() and (t.axes is None or t.axes.get_visible())]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in ticks]
+    other_boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in others]
+    found = []
+    for i, (text, box) in enumerate(boxes):
+        for other, other_box in [*boxes[i + 1:], *other_boxes]:
+            width = min(box.x1, other_box.x1) - max(box.x0, other_box.x0)
+            height = min(box.y1, other_box.y1) - max(box.y0, other_box.y0)
+            if width > tolerance_px and height > tolerance_px:
+                found.append((text, other))
+    return found
+
+
 def shown_width(fig) -> float:
     """Width in inches of the PNG a kernel shows for ``fig`` (``bbox_inches="tight"``, ``PAD_INCHES`` around);
     times ``fig.dpi``, its CSS px width on the page before the column shrinks it."""
@@ -283,7 +329,8 @@ def figure_record(fig) -> dict[str, Any]:
     return {**figure_data(fig), "shown_width_px": round(width * fig.dpi, 1), "column_px": COLUMN_PX,
             "display_scale": round(scale, 5),
             "smallest_font": asdict(shown[0]) if shown else None,
-            "small_texts": [asdict(t) for t in shown if t.size < MIN_FONT]}
+            "small_texts": [asdict(t) for t in shown if t.size < MIN_FONT],
+            "tick_label_overlaps": [list(pair) for pair in label_overlaps(fig)]}
 
 
 _CAPTURED: list[dict[str, Any]] = []

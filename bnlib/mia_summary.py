@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import chapter, config, mia, results, verdict
+from . import chapter, config, metric_registry, mia, results, verdict
 from .mia_chapter import UNIT
 from .plots import NORM_LABELS
 
@@ -188,9 +188,10 @@ def verdict_glue(metrics: Mapping[str, dict[str, Any]], attack: str) -> dict[str
 
 def metrics_table(metrics: Mapping[str, dict[str, Any]], norms: Sequence[str]) -> str:
     """The chapter's summary: per metric its comparison, each norm [95% CI], p, Holm p, n and verdict."""
-    rows = [[f"`{name}`", value["comparison"], *(chapter.interval(value[norm], ".3f", UNIT) for norm in norms),
+    rows = [[f"{metric_registry.name(name)} `{name}`", value["comparison"],
+             *(chapter.interval(value[norm], ".3f", UNIT) for norm in norms),
              f"{value['p_value']:.2g}", "" if value["p_value_holm"] is None else f"{value['p_value_holm']:.2g}",
              f"{value['difference']['n']} {value['unit']}", value["verdict"]]
             for name, value in metrics.items()]
-    return chapter.markdown_table(["metric", "comparison", *(NORM_LABELS[n] for n in norms), "p (BN vs none)",
+    return chapter.markdown_table(["measurement", "comparison", *(NORM_LABELS[n] for n in norms), "p (BN vs none)",
                                    "p (Holm)", "n", "verdict"], rows)

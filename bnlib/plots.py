@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -134,70 +135,103 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, column
     return fig
 
 
+LOG_FACTORS = (1 / 100, 1 / 30, 1 / 10, 1 / 3, 1.0, 3.0, 10.0, 30.0, 100.0)  # the ratio axis's ticks
+
+
+def factor_label(value: float) -> str:
+    """A ratio tick as a reader says it: 3 -> "×3", 1/10 -> "×1/10", 1 -> "×1"."""
+    if value >= 1:
+        return f"×{value:g}"
+    return f"×1/{1 / value:.3g}"
+
+
 def forest_plot(rows: Sequence, width: float = COLUMN_INCHES):
-    """The landing page's forest plot: one row per effect, BN against no-BN with its 95% interval, grouped by
-    comparison, coloured by verdict. Differences (BN - no-BN) on a linear axis with a zero line; ratios
-    (BN / no-BN) on a log axis of their own with a line at 1. A row without an interval (too few
-    replicates) is a hollow marker and its label says how many.
+    """The landing page's forest plot of the primary endpoints: one row per claim and comparison, BN against
+    no-BN with its 95% interval, grouped by comparison (matched fit with its level), coloured by verdict.
+    Differences (BN - no-BN) on a linear axis with a zero line; ratios (BN / no-BN) on a log axis of their own
+    with a line at ×1 and ticks ×1/10, ×1/3, ×1, ×3, ×10. Where a row's verdict claims equivalence, its declared
+    margin is drawn as a band around the line of equality. A row without an interval (too few replicates) is
+    a hollow marker and its label says how many.
 
     Args:
         rows: ``report.ForestRow`` values, in display order (``report.forest_rows``).
-        width: inches; at the column's width (``COLUMN_INCHES``) the book shows it at its natural size, its
-            9.5-10 pt labels at 10.9-11.5 CSS pt (a wider figure is scaled down, and its text with it).
+        width: inches; at the column's width (``COLUMN_INCHES``) the book shows it at its natural size.
     Returns:
         The figure.
     """
-    from matplotlib.ticker import LogLocator, ScalarFormatter
+    from matplotlib.ticker import FixedLocator, NullLocator
 
+    from .metric_registry import CLAIMS, comparison_title
     from .report import VERDICT_COLORS, verdict_color
 
     panels = {scale: [r for r in rows if r.difference.scale == scale] for scale in ("linear", "log")}
     panels = {scale: here for scale, here in panels.items() if here}
     # one unit per row, 1.5 per comparison heading
     sizes = [len(here) + 1.5 * len({r.comparison for r in here}) for here in panels.values()] or [1]
-    fig, axes = plt.subplots(len(sizes), 1, figsize=(width, 0.8 + 0.3 * sum(sizes) + 0.7 * len(sizes)),
+    fig, axes = plt.subplots(len(sizes), 1, figsize=(width, 0.9 + 0.3 * sum(sizes) + 0.75 * len(sizes)),
                              squeeze=False, gridspec_kw={"height_ratios": sizes})
+    margins_drawn = False
     for ax, (scale, here) in zip(axes.flat, panels.items(), strict=True):
-        labels, y = [], 0.0
+        labels, y, reach = [], 0.0, []
         for comparison in dict.fromkeys(r.comparison for r in here):
-            labels.append((y, comparison.replace("_", " ").upper(), True))
+            levels = {r.fit_level for r in here if r.comparison == comparison}
+            level = next(iter(levels)) if len(levels) == 1 and comparison == "matched_fit" else None
+            labels.append((y, comparison_title(comparison, level).upper(), True))
             y -= 1
             for row in (r for r in here if r.comparison == comparison):
                 d, color = row.difference, verdict_color(row.verdict)
+                if row.margin and row.verdict.startswith("equivalent"):
+                    margin = row.margin  # a ratio's margin is on the log scale
+                    low, high = (math.exp(-margin), math.exp(margin)) if scale == "log" else (-margin, margin)
+                    ax.fill_between([low, high], y - 0.35, y + 0.35, color="#2ca02c", alpha=0.15, linewidth=0)
+                    reach += [low, high]
+                    margins_drawn = True
                 if d.low is not None:
                     ax.plot([d.low, d.high], [y, y], color=color, linewidth=2.2, solid_capstyle="butt")
+                    reach += [d.low, d.high]
+                labels.append((y, CLAIMS.get(row.claim, (row.effect,))[0], False))
+                if not np.isfinite(d.mean):  # no value for both norms: say so across the row's middle
+                    ax.text(0.5, y, f"no value ({d.n_text})", transform=ax.get_yaxis_transform(), ha="center",
+                            va="center", fontsize=9, color="0.35", bbox={"facecolor": "white", "edgecolor": "none"})
+                    y -= 1
+                    continue
+                reach.append(d.mean)
                 face = color if d.low is not None else "white"  # hollow: no interval
                 ax.plot(d.mean, y, "o", markersize=7, color=color, markerfacecolor=face)
                 if d.low is None:  # say beside the marker how many replicates there are
                     ax.annotate(d.n_text.split(" per")[0], (d.mean, y), xytext=(7, 0), textcoords="offset points",
                                 va="center", fontsize=9, color="0.35")
-                name = row.effect.replace("_outlier_inlier_ratio", " (out/in)").replace("_", " ")
-                labels.append((y, name, False))
                 y -= 1
             y -= 0.5
         ax.axvline(1.0 if scale == "log" else 0.0, color="k", linewidth=0.9)
         if scale == "log":
             ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.xaxis.set_major_formatter(ScalarFormatter())
-            ax.xaxis.set_minor_formatter(plt.NullFormatter())
-            low, high = ax.get_xlim()
-            ax.set_xlim(min(low, 0.8), max(high, 1.25))
+            values = [v for v in reach if v > 0]
+            low, high = min([*values, 1 / 3.5]) / 1.3, max([*values, 3.5]) * 1.3
+            ax.set_xlim(low, high)
+            ticks = [f for f in LOG_FACTORS if low <= f <= high]
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticks(ticks, [factor_label(f) for f in ticks])
         ax.set_yticks([t[0] for t in labels], [t[1] for t in labels], fontsize=10)
         for tick, (_, _, header) in zip(ax.get_yticklabels(), labels, strict=True):
             tick.set_fontweight("bold" if header else "normal")
         ax.tick_params(axis="y", length=0)
         ax.set_ylim(y + 0.3, 0.7)
         ax.grid(axis="y", visible=False)
-        ax.set_xlabel("BN / no-BN (log scale; 1 = equal)" if scale == "log" else "BN − no-BN (0 = equal)", fontsize=10)
+        ax.set_xlabel("BN / no-BN (log scale; ×1 = equal)" if scale == "log" else "BN − no-BN (0 = equal)",
+                      fontsize=10)
     if not panels:
         axes.flat[0].text(0.5, 0.5, "no results yet", ha="center", va="center")
         axes.flat[0].axis("off")
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=v) for v, c in VERDICT_COLORS.items()]
     handles.append(plt.Line2D([], [], marker="o", linestyle="", color="0.3", markerfacecolor="white",
-                              label="too few replicates for an interval (n beside it)"))
+                              label="too few replicates for an interval"))
+    if margins_drawn:
+        handles.append(plt.Rectangle((0, 0), 1, 1, color="#2ca02c", alpha=0.15, label="equivalence margin"))
     fig.legend(handles=handles, loc="upper center", ncol=2, fontsize=9.5, bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.8 / fig.get_figheight()))
+    legend_rows = (len(handles) + 1) // 2
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.25 * legend_rows + 0.1) / fig.get_figheight()))
     return fig
 
 

@@ -99,7 +99,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 INFRASTRUCTURE = ("__init__.py", "__main__.py", "results.py", "config.py")
 # The reading modules of the package (files directly under bnlib/): by name, and every file whose name ends
 # with one of READING_SUFFIXES (a chapter's tables and glue, a report, figures).
-READING_MODULES = ("book.py", "chapter.py", "cli.py", "dp_tradeoff.py", "figures.py", "mia_summary.py", "plots.py",
+READING_MODULES = ("book.py", "chapter.py", "cli.py", "dp_tradeoff.py", "figures.py", "metric_registry.py",
+                   "mia_summary.py", "plots.py",
                    "report.py", "theory_cnn.py", "theory_derivation.py")
 READING_SUFFIXES = ("_chapter.py", "_report.py", "_plots.py")
 

@@ -46,7 +46,7 @@ def test_every_profile_validates_and_runs_at_least_eight_pairs():
 
 
 def test_equal_steps_rule_known_answers():
-    cfg = config.load("quick")  # a member trains on 1,250 inliers + 50 canaries = 1,300 examples
+    cfg = config.load("quick", epochs=12)  # 12 epochs; a member trains on 1,250 inliers + 50 canaries: 1,300
     assert ablations.member_examples(cfg) == 1300
     assert ablations.batch_size_overrides(cfg, 512, "linear") == {"batch_size": 512, "epochs": 60, "lr": 0.2}
     assert ablations.batch_size_overrides(cfg, 32, "linear") == {"batch_size": 32, "epochs": 3, "lr": 0.0125}
@@ -63,7 +63,7 @@ def test_plans_name_their_points_and_pair_the_arms():
     batch = ablations.plan(cfg, params, "batch_size")
     assert [p.name for p in batch] == ["batch32", "batch128", "batch256"]
     assert batch[1].arms == (ablations.Arm("batch"), ablations.Arm("none"))  # the chapter's own: no override
-    assert dict(batch[2].arms[0].overrides) == {"batch_size": 256, "epochs": 24, "lr": 0.1}
+    assert dict(batch[2].arms[0].overrides) == {"batch_size": 256, "epochs": 2 * cfg.epochs, "lr": 0.1}
     paper = ablations.plan(*config.load("paper", extras=ablations.ChapterParams), "batch_size")
     assert [p.name for p in paper] == ["batch32", "batch128", "batch512"]
     assert all(p.arms[0].overrides == p.arms[1].overrides for p in batch)  # only the norm differs within a pair

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib import pyplot
 
-from bnlib import chapter, config, mia, mia_chapter, mia_plots, mia_summary, plots, population, zoo
+from bnlib import chapter, config, metric_registry, mia, mia_chapter, mia_plots, mia_summary, plots, population, zoo
 
 T, N_OUTLIERS, N_INLIERS, B = 8, 40, 400, 200  # targets, pool examples per group, bootstrap resamples
 FIT = np.array([0.2, 0.5, 0.8])  # (E,) inlier train accuracy of every target at each checkpoint
@@ -272,7 +272,7 @@ def test_verdict_glue_and_the_summary_table():
     assert words["annealed_auc_sentence"].startswith(metrics["mia_lira_auc_outliers_equal_exposure"]["verdict"])
     assert len(words) == 8
     rows = _rows(mia_summary.metrics_table(metrics, cfg.norms))
-    assert [row[0] for row in rows] == [f"`{name}`" for name in metrics]
+    assert [row[0] for row in rows] == [f"{metric_registry.name(name)} `{name}`" for name in metrics]
     same = rows[0]
     assert same[2] == "0.900 [0.800, 1.000]" and same[4] == "0.001" and same[-2] == "8 models"
     matched = rows[list(metrics).index("mia_lira_pooled_tpr_at_1pct_fpr_outliers_matched_fit")]

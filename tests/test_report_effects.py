@@ -3,6 +3,7 @@ and result sets that keep a custom run away from the book (known answers on smal
 
 import math
 import os
+import re
 
 import matplotlib
 
@@ -12,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
-from bnlib import book, plots, report, results, stats  # noqa: E402
+from bnlib import book, figures, plots, report, results, stats  # noqa: E402
 
 
 def _entry(chapter: str, comparison: str, batch: list[float], none: list[float], p_value: float | None = 0.004,
@@ -25,12 +26,22 @@ def _entry(chapter: str, comparison: str, batch: list[float], none: list[float],
 FIVE_BN, FIVE_NONE = [0.30, 0.35, 0.28, 0.40, 0.33], [0.10, 0.18, 0.12, 0.15, 0.09]
 TABLE = {
     "test_accuracy_same_schedule": _entry("data_and_models", "same_schedule", [0.8, 0.82, 0.81], [0.7, 0.72, 0.7]),
-    "mia_auc_inliers_matched_fit": _entry("membership_inference", "matched_fit", [0.5, 0.52, 0.51], [0.5, 0.5, 0.52],
-                                          p_value=0.6, unit="models"),
-    "mia_auc_outliers_matched_fit": _entry("membership_inference", "matched_fit", FIVE_BN, FIVE_NONE, unit="models"),
+    "mia_lira_auc_inliers_matched_fit": _entry("membership_inference", "matched_fit", [0.5, 0.52, 0.51],
+                                               [0.5, 0.5, 0.52], p_value=0.6, unit="models"),
+    "mia_lira_auc_outliers_matched_fit": _entry("membership_inference", "matched_fit", FIVE_BN, FIVE_NONE,
+                                                unit="models"),
     "canary_memorization_same_schedule": _entry("memorization", "same_schedule", [0.3, 0.5], [0.1, 0.2], unit="seeds"),
-    "influence_outlier_inlier_ratio_same_schedule": _entry("influence", "same_schedule", [2.0, 3.0, 2.5, 2.2],
-                                                           [1.0, 1.2, 1.1, 0.9], unit="data draws"),
+    "influence_eval_mode_outlier_inlier_ratio_same_schedule": _entry(
+        "influence", "same_schedule", [2.0, 3.0, 2.5, 2.2], [1.0, 1.2, 1.1, 0.9], unit="data draws"),
+    "mia_lira_pooled_tpr_at_1pct_fpr_outliers_matched_fit": _entry(
+        "membership_inference", "matched_fit", FIVE_BN, FIVE_NONE, unit="models", fit_level=0.95,
+        p_value_holm=0.012, verdict="BN higher (difference 0.204, p = 0.012)"),
+    "canary_memorization_matched_fit": _entry(
+        "memorization", "matched_fit", [0.10, 0.12, 0.11, 0.13], [0.11, 0.12, 0.10, 0.12], unit="models",
+        p_value_holm=0.9, verdict="equivalent within ±0.08", description="... where each model's inlier fit first "
+        "crosses 0.950 ... at the end of the common 12-epoch schedule"),
+    "canary_memorization_matched_fit_0p80": _entry(
+        "memorization", "matched_fit", [0.02, 0.03, 0.02], [0.02, 0.02, 0.03], unit="models", fit_level=0.8),
 }
 
 
@@ -60,7 +71,7 @@ def test_ratio_interval_that_reaches_below_zero_is_redrawn_on_the_log_scale():
 
 def test_fallback_difference_interval_is_welchs():
     """The interval rebuilt from two stored t intervals equals scipy's Welch interval on the raw values."""
-    difference = report.difference("mia_auc_outliers_matched_fit", TABLE["mia_auc_outliers_matched_fit"])
+    difference = report.difference("mia_lira_auc_outliers_matched_fit", TABLE["mia_lira_auc_outliers_matched_fit"])
     reference = scipy_stats.ttest_ind(FIVE_BN, FIVE_NONE, equal_var=False).confidence_interval(0.95)
     assert difference.mean == pytest.approx(np.mean(FIVE_BN) - np.mean(FIVE_NONE))
     assert (difference.low, difference.high) == pytest.approx((reference.low, reference.high))
@@ -68,24 +79,24 @@ def test_fallback_difference_interval_is_welchs():
 
 
 def test_ratio_difference_is_a_positive_ratio_on_the_log_scale():
-    entry = TABLE["influence_outlier_inlier_ratio_same_schedule"]
-    difference = report.difference("influence_outlier_inlier_ratio_same_schedule", entry)
+    entry = TABLE["influence_eval_mode_outlier_inlier_ratio_same_schedule"]
+    difference = report.difference("influence_eval_mode_outlier_inlier_ratio_same_schedule", entry)
     assert difference.scale == "log" and difference.mean == pytest.approx(2.425 / 1.05)
     assert 0 < difference.low < difference.mean < difference.high
     assert difference.mean / difference.low == pytest.approx(difference.high / difference.mean)
 
 
 def test_stored_difference_is_used_as_is():
-    entry = {**TABLE["mia_auc_outliers_matched_fit"], "difference": {"mean": 0.2, "ci95": [0.15, 0.25], "n": 5}}
-    difference = report.difference("mia_auc_outliers_matched_fit", entry)
+    entry = {**TABLE["mia_lira_auc_outliers_matched_fit"], "difference": {"mean": 0.2, "ci95": [0.15, 0.25], "n": 5}}
+    difference = report.difference("mia_lira_auc_outliers_matched_fit", entry)
     assert (difference.mean, difference.low, difference.high, difference.note) == (0.2, 0.15, 0.25, "")
 
 
 # ----------------------------------------------------------------------------- verdicts and units
 
 @pytest.mark.parametrize(("metric", "expected"), [
-    ("mia_auc_outliers_matched_fit", "BN higher"),               # p = 0.004, BN above
-    ("mia_auc_inliers_matched_fit", "no difference detected"),    # p = 0.6
+    ("mia_lira_auc_outliers_matched_fit", "BN higher"),               # p = 0.004, BN above
+    ("mia_lira_auc_inliers_matched_fit", "no difference detected"),    # p = 0.6
     ("canary_memorization_same_schedule", "inconclusive"),        # 2 seeds
 ])
 def test_provisional_verdict(metric, expected):
@@ -100,8 +111,8 @@ def test_provisional_verdict_reads_the_sign_and_holm_and_needs_a_test():
 
 
 def test_stored_verdict_wins():
-    entry = {**TABLE["mia_auc_inliers_matched_fit"], "verdict": "no difference detected (could detect ≥ 0.04)"}
-    assert report.verdict("mia_auc_inliers_matched_fit", entry) == entry["verdict"]
+    entry = {**TABLE["mia_lira_auc_inliers_matched_fit"], "verdict": "no difference detected (could detect ≥ 0.04)"}
+    assert report.verdict("mia_lira_auc_inliers_matched_fit", entry) == entry["verdict"]
     assert report.verdict_color(entry["verdict"]) == report.VERDICT_COLORS["no difference detected"]
 
 
@@ -113,35 +124,103 @@ def test_n_says_what_it_counts():
 
 # ----------------------------------------------------------------------------- landing page and tables
 
-def test_forest_rows_same_schedule_first_then_chapter_order_outliers_first_privacy_effects_only():
+def _outside_monospace(markdown: str) -> str:
+    return re.sub(r"`[^`]*`", "", markdown)
+
+
+def test_claim_metrics_pick_the_primary_endpoint_of_each_claim_and_comparison_at_the_headline_level():
+    assert report.claim_metrics(TABLE) == {
+        "memorization": {"same_schedule": "canary_memorization_same_schedule",
+                         "matched_fit": "canary_memorization_matched_fit"},  # not the 0p80 grid row
+        "influence": {"same_schedule": "influence_eval_mode_outlier_inlier_ratio_same_schedule"},
+        "membership": {"matched_fit": "mia_lira_pooled_tpr_at_1pct_fpr_outliers_matched_fit"}}
+
+
+def test_forest_rows_are_the_primary_endpoints_one_per_claim_and_comparison():
     rows = report.forest_rows(TABLE)
-    assert [(r.comparison, r.effect) for r in rows] == [
-        ("same_schedule", "canary_memorization"), ("same_schedule", "influence_outlier_inlier_ratio"),
-        ("matched_fit", "mia_auc_outliers"), ("matched_fit", "mia_auc_inliers")]  # no test accuracy
+    assert [(r.comparison, r.claim) for r in rows] == [
+        ("same_schedule", "memorization"), ("same_schedule", "influence"), ("matched_fit", "memorization"),
+        ("matched_fit", "membership")]  # no test accuracy, no secondary AUC, no grid-level row
+    assert rows[2].margin == pytest.approx(0.08) and rows[2].fit_level == pytest.approx(0.95)
 
 
-def test_findings_paragraph_gives_each_comparison_its_verdicts_and_numbers():
-    text = report.findings(TABLE)
-    same, matched = text.split("At matched fit")
-    assert same.startswith("After the same training schedule, the verdict is:\n\n- **inconclusive** for canary "
-                           "memorization (Δ = +0.250, 2 seeds per norm)")
-    assert "BN / no-BN = 2.31 [" in same
-    assert "**BN higher** for mia auc outliers (Δ = +0.204 [+0.142, +0.266])" in matched
-    assert "**no difference detected** for mia auc inliers" in matched and "result set `quick`" in matched
-    assert "No chapter has stored results" in report.findings({})
+def test_claim_paragraphs_answer_each_claim_in_words_with_numbers():
+    text = report.claim_paragraphs(TABLE)
+    memorization, influence, membership, closing = text.split("\n\n")
+    assert memorization.startswith("**Memorization of outliers.** The paper claims that BN networks memorize")
+    assert "After the same 12-epoch schedule: **inconclusive**, Δ = +0.250, no interval " \
+           "(2 seeds per norm), p = 0.004." in memorization
+    assert ("At matched fit (each model read where its inlier training accuracy crosses 0.95, on the common "
+            "12-epoch schedule): **equivalent within ±0.08**, Δ = ") in memorization
+    assert "BN / no-BN = 2.31 [" in influence and "data draws per norm" in influence
+    assert "**BN higher**, Δ = +0.204 [+0.142, +0.266], 5 models per norm, Holm p = 0.012." in membership
+    assert "4 primary endpoints" in closing and "Result set `quick`" in closing
+    for paragraph in (memorization, influence, membership):  # keys only in monospace, no raw words
+        outside = _outside_monospace(paragraph)
+        assert not re.search(r"[a-z]+_[a-z]+", outside), outside
+        assert not re.search(r"(?<![A-Za-z])(pct|fpr)(?![A-Za-z])", outside), outside
+    assert "No chapter has stored results" in report.claim_paragraphs({})
 
 
-def test_measurement_rows_one_per_metric_with_unit_and_set():
+def test_claims_table_is_claims_by_comparisons():
+    lines = report.claims_table_markdown(TABLE).splitlines()
+    assert lines[0] == "| claim | same schedule | matched fit (0.95) |"
+    assert len(lines) == 2 + 3 and lines[2].startswith("| **Memorization of outliers**: canary memorization "
+                                                       "`canary_memorization` | **inconclusive**; Δ = +0.250")
+    assert lines[3].endswith("| – |")  # influence has no matched-fit row here
+    assert not re.search(r"[a-z]+_[a-z]+", _outside_monospace(" ".join(lines)))
+
+
+def test_measurement_rows_show_raw_and_holm_p_in_their_own_columns():
+    """Regression: ``entry.get("p_value_holm", entry.get("p_value"))`` returned the stored None of a metric
+    outside a Holm family, and its raw p showed as "–"."""
+    table = {"train_accuracy_same_schedule": _entry("data_and_models", "same_schedule", [0.9, 0.92, 0.91],
+                                                    [0.8, 0.81, 0.8], p_value=0.0051, p_value_holm=None)}
+    header, row = report.measurement_rows(table)
+    cells = dict(zip(header, row, strict=True))
+    assert (cells["p"], cells["p (Holm)"], cells["family"]) == ("0.0051", "–", "secondary")
+    assert report.provisional_verdict("train_accuracy_same_schedule", table["train_accuracy_same_schedule"]) \
+        == "BN higher"
+    assert report.p_values({"p_value": float("nan"), "p_value_holm": 0.2}) == (None, 0.2)
+
+
+def test_measurements_are_grouped_by_chapter_primary_first_named_in_words():
+    order = report.measurement_order(TABLE)
+    assert order[:2] == ["test_accuracy_same_schedule", "canary_memorization_same_schedule"]
+    assert order[2:4] == ["canary_memorization_matched_fit", "canary_memorization_matched_fit_0p80"]
     header, *body = report.measurement_rows(TABLE)
     assert header == list(report.MEASUREMENT_COLUMNS) and len(body) == len(TABLE)
-    canary = dict(zip(header, body[3], strict=True))
+    canary = dict(zip(header, body[1], strict=True))
+    assert canary["measurement"] == "canary memorization" and canary["family"] == "primary"
     assert canary["n"] == "2 seeds" and canary["95% interval"] == "none (fewer than 3)" and canary["BN"] == "0.400"
-    ratio = dict(zip(header, body[4], strict=True))
-    assert ratio["difference"].startswith("×2.31") and ratio["set"] == "quick"
+    grid = dict(zip(header, body[3], strict=True))
+    assert grid["comparison"] == "matched fit (0.80)"
     markdown = report.measurements_markdown(TABLE, {"memorization": "chapters/memorization"})
-    assert "{doc}`canary memorization same schedule </chapters/memorization>`" in markdown
-    assert "| `test_accuracy_same_schedule` |" in markdown
     assert markdown.startswith("All rows come from the result set `quick`.") and "| set |" not in markdown
+    assert "**{doc}`Memorization </chapters/memorization>`**" in markdown
+    assert "| **canary memorization** `canary_memorization_same_schedule` | primary |" in markdown
+    assert "| LiRA AUC on canaries `mia_lira_auc_outliers_matched_fit` | secondary |" in markdown
+    assert markdown.index("Data and models") < markdown.index("Memorization") < markdown.index("Influence")
+
+
+def test_chapter_metrics_table_names_each_metric_and_keeps_raw_and_holm_p():
+    entry = {**TABLE["mia_lira_pooled_tpr_at_1pct_fpr_outliers_matched_fit"],
+             "difference": {"mean": 0.2, "ci95": [0.15, 0.25], "n": 5}, "detectable_difference": 0.07}
+    empty = {**TABLE["canary_memorization_matched_fit"], "batch": {"mean": float("nan"), "ci95": [0, 0], "n": 0}}
+    lines = report.chapter_metrics_markdown({"mia_lira_pooled_tpr_at_1pct_fpr_outliers_matched_fit": entry,
+                                             "canary_memorization_matched_fit": empty}).splitlines()
+    assert lines[2].startswith("| LiRA TPR at 1% FPR on canaries (pooled) `mia_lira_pooled_tpr_at_1pct_fpr_outliers_"
+                               "matched_fit` | matched fit | 0.332 | 0.128 | +0.200 [+0.150, +0.250] | 0.070 | 0.004 "
+                               "| 0.012 | 5 models | primary | BN higher")
+    assert "| canary memorization `canary_memorization_matched_fit` | matched fit | – | 0.112 | – |" in lines[3]
+
+
+def test_json_adds_the_reader_s_description_and_keeps_the_entry():
+    import json
+
+    entry = json.loads(report.as_json(TABLE))["canary_memorization_same_schedule"]
+    assert entry["name"] == "canary memorization" and entry["family"] == "primary"
+    assert entry["unit"] == "seeds" and entry["measured_in"] == "accuracy difference"  # unit: what n counts
 
 
 def test_forest_plot_draws_one_marker_per_row_hollow_without_an_interval():
@@ -153,6 +232,55 @@ def test_forest_plot_draws_one_marker_per_row_hollow_without_an_interval():
     assert len(markers) == len(rows)
     hollow = [line for line in markers if line.get_markerfacecolor() == "white"]
     assert len(hollow) == 1 and hollow[0].get_xdata()[0] == pytest.approx(0.25)  # the 2-seed canary row
+    matplotlib.pyplot.close(figure)
+
+
+def test_forest_plot_ticks_read_as_factors_and_overlap_nothing_and_draws_the_margin():
+    figure = plots.forest_plot(report.forest_rows(TABLE))
+    linear, log = figure.axes
+    figure.canvas.draw()
+    assert {"×1/3", "×1", "×3"} <= {t.get_text() for t in log.get_xticklabels()}
+    assert figures.label_overlaps(figure) == []
+    margin = [c for c in linear.collections if len(c.get_paths())]  # the equivalence band of the matched-fit row
+    assert len(margin) == 1
+    x = margin[0].get_paths()[0].vertices[:, 0]
+    assert (x.min(), x.max()) == pytest.approx((-0.08, 0.08))
+    matplotlib.pyplot.close(figure)
+
+
+def test_a_primary_endpoint_without_a_value_keeps_its_row_and_says_so():
+    table = {**TABLE, "canary_memorization_matched_fit_annealed": _entry(
+        "memorization", "matched_fit_annealed", [0.1, 0.2, 0.1], [0.1], unit="models")}
+    table["canary_memorization_matched_fit_annealed"]["batch"] = {"mean": float("nan"), "ci95": [0, 0], "n": 0}
+    rows = report.forest_rows(table)
+    empty = [r for r in rows if r.comparison == "matched_fit_annealed"]
+    assert len(empty) == 1 and math.isnan(empty[0].difference.mean)
+    assert empty[0].difference.n_text == "0 models / 1 model"
+    assert report.forest_json(table)[-1]["mean"] is None  # valid JSON
+    figure = plots.forest_plot(rows)
+    assert "no value (0 models / 1 model)" in [t.get_text() for t in figure.axes[0].texts]
+    assert figures.label_overlaps(figure) == []
+    matplotlib.pyplot.close(figure)
+
+
+def test_label_overlaps_finds_the_crowded_log_axis_it_replaced():
+    """Known answer: the old ratio axis (ticks at 1, 2, 5 per decade as plain numbers) over four decades of a
+    narrow panel runs its labels into each other; two texts drawn on one spot overlap."""
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    figure, ax = matplotlib.pyplot.subplots(figsize=(3, 2))
+    ax.set_xscale("log")
+    ax.set_xlim(0.01, 100)
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    assert len(figures.label_overlaps(figure)) > 3
+    matplotlib.pyplot.close(figure)
+    figure, ax = matplotlib.pyplot.subplots(figsize=(3, 2))
+    ax.set_yticks([0.5], ["a long tick label"])
+    ax.set_ylabel("label")
+    assert figures.label_overlaps(figure) == []
+    ax.text(-0.2, 0.5, "on top of it", transform=ax.transAxes, ha="right", va="center")
+    assert figures.label_overlaps(figure) == [("a long tick label", "on top of it")]
     matplotlib.pyplot.close(figure)
 
 

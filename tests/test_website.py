@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 import nbformat
 import pytest
 
-from bnlib import book, figures, plots, report
+from bnlib import book, figures, metric_registry, plots, report, results
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -404,19 +404,83 @@ FOUND_STATE = r"""
                 {loaded: i.complete && i.naturalWidth > 0, width: i.naturalWidth, shown: i.width}))};"""
 
 
-def test_landing_page_says_what_we_found_with_a_forest_plot(visits, driver):
+def _landing_page(visits, driver) -> None:
+    driver.set_window_size(*WINDOW)
     driver.get(visits["intro"].url)
     _wait(driver, "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)")
+    _mathjax_done(driver)
+
+
+def test_landing_page_says_what_we_found_with_a_forest_plot(visits, driver):
+    _landing_page(visits, driver)
     found = driver.execute_script(FOUND_STATE)
     assert found is not None, "the landing page has no 'What we found' section"
-    assert "After the same training schedule, the verdict is" in found["text"]
-    for comparison in ("matched_fit", "equal_exposure"):  # the two matched-fit readings
-        assert f"{report.COMPARISON_LEADS[comparison]}, the verdict is" in found["text"]
+    for title, _ in metric_registry.CLAIMS.values():  # a paragraph per claim of the paper
+        assert f"{title}. The paper claims that" in found["text"], title
+    assert "After the same " in found["text"] and "At matched fit" in found["text"]
     assert "Δ = " in found["text"]  # the numbers behind the words
     assert found["images"], "no forest plot in 'What we found'"
     forest = found["images"][0]
     assert forest["loaded"], "the forest plot did not load"
     assert forest["width"] >= 2 * forest["shown"] * 0.9, f"not a 2x PNG: {forest}"  # sharp at 100% zoom
+
+
+# The article's text as a reader reads it, without monospace (code, pre), equations and figures.
+PROSE_TEXT = r"""
+    const article = (document.querySelector('article') || document.body).cloneNode(true);
+    article.querySelectorAll('code, pre, kbd, samp, .math, mjx-container, script, style, img')
+        .forEach(e => e.remove());
+    return article.innerText;"""
+
+
+def test_landing_page_names_metrics_in_words(visits, driver):
+    """No metric key (a word with underscores) and no "pct"/"fpr" outside monospace on the landing page."""
+    _landing_page(visits, driver)
+    prose = driver.execute_script(PROSE_TEXT)
+    keys = sorted(set(re.findall(r"\b\w+_\w+\b", prose)))
+    raw_words = sorted(set(re.findall(r"(?<![A-Za-z])(pct|fpr)(?![A-Za-z])", prose)))
+    assert not keys, f"metric keys (or other identifiers) outside monospace on the landing page: {keys}"
+    assert not raw_words, f"'pct'/'fpr' outside monospace on the landing page: {raw_words}"
+
+
+FIRST_CLAIM = r"""
+    window.scrollTo(0, 0);
+    const section = document.getElementById('what-we-found');
+    const first = Array.from(section ? section.querySelectorAll('p') : []).find(
+        p => p.innerText.startsWith(arguments[0]));
+    if (!first) return null;
+    const box = first.getBoundingClientRect();
+    return {top: box.top, bottom: box.bottom, height: window.innerHeight};"""
+
+
+def test_landing_page_first_screen_shows_the_first_claim(visits, driver):
+    _landing_page(visits, driver)
+    title = next(iter(metric_registry.CLAIMS.values()))[0]
+    box = driver.execute_script(FIRST_CLAIM, f"{title}.")
+    assert box is not None, f"no paragraph starting {title!r} in 'What we found'"
+    screen = min(box["height"], WINDOW[1])  # the viewport (the window less any browser chrome)
+    assert 0 <= box["top"] and box["bottom"] <= screen, (
+        f"the first claim's paragraph is not on the first {WINDOW[0]} x {WINDOW[1]} screen: {box}")
+
+
+def test_every_reported_metric_has_a_registry_entry(smoke_site):
+    """Every key `python -m bnlib report --json` emits for the smoke book has a name, meaning, unit, direction
+    and family in ``bnlib.metric_registry``; the message names the keys that lack one."""
+    table = report.headline(results.read_summaries("smoke"))
+    assert len(table) > 20, f"only {len(table)} metrics in the smoke book's report"
+    assert metric_registry.missing(table) == [], "metric keys without a registry entry (add a pattern)"
+
+
+def test_no_tick_label_of_a_landing_page_figure_overlaps_another_label(smoke_site):
+    """The landing page's own figures (the forest plot) and the chapter figure it shows (the memorization
+    chapter's main figure): every tick label's box, measured by matplotlib's renderer when the figure was
+    shown (``figures.label_overlaps``), overlaps no other label."""
+    records = _page_data(smoke_site, "intro")["figures"]
+    records += [r for r in _page_data(smoke_site, "chapters/memorization")["figures"] if r["main"]]
+    assert len(records) >= 2, "the landing page shows fewer than two figures"
+    overlaps = [f"{r['document']} figure {r['position']}: {pair}" for r in records
+                for pair in r["tick_label_overlaps"]]
+    assert not overlaps, "tick labels overlapping other labels:\n" + "\n".join(overlaps)
 
 
 def test_every_chapter_links_its_data_file_and_shows_its_rerun_commands(smoke_site):
