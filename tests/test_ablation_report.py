@@ -186,8 +186,10 @@ def test_summary_metrics_feed_the_report():
 
     metrics = ablation_report.summary_metrics(_batch_points(), PARAMS)
     rows = report.measurement_rows(metrics)
-    assert rows[1][0] == "ablation_canary_memorization_batch32_same_schedule" and rows[1][6] == "8 models"
-    assert rows[-1][9].startswith("not reached")
+    column = dict(zip(report.MEASUREMENT_COLUMNS, range(len(report.MEASUREMENT_COLUMNS)), strict=True))
+    assert rows[1][column["measurement"]] == "canary memorization at batch size 32"  # the registry's name
+    assert rows[1][column["n"]] == "8 models" and rows[1][column["family"]] == "secondary"
+    assert rows[-1][column["verdict"]].startswith("not reached")
 
 
 # ----------------------------------------------------------------------------- figures
