@@ -168,35 +168,31 @@ SYNTHETIC_A2 = (1_000.0, 10_000.0)  # the toy's a² of the synthetic outliers at
 SYNTHETIC_METRIC = "theory_far_outlier_slope_minus_prediction"
 
 
-def first_bn_a2(network: nn.Module, reference_x: torch.Tensor) -> Any:
-    """A function x -> (K,) largest channel a² of each image at the network's FIRST BN layer, with that layer's
-    per-channel input mean and variance taken once over ``reference_x`` (eval mode; the definition of
-    ``theory_checks.squared_standardized_distances``, restricted to the first layer)."""
-    layer = next(m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+def _layer_input(network: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input of ``layer`` when ``network`` runs on ``x`` in eval mode, without gradients (N, C, H, W)."""
     seen: dict[str, torch.Tensor] = {}
     hook = layer.register_forward_hook(lambda module, args, output: seen.__setitem__("z", args[0]))
     was_training = network.training
     network.eval()
     try:
         with torch.no_grad():
-            network(reference_x)
-            ref = seen["z"].transpose(0, 1).flatten(1)
-            mean, variance = ref.mean(1), ref.var(1, unbiased=False)
+            network(x)
     finally:
         hook.remove()
         network.train(was_training)
+    return seen["z"]
+
+
+def first_bn_a2(network: nn.Module, reference_x: torch.Tensor) -> Any:
+    """A function x -> (K,) largest channel a² of each image at the network's FIRST BN layer, with that layer's
+    per-channel input mean and variance taken once over ``reference_x`` (eval mode; the definition of
+    ``theory_checks.squared_standardized_distances``, restricted to the first layer)."""
+    layer = next(m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    ref = _layer_input(network, layer, reference_x).transpose(0, 1).flatten(1)  # (C, N·H·W)
+    mean, variance = ref.mean(1), ref.var(1, unbiased=False)
 
     def a2(x: torch.Tensor) -> np.ndarray:
-        hook = layer.register_forward_hook(lambda module, args, output: seen.__setitem__("z", args[0]))
-        was = network.training
-        network.eval()
-        try:
-            with torch.no_grad():
-                network(x)
-        finally:
-            hook.remove()
-            network.train(was)
-        z = seen["z"]
+        z = _layer_input(network, layer, x)
         squared = (z - mean.view(1, -1, 1, 1)) ** 2 / variance.view(1, -1, 1, 1)
         return squared.flatten(2).mean(2).max(1).values.double().cpu().numpy()
 
