@@ -120,9 +120,17 @@ INFLUENCE_WORDS = {"eval_mode": "gradient norm, eval mode", "in_batch": "gradien
 @_pattern(r"influence_(?P<definition>eval_mode|in_batch|counterfactual)_outlier_inlier_ratio")
 def _influence(match):
     words = INFLUENCE_WORDS[match["definition"]]
-    return (f"influence of canaries relative to inliers ({words})", f"median per-sample influence ({words}) of "
-            "canaries over that of inliers in fixed training batches", "ratio (canaries / inliers)",
+    return (f"influence of canaries relative to inliers ({words})", f"per model, the geometric mean of the canaries' "
+            f"per-sample influence ({words}) over that of its inliers", "ratio (canaries / inliers)",
             "higher = canaries weigh more in training")
+
+
+@_pattern(r"influence_(?P<definition>eval_mode|in_batch|counterfactual)_canary_ratio")
+def _canary_influence(match):
+    words = INFLUENCE_WORDS[match["definition"]]
+    return (f"influence of canaries alone ({words})", f"geometric mean per model of the canaries' per-sample "
+            f"influence ({words}), no inlier in it: BN over no norm is the like-with-like amplification",
+            "influence (geometric mean)", "higher = canaries weigh more in training")
 
 
 ATTACK_NAMES = {"lira": "LiRA", "lira_reference": "LiRA (reference port)", "lira_offline": "LiRA offline",

@@ -207,8 +207,10 @@ def test_tpr_bound_known_answers():
 def test_large_batch_at_equal_steps_at_quick():
     cfg, params = config.load("quick", extras=dp.ChapterParams)
     large = dp_tradeoff.large_batch_schedule(cfg, params)
-    # n = 1300: batch 128 takes 10 steps an epoch (120 in 12 epochs), batch 256 takes 5, so 24 epochs
-    assert (large["batch_size"], large["epochs"], large["steps"], large["base_steps"]) == (256, 24, 120, 120)
+    # n = 1300: batch 128 takes 10 steps an epoch, batch 256 takes 5, so twice the epochs for the same steps
+    steps = 10 * cfg.epochs
+    assert (large["batch_size"], large["epochs"], large["steps"], large["base_steps"]) == (256, 2 * cfg.epochs, steps,
+                                                                                         steps)
     assert large["lr"] == pytest.approx(cfg.lr * 2)  # linear rule
     _, sqrt_params = config.load("quick", extras=dp.ChapterParams, large_batch_lr_rule="sqrt")
     assert dp_tradeoff.large_batch_schedule(cfg, sqrt_params)["lr"] == pytest.approx(cfg.lr * np.sqrt(2))
