@@ -229,7 +229,10 @@ def population_summaries(cfg, population, params: ChapterParams,
     out = {name: {key: [] for key in keys} for name in DEFINITION_NAMES}
     labels = []
     for p, (pool, zoo) in enumerate(zip(population.pools, population.zoos, strict=True)):
-        pool_cfg = replace(zoo_lib.pool_config(cfg, pool), epochs=population.epochs)
+        # the configuration that trained this zoo: its schedule length AND peak learning rate (an equal-exposure
+        # population is trained at a lowered rate; the probes' cache key must tell it from the common schedule's)
+        lr = population.lr if math.isfinite(population.lr) else cfg.lr
+        pool_cfg = replace(zoo_lib.pool_config(cfg, pool), epochs=population.epochs, lr=lr)
         epochs = [int(e) for e in zoo.checkpoint_epochs]
         inputs: dict = {}  # the pool's data, drawn only if a probe is missing from the cache
         for t in range(zoo.n_models):

@@ -3,6 +3,7 @@ backward passes, two full batch gradients per sample), on MLPs and CNNs with and
 sizes down to 2, float64; plus the no-BN identities, state restoration and input validation."""
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -510,3 +511,21 @@ def test_population_summaries_interpolate_between_the_bracketing_checkpoints(smo
         assert half[name]["log_ratio"][0] == pytest.approx(expected)
         assert np.isnan(half[name]["log_ratio"][1])
     assert final["pools"]["label"].tolist() == [0, 0]
+
+
+def test_a_population_at_another_learning_rate_is_probed_as_itself():
+    """The equal-exposure design trains BN at a lowered peak rate: its probes must be those of its own models,
+    not the cached probes of the common schedule's models (a cache key without the rate reads the wrong ones)."""
+    from bnlib import config, population
+
+    cfg = config.load("smoke", device="cpu", n_models=2, pools=(0,))
+    _, params = config.load("smoke", extras=influence.ChapterParams)
+    common = population.train_population(cfg, "batch", progress=False)
+    lowered = population.train_population(cfg, "batch", progress=False, lr=cfg.lr / 8)
+    read = {name: influence.population_summaries(cfg, p, params) for name, p in (("common", common),
+                                                                                  ("lowered", lowered))}
+    direct = influence.zoo_probes(replace(cfg, lr=cfg.lr / 8), lowered.zoos[0], params)
+    for name in influence.DEFINITION_NAMES:
+        assert read["lowered"][name]["log_ratio"].tolist() == pytest.approx(
+            [member[name]["log_ratio"] for member in direct])
+        assert read["lowered"][name]["log_ratio"].tolist() != read["common"][name]["log_ratio"].tolist()
