@@ -389,6 +389,19 @@ def is_primary(name: str) -> bool:
     return _longest_prefix(name, config.PRIMARY_ENDPOINTS) is not None and not FIT_LEVEL_SUFFIX.search(name)
 
 
+ZERO_FP_STAND_IN = ("tpr_at_1pct_fpr", "tpr_at_0fp")  # a low-FPR primary endpoint and the row that replaces it
+
+
+def zero_fp_stand_ins(metrics: Mapping[str, Any]) -> list[str]:
+    """The rows that stand in for a primary TPR at 1% FPR where too few non-members made that row a TPR at 0 false
+    positives (``mia.low_fpr_metric``): ``..._tpr_at_0fp_...`` named like a primary endpoint whose 1% row is
+    absent from ``metrics`` (at quick, 16 targets x 50 held-out canaries allow 8 false positives at 1%). Each
+    claim then keeps one low-FPR primary row per comparison, at the lowest FPR its non-members allow."""
+    low, zero = ZERO_FP_STAND_IN
+    return [name for name in metrics if zero in name and name.replace(zero, low) not in metrics
+            and is_primary(name.replace(zero, low))]
+
+
 def equivalence_margin(name: str) -> float | None:
     """The declared margin of a metric (``config.EQUIVALENCE_MARGINS``, longest matching prefix), on the scale
     of its difference (log scale for a ratio); None if none is declared."""
@@ -446,7 +459,7 @@ def annotate(metrics: Mapping[str, Mapping[str, Any]], *, alpha: float = ALPHA, 
             ``unit`` are then used).
         units: name -> what ``n`` counts, where the entry has no ``difference``/``unit`` (default "seeds").
     """
-    primary = [name for name in metrics if is_primary(name)]
+    primary = [name for name in metrics if is_primary(name)] + zero_fp_stand_ins(metrics)
     adjusted = dict(zip(primary, holm([metrics[name].get("p_value") for name in primary]), strict=True))
     family_size = max(1, sum(p is not None for p in adjusted.values()))
     out: dict[str, dict[str, Any]] = {}

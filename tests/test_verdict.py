@@ -325,3 +325,19 @@ def test_the_report_applies_the_book_family_across_chapters():
     assert table["fz_memorization_inliers_same_schedule"]["family"] == "secondary"
     assert table["fz_memorization_inliers_same_schedule"]["p_value_holm"] is None
     assert table["canary_memorization_same_schedule"]["verdict"].startswith("BN higher")
+
+
+def test_a_tpr_at_zero_false_positives_stands_in_for_a_missing_primary_tpr_at_one_percent():
+    """Where the pooled non-members allow fewer than 10 false positives at 1% FPR the row is renamed to the TPR at
+    0 false positives; the claim keeps its low-FPR primary endpoint in that comparison, and only there."""
+    table = {"mia_lira_pooled_tpr_at_1pct_fpr_outliers_same_schedule": _entry(0.01),
+             "mia_lira_pooled_tpr_at_0fp_outliers_same_schedule": _entry(0.02),  # 0.1% renamed: secondary
+             "mia_lira_pooled_tpr_at_0fp_outliers_matched_fit": _entry(0.03),  # 1% renamed: the primary row
+             "mia_lira_pooled_all_pools_tpr_at_0fp_outliers_matched_fit": _entry(0.04),  # not a primary name
+             "canary_memorization_same_schedule": _entry(0.04)}
+    assert verdict.zero_fp_stand_ins(table) == ["mia_lira_pooled_tpr_at_0fp_outliers_matched_fit"]
+    out = verdict.book_family_holm(table)
+    primary = sorted(name for name, entry in out.items() if entry["family"] == "primary")
+    assert primary == ["canary_memorization_same_schedule", "mia_lira_pooled_tpr_at_0fp_outliers_matched_fit",
+                       "mia_lira_pooled_tpr_at_1pct_fpr_outliers_same_schedule"]
+    assert out["mia_lira_pooled_tpr_at_0fp_outliers_same_schedule"]["p_value_holm"] is None
