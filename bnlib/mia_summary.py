@@ -160,6 +160,9 @@ def headline_metrics(cfg, params: mia.ChapterParams, findings: Findings) -> dict
             f"the ROC {pooled_where}, same schedule.", "same_schedule", POOLED_TEST)
            for metric in dict.fromkeys(pooled.values())},
     }
+    for entry in metrics.values():  # where a matched-fit row is read (the equal-exposure rows carry no level here)
+        if entry.get("comparison") == "matched_fit":
+            entry.setdefault("fit_level", float(f.level))
     return verdict.annotate(metrics)
 
 
