@@ -210,11 +210,41 @@ def chapter_metrics(cfg, found: Mapping[str, Any], compared: Comparisons) -> dic
     return verdict.annotate(metrics)
 
 
-def sentences(metrics: Mapping[str, Any]) -> dict[str, str]:
+def design_test(found: Mapping[str, Any]) -> dict[str, Any]:
+    """Whether the two designs that equalize fit give different BN - no-BN canary memorization, tested on the same
+    model pairs (``verdict.design_difference``): per pair, (a) matched fit at the headline level minus (b) equal
+    exposure; a pair whose models do not both cross the headline level drops out."""
+    equal = found["equal_exposure"]["populations"]
+    headline = found["headline"]
+    summaries, pools = {}, None
+    for design, (batch, none, positions) in {
+            "matched_fit": (found["populations"]["batch"], found["populations"]["none"],
+                            {n: found["crossings"][n][headline]["position"] for n in NORMS}),
+            "equal_exposure": (equal["batch"], equal["none"], None)}.items():
+        values = {}
+        for norm, pop in (("batch", batch), ("none", none)):
+            values[norm], pools = population.signed_values(pop, "outliers", "hard",
+                                                           None if positions is None else positions[norm])
+        summaries[design] = verdict.pair_summaries(values["batch"], values["none"])
+    return verdict.design_difference(summaries["matched_fit"], summaries["equal_exposure"], pools)
+
+
+def sentences(metrics: Mapping[str, Any], designs: Mapping[str, Any] | None = None) -> dict[str, str]:
     """The text's verdicts on canary memorization: ``{comparison}_sentence`` for every comparison of
-    ``config.COMPARISONS``, and ``designs_agree``, whether the two matched-fit designs agree."""
+    ``config.COMPARISONS``, and ``designs_agree``: the test of the two fit-equalizing designs' difference on the
+    same pairs (:func:`design_test`; without it, only that the test was not run)."""
     values = {f"{c}_sentence": verdict.sentence(metrics[f"canary_memorization_{c}"]) for c in config.COMPARISONS}
-    values["designs_agree"] = verdict.agreement(metrics["canary_memorization_matched_fit"],
-                                                metrics["canary_memorization_equal_exposure"],
-                                                ("the fit-grid design (a)", "the equal-exposure design (b)"))
+    if designs is None:
+        values["designs_agree"] = "The two designs' difference was not tested here."
+        return values
+    if not np.isfinite(designs["p_value"]):
+        values["designs_agree"] = (f"The two designs' difference could not be tested: {designs['n']} model pairs "
+                                   "crossed the headline fit level in both norms.")
+        return values
+    low, high = designs["ci95"]
+    differ = designs["p_value"] < verdict.ALPHA
+    values["designs_agree"] = (
+        f"The two designs {'differ' if differ else 'are not detectably different'}: (a) − (b) in BN − no-BN canary "
+        f"memorization is {designs['mean']:+.3f} [{low:+.3f}, {high:+.3f}] over {designs['n']} model pairs "
+        f"(paired t, p = {designs['p_value']:.2g}).")
     return values

@@ -549,15 +549,3 @@ def leading_words(text: str) -> str:
     if text.startswith("equivalent within"):
         return text.split(" (")[0]
     return next((words for words in VERDICTS if text.startswith(words)), text)
-
-
-def agreement(first: Mapping[str, Any], second: Mapping[str, Any], names: tuple[str, str] = (
-        "the one-schedule design (a)", "the annealed design (b)")) -> str:
-    """A sentence comparing two annotated entries' verdict words. Superseded: whether two designs agree is
-    :func:`design_difference` (a test of their difference on the same pairs); kept until the memorization
-    chapter switches to it."""
-    a, b = leading_words(first["verdict"]), leading_words(second["verdict"])
-    if a == b:
-        return f"The two matched-fit designs agree: {a} in {names[0]} and in {names[1]}."
-    return (f"The two matched-fit designs reach different verdicts: {a} in {names[0]}, {b} in {names[1]}; only a "
-            "test of their difference on the same pairs says whether they disagree.")

@@ -119,7 +119,10 @@ def test_metrics_families_and_sentences(smoke_cfg, study):
         else:
             assert entry["p_value_holm"] is None
     assert headline >= {name for name, entry in metrics.items() if entry["p_value_holm"] is not None}
-    values = memorization_chapter.sentences(metrics)
+    designs = memorization_chapter.design_test(found)
+    assert designs["method"] == "paired t of the designs' per-pair differences"
+    values = memorization_chapter.sentences(metrics, designs)
     assert set(values) == {f"{c}_sentence" for c in config.COMPARISONS} | {"designs_agree"}
+    assert values["designs_agree"].startswith("The two designs") and "model pairs" in values["designs_agree"]
     assert all(isinstance(text, str) and text for text in values.values())
     assert np.isfinite(metrics["canary_memorization_same_schedule"]["difference"]["mean"])
