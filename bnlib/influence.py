@@ -16,7 +16,8 @@ What is measured, for member t of a zoo (its own IN examples only, the weights o
 
 Per member and definition, the summary is the mean log influence of the canaries minus that of the inliers
 (:func:`log_ratio`; exp of it is the ratio of geometric means); the canaries' mean log influence alone is kept
-too (``canary_log``). Comparisons (:func:`paired_log_comparison`) are on the log scale over model pairs.
+too (``canary_log``). Comparisons (``influence_chapter.paired_log_comparison``) are on the log scale over model
+pairs.
 
 Matched fit reads checkpoint weights (``zoo.Zoo.state_dict_at``): each member's summary is interpolated
 linearly, on the log scale, between the two checkpoints that bracket its fractional crossing position, like
@@ -36,7 +37,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from scipy import stats as scipy_stats
 
 from . import config, results
 from . import zoo as zoo_lib
@@ -59,7 +59,7 @@ __all__ = [
     "DEFAULT_MAX_ELEMENTS", "DEFINITION_NAMES", "LOG_FLOOR", "METHODS", "ChapterParams", "Method", "chain_modules",
     "check_config", "counterfactual_influence", "counterfactual_influence_reference", "eval_mode_grad_norms",
     "eval_mode_grad_norms_reference", "ghost_virtual_batches", "in_batch_grad_norms", "in_batch_grad_norms_reference",
-    "log_ratio", "member_layout", "member_probes", "paired_log_comparison", "population_summaries", "probe_entry",
+    "log_ratio", "member_layout", "member_probes", "population_summaries", "probe_entry",
     "probe_name",
     "summarize_probes", "tune_allocator", "zoo_probes",
 ]
@@ -256,54 +256,3 @@ def population_summaries(cfg, population, params: ChapterParams,
     return summaries
 
 
-def paired_log_comparison(batch: np.ndarray, none: np.ndarray, pools: np.ndarray | None = None,
-                          alpha: float = 0.05) -> dict[str, Any]:
-    """BN against no norm on per-pair log summaries (member t of each norm is pair t): a stratified paired t.
-
-    The pair differences d = batch - none are modelled as a per-pool mean plus independent noise (pools are
-    strata: the target is conditional on the data draws); the estimate is the mean of d (pool means weighted by
-    their pair counts), its standard error the pooled within-pool SD over sqrt(n), with n - S degrees of
-    freedom. Pairs with a NaN on either side are dropped. Swap for the calibrated per-pair procedure of
-    ``bnlib.verdict`` when it exists: the inputs are the same.
-
-    Returns:
-        ``log_mean``, ``se`` (log scale), ``df``, ``p_value`` (two-sided), ``ratio`` = exp(log_mean), ``ci95``
-        (the ratio's interval, exp of the t interval), ``n`` (pairs used); per norm ``batch``/``none``: the
-        geometric-mean summary ``{"mean", "ci95", "n"}`` (exp of the stratified mean of the log summaries).
-    """
-    batch, none = np.asarray(batch, dtype=float), np.asarray(none, dtype=float)
-    pools = np.zeros(len(batch), dtype=int) if pools is None else np.asarray(pools)
-    if batch.shape != none.shape or batch.shape != pools.shape or batch.ndim != 1:
-        raise ValueError(f"Parameters 'batch' {batch.shape}, 'none' {none.shape} and 'pools' {pools.shape} must be "
-                         "one-dimensional and of one length (one entry per model pair).")
-    keep = np.isfinite(batch) & np.isfinite(none)
-    test = _stratified_mean(batch[keep] - none[keep], pools[keep], alpha)
-    out = {"log_mean": test["mean"], "se": test["se"], "df": test["df"], "p_value": test["p_value"],
-           "ratio": math.exp(test["mean"]) if math.isfinite(test["mean"]) else float("nan"),
-           "ci95": [math.exp(v) if math.isfinite(v) else float("nan") for v in test["ci"]], "n": test["n"]}
-    for name, values in (("batch", batch), ("none", none)):
-        own = _stratified_mean(values[keep], pools[keep], alpha)
-        out[name] = {"mean": math.exp(own["mean"]) if math.isfinite(own["mean"]) else float("nan"),
-                     "ci95": [math.exp(v) if math.isfinite(v) else float("nan") for v in own["ci"]], "n": own["n"]}
-    return out
-
-
-def _stratified_mean(values: np.ndarray, pools: np.ndarray, alpha: float) -> dict[str, Any]:
-    """Mean of ``values`` with a t interval whose SD is pooled within strata (``pools``), df = n - strata."""
-    n, strata = len(values), len(np.unique(pools))
-    nan = float("nan")
-    if n == 0:
-        return {"mean": nan, "se": nan, "df": 0, "p_value": None, "ci": [nan, nan], "n": 0}
-    mean = float(values.mean())
-    df = n - strata
-    if df < 1:
-        return {"mean": mean, "se": nan, "df": df, "p_value": None, "ci": [nan, nan], "n": n}
-    residual = values - np.array([values[pools == p].mean() for p in pools])
-    se = float(np.sqrt((residual**2).sum() / df / n))
-    critical = float(scipy_stats.t.ppf(1 - alpha / 2, df))
-    if se == 0:
-        p_value = 1.0 if mean == 0 else 0.0
-    else:
-        p_value = float(2 * scipy_stats.t.sf(abs(mean) / se, df))
-    return {"mean": mean, "se": se, "df": df, "p_value": p_value, "ci": [mean - critical * se, mean + critical * se],
-            "n": n}

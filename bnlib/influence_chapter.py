@@ -1,6 +1,6 @@
 """The influence chapter's reading of the population (``population.study``, the same members as memorization and
 membership inference): per comparison, every member's log summaries (``influence.population_summaries``), the
-BN / no-BN comparison over model pairs (``influence.paired_log_comparison``), the table, the sentences the text
+BN / no-BN comparison over model pairs (``paired_log_comparison``), the table, the sentences the text
 quotes and the chapter's metrics.
 
 Kept apart from :mod:`bnlib.influence`, whose source is part of the cache key of the probes: how a chapter reads
@@ -71,6 +71,44 @@ def readings(found: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def paired_log_comparison(batch: np.ndarray, none: np.ndarray, pools: np.ndarray | None = None,
+                          alpha: float = 0.05) -> dict[str, Any]:
+    """BN against no norm on per-pair log summaries (member t of each norm is pair t): a stratified paired t.
+
+    The pair differences d = batch - none are modelled as a per-pool mean plus independent noise (pools are
+    strata: the target is conditional on the data draws); the estimate is the mean of d (pool means weighted by
+    their pair counts), its standard error the pooled within-pool SD over sqrt(n), with n - S degrees of
+    freedom (``verdict.stratified_t``, the procedure of every other BN-vs-no-BN comparison). Pairs with a NaN on
+    either side are dropped.
+
+    Returns:
+        ``log_mean``, ``se`` (log scale), ``df``, ``p_value`` (two-sided), ``ratio`` = exp(log_mean), ``ci95``
+        (the ratio's interval, exp of the t interval), ``n`` (pairs used); per norm ``batch``/``none``: the
+        geometric-mean summary ``{"mean", "ci95", "n"}`` (exp of the stratified mean of the log summaries).
+    """
+    batch, none = np.asarray(batch, dtype=float), np.asarray(none, dtype=float)
+    pools = np.zeros(len(batch), dtype=int) if pools is None else np.asarray(pools)
+    if batch.shape != none.shape or batch.shape != pools.shape or batch.ndim != 1:
+        raise ValueError(f"Parameters 'batch' {batch.shape}, 'none' {none.shape} and 'pools' {pools.shape} must be "
+                         "one-dimensional and of one length (one entry per model pair).")
+    keep = np.isfinite(batch) & np.isfinite(none)
+    test = _stratified_mean(batch[keep] - none[keep], pools[keep], alpha)
+    out = {"log_mean": test["mean"], "se": test["se"], "df": test["df"], "p_value": test["p_value"],
+           "ratio": math.exp(test["mean"]) if math.isfinite(test["mean"]) else float("nan"),
+           "ci95": [math.exp(v) if math.isfinite(v) else float("nan") for v in test["ci"]], "n": test["n"]}
+    for name, values in (("batch", batch), ("none", none)):
+        own = _stratified_mean(values[keep], pools[keep], alpha)
+        out[name] = {"mean": math.exp(own["mean"]) if math.isfinite(own["mean"]) else float("nan"),
+                     "ci95": [math.exp(v) if math.isfinite(v) else float("nan") for v in own["ci"]], "n": own["n"]}
+    return out
+
+
+def _stratified_mean(values: np.ndarray, pools: np.ndarray, alpha: float) -> dict[str, Any]:
+    """``verdict.stratified_t`` at confidence 1 - ``alpha``, with a p-value of None where it has none."""
+    test = verdict.stratified_t(values, pools, confidence=1 - alpha)
+    return {**test, "ci": test["ci95"], "p_value": test["p_value"] if math.isfinite(test["p_value"]) else None}
+
+
 def measure(cfg, params: influence.ChapterParams, read: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Every member's summaries in every reading (cached probes), and what it cost.
 
@@ -109,14 +147,14 @@ def _probe_count(cfg, params, pop) -> int:
 
 
 def compare(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """definition -> comparison -> {``outlier_inlier``, ``canary``}: ``influence.paired_log_comparison`` of the
+    """definition -> comparison -> {``outlier_inlier``, ``canary``}: ``paired_log_comparison`` of the
     per-member log ratio (canary over inlier) and of the canaries' mean log influence alone."""
     out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in influence.DEFINITION_NAMES}
     for comparison, per_norm in summaries.items():
         pools = per_norm["batch"]["pools"]["label"]
         for name in influence.DEFINITION_NAMES:
             out[name][comparison] = {
-                key: influence.paired_log_comparison(per_norm["batch"][name][field], per_norm["none"][name][field],
+                key: paired_log_comparison(per_norm["batch"][name][field], per_norm["none"][name][field],
                                                      pools, alpha=ALPHA)
                 for key, field in (("outlier_inlier", "log_ratio"), ("canary", "canary_log"))}
     return out

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnlib import influence, models, persample
+from bnlib import influence, influence_chapter, models, persample
 
 DEFINITIONS = {
     "eval": (persample.eval_mode_grad_norms, persample.eval_mode_grad_norms_reference),
@@ -390,12 +390,12 @@ def test_a_planted_threefold_effect_is_found_and_a_null_is_not():
     """Known answers on synthetic gradient norms: canaries x3 under BN gives a BN / no-BN ratio whose interval
     holds 3 and excludes 1; no planted effect gives an interval holding 1 and p >= 0.05 (fixed seeds)."""
     batch, none, pools = _planted_norms(3.0, 32, seed=0)
-    found = influence.paired_log_comparison(batch, none, pools)
+    found = influence_chapter.paired_log_comparison(batch, none, pools)
     assert found["ci95"][0] < 3.0 < found["ci95"][1] and found["ci95"][0] > 1.5 and found["p_value"] < 1e-6
     assert found["n"] == 32 and found["batch"]["mean"] == pytest.approx(6.0, rel=0.3)
     assert found["none"]["mean"] == pytest.approx(2.0, rel=0.3)
     batch, none, pools = _planted_norms(1.0, 32, seed=2)
-    null = influence.paired_log_comparison(batch, none, pools)
+    null = influence_chapter.paired_log_comparison(batch, none, pools)
     assert null["ci95"][0] < 1.0 < null["ci95"][1] and null["p_value"] >= 0.05
 
 
@@ -411,12 +411,12 @@ def test_the_stratified_paired_t_is_calibrated_with_a_pool_effect():
         common = rng.normal(0, 1, 32)
         # the difference is +1 in pool 0 and -1 in pool 1: the mean difference over the pools is 0
         batch, none = common + shift + rng.normal(0, 0.4, 32), common - shift + rng.normal(0, 0.4, 32)
-        rejected += influence.paired_log_comparison(batch, none, pools)["p_value"] < 0.05
+        rejected += influence_chapter.paired_log_comparison(batch, none, pools)["p_value"] < 0.05
     assert 0.03 <= rejected / 1000 <= 0.07
     batch = np.array([0.0, 1.0, np.nan, 2.0])
-    assert influence.paired_log_comparison(batch, np.zeros(4), np.zeros(4, dtype=int))["n"] == 3
+    assert influence_chapter.paired_log_comparison(batch, np.zeros(4), np.zeros(4, dtype=int))["n"] == 3
     with pytest.raises(ValueError, match="'pools'"):
-        influence.paired_log_comparison(np.zeros(3), np.zeros(3), np.zeros(2))
+        influence_chapter.paired_log_comparison(np.zeros(3), np.zeros(3), np.zeros(2))
 
 
 def test_log_ratio_is_the_log_of_the_ratio_of_geometric_means():
